@@ -1,0 +1,242 @@
+"""Datastore mapping: session entities <-> :class:`SessionRecord`.
+
+The schema is ViUR's: kind ``viur-session``; ``data`` (embedded entity, not
+indexed), ``static_security_key`` (string), ``lastseen`` (float epoch seconds,
+indexed), ``user`` (string, indexed). We add ``expires`` (timestamp, not
+indexed) so operators can turn on a Datastore TTL policy as a backstop.
+
+Key names: with ``hashed`` storage an entity is named by the SHA-256 hex of
+the cookie value, so an export does not hand out live sessions; with
+``plain`` storage by the cookie value itself, as ViUR does. Reads always try
+both names in one lookup, so either layout loads.
+
+Writes never upsert: a loaded session is written back with an ``update``
+mutation, which fails when the entity is gone, and a new one with ``insert``.
+That is what stops a request from resurrecting a session that was killed or
+cleared while it held it. Every Google API exception is translated here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from google.api_core import exceptions as gexc
+from google.cloud import datastore
+from google.cloud.datastore.helpers import GeoPoint, entity_to_protobuf
+from google.cloud.datastore_v1.types import Mutation
+
+from session_core.config import Settings
+from session_core.errors import SessionDataError, StoreError, TransientStoreError
+
+GUEST_USER = "__guest__"
+TRANSIENT = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError)
+
+
+def hash_key(cookie_key: str) -> str:
+    """The hashed entity name (and opaque session id) of a cookie value."""
+    return hashlib.sha256(cookie_key.encode("ascii")).hexdigest()
+
+
+def storage_name(cookie_key: str, settings: Settings) -> str:
+    """The entity name a new session with this cookie value is written under."""
+    return hash_key(cookie_key) if settings.key_storage == "hashed" else cookie_key
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """One stored session, as the store reads and writes it."""
+
+    key_name: str
+    data: Mapping[str, Any]
+    user: str
+    static_security_key: str
+    lastseen: float
+
+    @property
+    def session_id(self) -> str:
+        """Opaque, non-secret id: the hashed name (hashes a plain ViUR name)."""
+        return self.key_name if len(self.key_name) == 64 else hash_key(self.key_name)
+
+
+class _GoneError(Exception):
+    """Internal: the entity a transaction depends on no longer exists."""
+
+
+@contextmanager
+def translated(operation: str) -> Iterator[None]:
+    """Turn Google API errors into StoreError / TransientStoreError."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        raise TransientStoreError(operation, exc) from exc
+    except gexc.GoogleAPICallError as exc:
+        raise StoreError(operation, exc) from exc
+
+
+_SCALARS = (type(None), bool, int, float, str, bytes, datetime, datastore.Key, GeoPoint)
+
+
+def _embed(value: Any, path: str = "session") -> Any:
+    """Dicts become embedded entities whose every property is unindexed.
+
+    Raises SessionDataError, naming the offending path, for a value Datastore
+    cannot store (a set, an object, a dict with non-string keys).
+    """
+    if isinstance(value, Mapping):
+        entity = datastore.Entity(exclude_from_indexes=tuple(value))
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise SessionDataError(f"{path}[{name!r}]", "dictionary keys must be strings")
+            entity[name] = _embed(item, f"{path}[{name!r}]")
+        return entity
+    if isinstance(value, (list, tuple)):
+        return [_embed(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, _SCALARS):
+        raise SessionDataError(path, f"{type(value).__name__} cannot be stored in Datastore")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {name: _plain(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def commit(
+    client: datastore.Client,
+    *,
+    insert: Sequence[datastore.Entity] = (),
+    update: Sequence[datastore.Entity] = (),
+    delete: Sequence[datastore.Key] = (),
+    transaction: datastore.Transaction | None = None,
+) -> None:
+    """Send insert/update/delete mutations in one commit RPC.
+
+    The python client's ``put`` always upserts; this builds the mutations the
+    Datastore API also offers. ``insert`` fails with AlreadyExists when the
+    entity exists, ``update`` with NotFound when it does not, and the whole
+    commit is atomic. With ``transaction`` the mutations join it and the
+    caller commits it.
+    """
+    batch = transaction if transaction is not None else client.batch()
+    if transaction is None:
+        batch.begin()
+    ops: list[tuple[Literal["insert", "update"], datastore.Entity]] = [
+        *(("insert", e) for e in insert),
+        *(("update", e) for e in update),
+    ]
+    for op, entity in ops:
+        batch.mutations.append(Mutation(**{op: entity_to_protobuf(entity)}))
+    for key in delete:
+        batch.mutations.append(Mutation(delete=key.to_protobuf()))
+    if transaction is None:
+        batch.commit()
+
+
+class SessionStore:
+    """Reads and writes session entities with the client it is given.
+
+    RPC costs: :meth:`lookup` one lookup; :meth:`insert`, :meth:`update` and
+    :meth:`delete` one commit each; :meth:`move` one transaction (lookup and
+    commit, plus begin where the server needs it).
+    """
+
+    def __init__(self, client: datastore.Client, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def key(self, name: str) -> datastore.Key:
+        key: datastore.Key
+        if self.settings.namespace is not None:
+            key = self.client.key(self.settings.kind, name, namespace=self.settings.namespace)
+        else:
+            key = self.client.key(self.settings.kind, name)
+        return key
+
+    def to_entity(self, record: SessionRecord) -> datastore.Entity:
+        entity = datastore.Entity(self.key(record.key_name), exclude_from_indexes=("data", "expires"))
+        entity["data"] = _embed(record.data)
+        entity["static_security_key"] = record.static_security_key
+        entity["lastseen"] = float(record.lastseen)
+        entity["user"] = record.user
+        entity["expires"] = datetime.fromtimestamp(record.lastseen + self.settings.life_time.total_seconds(), tz=UTC)
+        return entity
+
+    @staticmethod
+    def from_entity(entity: datastore.Entity) -> SessionRecord:
+        """Read our entities and ViUR's alike; missing fields get safe defaults."""
+        data = entity.get("data")
+        lastseen = entity.get("lastseen")
+        return SessionRecord(
+            key_name=str(entity.key.name),
+            data=_plain(data) if isinstance(data, dict) else {},
+            user=str(entity.get("user") or GUEST_USER),
+            static_security_key=str(entity.get("static_security_key") or ""),
+            lastseen=float(lastseen) if isinstance(lastseen, (int, float)) else 0.0,
+        )
+
+    def lookup(self, cookie_key: str) -> SessionRecord | None:
+        """Find a session by cookie value under its hashed or plain name: one RPC."""
+        names = (hash_key(cookie_key), cookie_key)
+        with translated("lookup"):
+            found = self.client.get_multi([self.key(name) for name in names])
+        by_name = {entity.key.name: entity for entity in found}
+        for name in names:
+            if name in by_name:
+                return self.from_entity(by_name[name])
+        return None
+
+    def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
+        """Create a session (and drop ``delete``) in one commit; False if the name is taken."""
+        try:
+            with translated("insert"):
+                commit(
+                    self.client,
+                    insert=[self.to_entity(record)],
+                    delete=[self.key(name) for name in delete],
+                )
+        except StoreError as exc:
+            if isinstance(exc.cause, gexc.AlreadyExists):
+                return False
+            raise
+        return True
+
+    def update(self, record: SessionRecord) -> bool:
+        """Overwrite an existing session in one commit; False if it is gone."""
+        try:
+            with translated("update"):
+                commit(self.client, update=[self.to_entity(record)])
+        except StoreError as exc:
+            if isinstance(exc.cause, gexc.NotFound):
+                return False
+            raise
+        return True
+
+    def move(self, record: SessionRecord, old_name: str) -> bool:
+        """Re-home a session from ``old_name`` to ``record.key_name``.
+
+        One transaction: it first checks the old entity still exists, so the
+        move cannot resurrect a session killed meanwhile. False if it is gone.
+        """
+        old_key = self.key(old_name)
+        try:
+            with translated("move"), self.client.transaction() as transaction:
+                if self.client.get(old_key) is None:
+                    raise _GoneError  # rolls the transaction back
+                commit(self.client, insert=[self.to_entity(record)], delete=[old_key], transaction=transaction)
+        except _GoneError:
+            return False
+        return True
+
+    def delete(self, names: Sequence[str]) -> None:
+        """Delete sessions by entity name in one commit (absent names are fine)."""
+        if names:
+            with translated("delete"):
+                commit(self.client, delete=[self.key(name) for name in names])

@@ -1,0 +1,114 @@
+"""Shared fixtures: one real Firestore emulator (Datastore mode) per run, a namespace per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud import datastore
+
+from session_core import Settings
+from session_core.clients import datastore_client
+from session_core.emulators import Emulator, firestore_datastore_mode
+
+LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def datastore_emulator() -> Iterator[Emulator]:
+    """The Firestore emulator in Datastore mode, on a free port, for the whole run."""
+    emulator = firestore_datastore_mode(LOG_DIR).start()
+    previous = os.environ.get("DATASTORE_EMULATOR_HOST")
+    os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+        if previous is None:
+            os.environ.pop("DATASTORE_EMULATOR_HOST", None)
+        else:
+            os.environ["DATASTORE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def settings(datastore_emulator: Emulator) -> Settings:
+    """Default settings in a namespace of this test's own."""
+    return Settings(
+        project="session-core-test",
+        emulator_host=datastore_emulator.host,
+        namespace=f"t-{uuid.uuid4().hex[:12]}",
+        cookie_name="viur_cookie_session-core-test",
+    )
+
+
+@pytest.fixture
+def plain_settings(settings: Settings) -> Settings:
+    return replace(settings, key_storage="plain")
+
+
+@pytest.fixture
+def client(settings: Settings) -> datastore.Client:
+    return datastore_client(settings)
+
+
+class Ctx:
+    """A request context: cookies in, headers out (what a web framework gives)."""
+
+    def __init__(self, cookies: dict[str, str] | None = None) -> None:
+        self.cookies = dict(cookies or {})
+        self.headers: list[tuple[str, str]] = []
+
+    def get_cookie(self, name: str) -> str | None:
+        return self.cookies.get(name)
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+
+    @property
+    def set_cookies(self) -> list[str]:
+        return [value for name, value in self.headers if name == "Set-Cookie"]
+
+
+class RpcCounter:
+    """Counts the Datastore RPCs a client makes, by method name."""
+
+    METHODS = (
+        "lookup",
+        "commit",
+        "run_query",
+        "run_aggregation_query",
+        "begin_transaction",
+        "rollback",
+        "allocate_ids",
+        "reserve_ids",
+    )
+
+    def __init__(self, client: datastore.Client) -> None:
+        self.calls: Counter[str] = Counter()
+        api = client._datastore_api
+        for name in self.METHODS:
+            original = getattr(api, name)
+
+            def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+                self.calls[_name] += 1
+                return _original(*args, **kwargs)
+
+            setattr(api, name, counted)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+@pytest.fixture
+def rpcs(client: datastore.Client) -> RpcCounter:
+    return RpcCounter(client)

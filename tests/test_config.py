@@ -1,0 +1,84 @@
+"""Settings.from_env: defaults, types, and errors that name the variable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from session_core import ConfigError, Settings
+
+EMULATOR = {"DATASTORE_EMULATOR_HOST": "127.0.0.1:1"}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "shop"})
+    assert settings.project == "shop" and settings.emulator_host is None
+    assert settings.database is None and settings.namespace is None
+    assert settings.kind == "viur-session"
+    assert settings.life_time == timedelta(hours=1)
+    assert settings.cookie_name == "viur_cookie_shop"
+    assert settings.same_site == "lax" and settings.use_session_cookie is True
+    assert settings.persistent_fields_on_login == ("language",)
+    assert settings.persistent_fields_on_logout == ("language",)
+    assert settings.cookie_secure is True and settings.key_storage == "hashed"
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            **EMULATOR,
+            "GOOGLE_CLOUD_PROJECT": "p",
+            "SESSION_DATABASE": "sessions",
+            "SESSION_NAMESPACE": "ns",
+            "SESSION_KIND": "k",
+            "SESSION_LIFE_TIME": "600",
+            "SESSION_COOKIE_NAME": "sid",
+            "SESSION_SAME_SITE": "",
+            "SESSION_USE_SESSION_COOKIE": "false",
+            "SESSION_PERSISTENT_FIELDS_ON_LOGIN": "language, theme",
+            "SESSION_PERSISTENT_FIELDS_ON_LOGOUT": "",
+            "SESSION_COOKIE_SECURE": "off",
+            "SESSION_KEY_STORAGE": "plain",
+        }
+    )
+    assert settings.emulator_host == "127.0.0.1:1"
+    assert (settings.database, settings.namespace, settings.kind) == ("sessions", "ns", "k")
+    assert settings.life_time == timedelta(minutes=10)
+    assert settings.cookie_name == "sid" and settings.same_site is None
+    assert settings.use_session_cookie is False and settings.cookie_secure is False
+    assert settings.persistent_fields_on_login == ("language", "theme")
+    assert settings.persistent_fields_on_logout == ()
+    assert settings.key_storage == "plain"
+
+
+def test_project_is_optional_only_with_the_emulator() -> None:
+    with pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT"):
+        Settings.from_env({})
+    assert Settings.from_env(EMULATOR).project == "session-core-local"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SESSION_LIFE_TIME", "an hour"),
+        ("SESSION_LIFE_TIME", "-5"),
+        ("SESSION_SAME_SITE", "sometimes"),
+        ("SESSION_USE_SESSION_COOKIE", "maybe"),
+        ("SESSION_COOKIE_SECURE", "2"),
+        ("SESSION_KEY_STORAGE", "encrypted"),
+        ("SESSION_COOKIE_NAME", "bad name;"),
+        ("SESSION_BATCH_SIZE", "501"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**EMULATOR, variable: value})
+    assert raised.value.variable == variable
+    assert variable in str(raised.value) and repr(value) in str(raised.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.kind = "other"  # type: ignore[misc]

@@ -1,0 +1,336 @@
+"""Session behaviour against the real Datastore emulator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from google.cloud import datastore
+
+from session_core import GUEST_USER, Session, Settings
+from session_core.cookies import is_valid_key, new_key
+from session_core.store import hash_key
+from tests.conftest import Ctx, RpcCounter
+
+
+def cookie_from(ctx: Ctx) -> str:
+    [header] = ctx.set_cookies
+    name_value = header.split(";", 1)[0]
+    return name_value.split("=", 1)[1]
+
+
+def saved_session(client: datastore.Client, settings: Settings, **data: Any) -> str:
+    """Create and save a session holding ``data``; return its cookie value."""
+    session = Session(client, settings)
+    session.load(Ctx())
+    session.update(data)
+    ctx = Ctx()
+    session.save(ctx)
+    return cookie_from(ctx)
+
+
+def loaded(client: datastore.Client, settings: Settings, cookie: str, **kwargs: Any) -> Session:
+    session = Session(client, settings, **kwargs)
+    session.load(Ctx({settings.cookie_name: cookie}))
+    return session
+
+
+def stored(client: datastore.Client, settings: Settings, name: str) -> datastore.Entity | None:
+    return client.get(client.key(settings.kind, name, namespace=settings.namespace))
+
+
+# -- RPC counts --------------------------------------------------------------
+
+
+def test_load_without_cookie_makes_no_rpc(client: datastore.Client, settings: Settings, rpcs: RpcCounter) -> None:
+    session = Session(client, settings)
+    assert session.load(Ctx()) is False
+    assert rpcs.total == 0
+    assert len(session) == 0
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["", "short", "a" * 41, "a" * 43, "A" * 41 + "-", "é" * 42, "a" * 41 + "\n", hash_key("x"), " " + "a" * 41],
+)
+def test_malformed_cookie_gives_fresh_session_without_rpc(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter, cookie: str
+) -> None:
+    session = Session(client, settings)
+    assert session.load(Ctx({settings.cookie_name: cookie})) is False
+    assert rpcs.total == 0
+
+
+def test_valid_cookie_costs_exactly_one_lookup(client: datastore.Client, settings: Settings, rpcs: RpcCounter) -> None:
+    cookie = saved_session(client, settings, language="de")
+    rpcs.reset()
+    session = loaded(client, settings, cookie)
+    assert session["language"] == "de"
+    assert rpcs.calls == {"lookup": 1}
+
+
+def test_unknown_but_wellformed_cookie_costs_one_lookup(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    assert loaded(client, settings, new_key()).cookie_key is None
+    assert rpcs.calls == {"lookup": 1}
+
+
+def test_unchanged_save_makes_no_rpc_and_sends_no_cookie(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    session = loaded(client, settings, saved_session(client, settings, a=1))
+    rpcs.reset()
+    ctx = Ctx()
+    session.save(ctx)
+    assert rpcs.total == 0
+    assert ctx.headers == []
+
+
+def test_changed_save_is_one_commit(client: datastore.Client, settings: Settings, rpcs: RpcCounter) -> None:
+    session = Session(client, settings)
+    session.load(Ctx())
+    session["a"] = 1
+    rpcs.reset()
+    session.save(Ctx())
+    assert rpcs.calls == {"commit": 1}
+
+    session = loaded(client, settings, session.cookie_key or "")
+    session["a"] = 2
+    rpcs.reset()
+    session.save(Ctx())
+    assert rpcs.calls == {"commit": 1}
+
+
+def test_reset_of_a_loaded_session_is_one_commit_that_deletes_the_old_entity(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    old_cookie = saved_session(client, settings, a=1)
+    session = loaded(client, settings, old_cookie)
+    session.reset()
+    session["b"] = 2
+    rpcs.reset()
+    ctx = Ctx()
+    session.save(ctx)
+    assert rpcs.calls == {"commit": 1}
+    assert cookie_from(ctx) != old_cookie
+    assert stored(client, settings, hash_key(old_cookie)) is None
+    assert dict(loaded(client, settings, cookie_from(ctx))) == {"b": 2}
+
+
+# -- no resurrection ---------------------------------------------------------
+
+
+def test_session_deleted_while_request_holds_it_is_not_recreated(client: datastore.Client, settings: Settings) -> None:
+    cookie = saved_session(client, settings, cart=["book"])
+    session = loaded(client, settings, cookie)
+    client.delete(client.key(settings.kind, hash_key(cookie), namespace=settings.namespace))
+
+    session["cart"] = ["book", "pen"]
+    ctx = Ctx()
+    session.save(ctx)
+
+    assert stored(client, settings, hash_key(cookie)) is None
+    assert stored(client, settings, cookie) is None
+    [header] = ctx.set_cookies
+    assert header.startswith(f"{settings.cookie_name}=;") and "Max-Age=0" in header
+    assert len(session) == 0 and session.cookie_key is None
+
+
+def test_plain_session_deleted_before_migration_is_not_recreated(
+    client: datastore.Client, plain_settings: Settings, settings: Settings
+) -> None:
+    cookie = saved_session(client, plain_settings, a=1)
+    session = loaded(client, settings, cookie)  # hashed storage: would migrate
+    client.delete(client.key(settings.kind, cookie, namespace=settings.namespace))
+    session["a"] = 2
+    session.save(Ctx())
+    assert stored(client, settings, cookie) is None
+    assert stored(client, settings, hash_key(cookie)) is None
+
+
+# -- expiry and refresh ------------------------------------------------------
+
+
+def test_expired_session_is_treated_as_absent_and_gets_a_new_key(client: datastore.Client, settings: Settings) -> None:
+    cookie = saved_session(client, settings, a=1)
+    later = time.time() + settings.life_time.total_seconds() + 1
+    session = loaded(client, settings, cookie, clock=lambda: later)
+    assert len(session) == 0 and session.cookie_key is None
+    session["b"] = 1
+    ctx = Ctx()
+    session.save(ctx)
+    assert cookie_from(ctx) != cookie
+    assert stored(client, settings, hash_key(cookie)) is None  # dropped in the same commit
+
+
+def test_session_seen_within_five_minutes_is_not_rewritten(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    cookie = saved_session(client, settings, a=1)
+    soon = time.time() + 299
+    session = loaded(client, settings, cookie, clock=lambda: soon)
+    assert session.changed is False
+
+
+def test_session_seen_over_five_minutes_ago_is_refreshed_on_save(client: datastore.Client, settings: Settings) -> None:
+    cookie = saved_session(client, settings, a=1)
+    later = time.time() + 301
+    session = loaded(client, settings, cookie, clock=lambda: later)
+    assert session.changed is True
+    session.save(Ctx())
+    entity = stored(client, settings, hash_key(cookie))
+    assert entity is not None and entity["lastseen"] == pytest.approx(later)
+    assert entity["expires"].timestamp() == pytest.approx(later + settings.life_time.total_seconds())
+
+
+# -- login, logout, keys -----------------------------------------------------
+
+
+def test_login_keeps_only_allowlisted_fields_and_changes_the_key(client: datastore.Client, settings: Settings) -> None:
+    settings = replace(settings, persistent_fields_on_login=("language", "theme"))
+    old = saved_session(client, settings, language="de", theme="dark", cart=[1], csrf="x")
+    session = loaded(client, settings, old)
+    old_security_key = session.static_security_key
+    session.login("user-42")
+    ctx = Ctx()
+    session.save(ctx)
+    new = cookie_from(ctx)
+    assert new != old
+    assert stored(client, settings, hash_key(old)) is None
+    again = loaded(client, settings, new)
+    assert dict(again) == {"language": "de", "theme": "dark"}
+    assert again.user == "user-42"
+    assert again.static_security_key != old_security_key
+
+
+def test_logout_keeps_only_logout_fields_and_becomes_guest(client: datastore.Client, settings: Settings) -> None:
+    settings = replace(settings, persistent_fields_on_logout=("language",))
+    session = loaded(client, settings, saved_session(client, settings))
+    session.login("user-1")
+    session.update(language="fr", basket=[1, 2])
+    ctx = Ctx()
+    session.save(ctx)
+    logged_in = cookie_from(ctx)
+
+    session = loaded(client, settings, logged_in)
+    session.logout()
+    ctx = Ctx()
+    session.save(ctx)
+    again = loaded(client, settings, cookie_from(ctx))
+    assert dict(again) == {"language": "fr"}
+    assert again.user == GUEST_USER
+    assert cookie_from(ctx) != logged_in
+    assert loaded(client, settings, logged_in).cookie_key is None
+
+
+def test_login_refuses_an_empty_or_guest_user(client: datastore.Client, settings: Settings) -> None:
+    session = Session(client, settings)
+    with pytest.raises(ValueError):
+        session.login("")
+    with pytest.raises(ValueError):
+        session.login(GUEST_USER)
+
+
+def test_issued_keys_have_the_format_we_accept(client: datastore.Client, settings: Settings) -> None:
+    cookie = saved_session(client, settings, a=1)
+    assert is_valid_key(cookie) and len(cookie) == 42
+
+
+def test_client_chosen_key_never_becomes_a_stored_session(client: datastore.Client, settings: Settings) -> None:
+    chosen = new_key()
+    session = loaded(client, settings, chosen)
+    session["a"] = 1
+    ctx = Ctx()
+    session.save(ctx)
+    assert cookie_from(ctx) != chosen
+    assert stored(client, settings, hash_key(chosen)) is None
+    assert stored(client, settings, chosen) is None
+
+
+def test_security_key_is_static_per_session_and_checked(client: datastore.Client, settings: Settings) -> None:
+    cookie = saved_session(client, settings, a=1)
+    first = loaded(client, settings, cookie)
+    second = loaded(client, settings, cookie)
+    assert len(first.static_security_key) >= 13
+    assert first.static_security_key == second.static_security_key
+    assert first.validate_security_key(second.static_security_key)
+    assert not first.validate_security_key(second.static_security_key[:-1] + "?")
+    assert not first.validate_security_key(None)
+    assert not first.validate_security_key("é")
+
+
+# -- data ---------------------------------------------------------------------
+
+
+def test_nested_and_large_values_round_trip(client: datastore.Client, settings: Settings) -> None:
+    big = "x" * 5000  # longer than an indexed string may be
+    value = {"profile": {"bio": big, "tags": ["a", big]}, "items": [{"sku": big, "n": 2}], "n": 1.5}
+    cookie = saved_session(client, settings, **value)
+    assert dict(loaded(client, settings, cookie)) == value
+
+
+def test_every_mutating_call_marks_the_session_changed(client: datastore.Client, settings: Settings) -> None:
+    def fresh() -> Session:
+        session = Session(client, settings)
+        session.load(Ctx())
+        session._data.update(a=1, b=2)  # preloaded, unchanged
+        return session
+
+    mutations = {
+        "setitem": lambda s: s.__setitem__("c", 3),
+        "delitem": lambda s: s.__delitem__("a"),
+        "ior": lambda s: s.__ior__({"c": 3}),
+        "update": lambda s: s.update(c=3),
+        "pop": lambda s: s.pop("a"),
+        "popitem": lambda s: s.popitem(),
+        "setdefault": lambda s: s.setdefault("list", []).append(1),
+        "clear": lambda s: s.clear(),
+        "markChanged": lambda s: s.markChanged(),
+        "reset": lambda s: s.reset(),
+    }
+    for name, mutate in mutations.items():
+        session = fresh()
+        mutate(session)
+        assert session.changed, name
+    session = fresh()
+    _ = (session.get("a"), "a" in session, list(session.items()), list(session.keys()), session["b"], len(session))
+    assert not session.changed
+
+
+def test_dict_semantics(client: datastore.Client, settings: Settings) -> None:
+    session = Session(client, settings)
+    session.load(Ctx())
+    session |= {"a": 1}
+    session["b"] = 2
+    assert session.get("missing", "d") == "d"
+    assert sorted(session) == ["a", "b"] and list(session.values()) == [1, 2]
+    assert dict(session.items()) == {"a": 1, "b": 2}
+    with pytest.raises(KeyError):
+        del session["missing"]
+    with pytest.raises(KeyError):
+        session["missing"]
+    assert session.pop("missing", None) is None
+
+
+def test_seed_attributes(client: datastore.Client, settings: Settings) -> None:
+    session = Session(client, replace(settings, same_site="strict", use_session_cookie=False))
+    assert (Session.kindName, Session.GUEST_USER) == ("viur-session", "__guest__")
+    assert session.same_site == "strict" and session.use_session_cookie is False
+    assert session.cookie_name == settings.cookie_name
+
+
+def test_delete_observers_register_and_unregister() -> None:
+    calls: list[Any] = []
+
+    @Session.on_delete
+    def observer(record: Any) -> None:
+        calls.append(record)
+
+    try:
+        assert observer in Session.delete_observers()
+    finally:
+        Session.remove_on_delete(observer)
+    assert observer not in Session.delete_observers()
