@@ -22,6 +22,7 @@ DEFAULT_KIND = "viur-session"
 LOCAL_PROJECT = "session-core-local"
 # RFC 6265 cookie-name token: visible ASCII without separators.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -106,6 +107,12 @@ class Settings:
     batch_size: int = 500
     page_size: int = 5000
     time_budget: timedelta = timedelta(seconds=300)
+    deletes_in_flight: int = 4
+    # Cloud Tasks continuation.
+    tasks_queue: str | None = None
+    task_url: str | None = None
+    tasks_service_account: str | None = None
+    tasks_emulator_host: str | None = None
 
     def __post_init__(self) -> None:
         if self.same_site == "none" and not self.cookie_secure:
@@ -119,6 +126,11 @@ class Settings:
             raise ConfigError("SESSION_COOKIE_NAME", "a cookie-name token", self.cookie_name)
         if not 1 <= self.batch_size <= 500:
             raise ConfigError("SESSION_BATCH_SIZE", "a whole number from 1 to 500", str(self.batch_size))
+        if self.tasks_queue is not None:
+            if not _QUEUE.fullmatch(self.tasks_queue):
+                raise ConfigError("SESSION_TASKS_QUEUE", "projects/P/locations/L/queues/Q", self.tasks_queue)
+            if self.task_url is None:
+                raise ConfigError("SESSION_TASK_URL", "the URL of the session_task function when a queue is set")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -149,6 +161,11 @@ class Settings:
             key_storage=cast(KeyStorage, _choice(environ, "SESSION_KEY_STORAGE", "hashed", ("hashed", "plain"))),
             clear_grace=_seconds(environ, "SESSION_CLEAR_GRACE", 300, 0, 86400),
             batch_size=_int(environ, "SESSION_BATCH_SIZE", 500, 1, 500),
-            page_size=_int(environ, "SESSION_PAGE_SIZE", 5000, 1, 50000),
-            time_budget=_seconds(environ, "SESSION_TIME_BUDGET", 300, 1, 3000),
+            page_size=_int(environ, "SESSION_PAGE_SIZE", 5000, 1, 20000),
+            time_budget=_seconds(environ, "SESSION_TIME_BUDGET", 300, 0, 1500),
+            deletes_in_flight=_int(environ, "SESSION_DELETES_IN_FLIGHT", 4, 1, 32),
+            tasks_queue=_text(environ, "SESSION_TASKS_QUEUE"),
+            task_url=_text(environ, "SESSION_TASK_URL"),
+            tasks_service_account=_text(environ, "SESSION_TASKS_SERVICE_ACCOUNT"),
+            tasks_emulator_host=_text(environ, "CLOUD_TASKS_EMULATOR_HOST"),
         )

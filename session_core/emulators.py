@@ -185,7 +185,7 @@ def firestore_datastore_mode(log_dir: Path, port: int | None = None) -> Emulator
     )
 
 
-def legacy_datastore(log_dir: Path, port: int | None = None) -> Emulator:
+def legacy_datastore(log_dir: Path, port: int | None = None, project: str = "session-core-local") -> Emulator:
     """The legacy Datastore emulator, strongly consistent and in memory."""
     port = port or free_port()
     return Emulator(
@@ -198,10 +198,86 @@ def legacy_datastore(log_dir: Path, port: int | None = None) -> Emulator:
             "start",
             "--no-store-on-disk",
             "--consistency=1.0",
+            f"--project={project}",
             f"--host-port=127.0.0.1:{port}",
             "--quiet",
         ],
         port,
         http_ok(f"http://127.0.0.1:{port}/"),
         log_dir / f"datastore-{port}.log",
+    )
+
+
+def _is_queue_path(queue: str) -> bool:
+    parts = queue.split("/")
+    return len(parts) == 6 and parts[0::2] == ["projects", "locations", "queues"] and all(parts[1::2])
+
+
+def tasks_ready(port: int, queues: Sequence[str] = ()) -> Callable[[], bool]:
+    """A readiness probe: True once the Cloud Tasks emulator answers ListQueues over gRPC and lists ``queues``."""
+
+    def probe() -> bool:
+        import importlib
+
+        from google.api_core.exceptions import GoogleAPICallError
+        from google.cloud import tasks_v2
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+        grpc = importlib.import_module("grpc")  # grpcio ships no type stubs
+        parents = sorted({queue.rsplit("/queues/", 1)[0] for queue in queues}) or ["projects/-/locations/-"]
+        listed: set[str] = set()
+        with tasks_v2.CloudTasksClient(
+            transport=CloudTasksGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}"))
+        ) as client:
+            try:
+                for parent in parents:
+                    listed.update(queue.name for queue in client.list_queues(parent=parent, retry=None, timeout=1))
+            except (GoogleAPICallError, grpc.RpcError):
+                return False
+        return set(queues) <= listed
+
+    return probe
+
+
+def cloud_tasks(log_dir: Path, python: Path, queues: Sequence[str] = (), port: int | None = None) -> Emulator:
+    """The Cloud Tasks emulator (PyPI ``gcloud-tasks-emulator``), run by the interpreter of its own venv.
+
+    It pins protobuf<5, so ``python`` is that venv's interpreter (``.venv-tasks/bin/python``).
+    ``queues`` are full paths, ``projects/P/locations/L/queues/Q``, created at start.
+    Connect with an insecure gRPC channel to :attr:`Emulator.host`. The emulator POSTs
+    each HTTP task to its exact URL without any OIDC token, does not deduplicate task
+    names, and retries a failed task about every 0.1 s for ever.
+    """
+    bad = [queue for queue in queues if not _is_queue_path(queue)]
+    if bad:
+        raise ValueError(f"not a queue path (projects/P/locations/L/queues/Q): {', '.join(bad)}")
+    port = port or free_port()
+    return Emulator(
+        "cloud tasks emulator",
+        [str(python), "-u", "-m", "gcloud_tasks_emulator", "start", f"--port={port}"]
+        + [f"--default-queue={queue}" for queue in queues],
+        port,
+        tasks_ready(port, queues),
+        log_dir / f"cloud-tasks-{port}.log",
+    )
+
+
+def pubsub(log_dir: Path, project: str, port: int | None = None) -> Emulator:
+    """The Pub/Sub emulator for ``project``; its HTTP root answers 200 "Ok" once it is ready."""
+    port = port or free_port()
+    return Emulator(
+        "pubsub emulator",
+        [
+            "gcloud",
+            "beta",
+            "emulators",
+            "pubsub",
+            "start",
+            f"--host-port=127.0.0.1:{port}",
+            f"--project={project}",
+            "--quiet",
+        ],
+        port,
+        http_ok(f"http://127.0.0.1:{port}/"),
+        log_dir / f"pubsub-{port}.log",
     )

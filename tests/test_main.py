@@ -1,0 +1,147 @@
+"""The Cloud Functions in main.py, served by functions-framework's own app."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from functions_framework import create_app
+from google.cloud import datastore
+
+from session_core import Settings
+from tests.test_cleanup import remaining, seed
+
+MAIN = Path(__file__).resolve().parent.parent / "main.py"
+
+
+@pytest.fixture
+def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], FlaskClient]:
+    """functions-framework's test client for a target in main.py, configured by environment."""
+    assert settings.emulator_host and settings.namespace
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    monkeypatch.delenv("SESSION_TASKS_QUEUE", raising=False)
+
+    def make(target: str) -> FlaskClient:
+        sys.modules.pop("main", None)
+        return create_app(target, str(MAIN)).test_client()
+
+    return make
+
+
+@pytest.fixture
+def expired_and_live(client: datastore.Client, settings: Settings) -> tuple[set[str], set[str]]:
+    import time
+
+    now = time.time()
+    return seed(client, settings, 600, now - 86400), seed(client, settings, 40, now)
+
+
+def test_scheduler_post_clears_expired_sessions(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    expired_and_live: tuple[set[str], set[str]],
+) -> None:
+    response = function("clear_sessions").post("/")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"run_id", "cutoff", "deleted", "batches", "continued", "skipped", "elapsed_s", "dry_run"}
+    assert body["deleted"] == 600 and body["batches"] == 2 and not body["skipped"] and not body["continued"]
+    assert remaining(client, settings) == expired_and_live[1]
+
+
+def test_dry_run_answers_the_count_and_deletes_nothing(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    expired_and_live: tuple[set[str], set[str]],
+) -> None:
+    response = function("clear_sessions").post("/", json={"dry_run": True})
+    assert response.status_code == 200 and response.get_json()["deleted"] == 600
+    assert remaining(client, settings) == expired_and_live[0] | expired_and_live[1]
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status"),
+    [
+        ("GET", None, 405),
+        ("PUT", b"{}", 405),
+        ("POST", b"not json", 400),
+        ("POST", b"[]", 400),
+        ("POST", b'{"dry_run": "yes"}', 400),
+        ("POST", b'{"dry_run": false, "extra": 1}', 400),
+    ],
+)
+def test_bad_clear_requests_get_clear_errors_and_delete_nothing(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    expired_and_live: tuple[set[str], set[str]],
+    method: str,
+    body: bytes | None,
+    status: int,
+) -> None:
+    response = function("clear_sessions").open("/", method=method, data=body)
+    assert response.status_code == status
+    assert "error" in response.get_json()
+    assert remaining(client, settings) == expired_and_live[0] | expired_and_live[1]
+
+
+def test_session_task_runs_a_clear_step(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    expired_and_live: tuple[set[str], set[str]],
+) -> None:
+    import time
+
+    step = {
+        "op": "clear",
+        "run_id": "d" * 32,
+        "cutoff": time.time() - 3900,
+        "cursor": None,
+        "page": 0,
+        "dry_run": False,
+    }
+    task = function("session_task")
+    for _ in range(2):  # a duplicated delivery is harmless
+        response = task.post("/", data=json.dumps(step), content_type="application/json")
+        assert response.status_code == 200
+    assert remaining(client, settings) == expired_and_live[1]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"nope",
+        b"[]",
+        b'{"op": "clear"}',
+        b'{"op": "other", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": 0, "dry_run": false}',
+        b'{"op": "clear", "run_id": "xyz", "cutoff": 1, "cursor": null, "page": 0, "dry_run": false}',
+        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": "1", "cursor": null, "page": 0, "dry_run": false}',
+        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": "%%", "page": 0, "dry_run": false}',
+        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": -1, "dry_run": false}',
+        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": 0, "dry_run": 0}',
+        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": 0, "dry_run": false, '
+        b'"x": 1}',
+        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": NaN, "cursor": null, "page": 0, "dry_run": false}',
+        b"{" + b" " * 20000 + b"}",
+    ],
+)
+def test_malformed_task_payloads_get_400_and_delete_nothing(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    expired_and_live: tuple[set[str], set[str]],
+    payload: bytes,
+) -> None:
+    response = function("session_task").post("/", data=payload, content_type="application/json")
+    assert response.status_code == 400
+    assert remaining(client, settings) == expired_and_live[0] | expired_and_live[1]
