@@ -100,7 +100,6 @@ class _Lease:
 
     def __init__(self, client: datastore.Client, settings: Settings) -> None:
         self.client = client
-        self.store = SessionStore(client, settings)
         self.key = self._key(settings)
         self.seconds = 2 * settings.time_budget.total_seconds() + 120
 
@@ -113,8 +112,12 @@ class _Lease:
         return key
 
     def acquire(self, run_id: str, now: float) -> bool:
-        """Take or renew the lease for ``run_id``; False if another live run holds it."""
-        for _ in range(3):
+        """Take or renew the lease for ``run_id``; False if another live run holds it.
+
+        A transaction that loses a race with a concurrent run (ABORTED) looks
+        again; any other failure raises StoreError.
+        """
+        for attempt in range(3):
             try:
                 with translated("lease"), self.client.transaction():
                     held = self.client.get(self.key)
@@ -124,9 +127,10 @@ class _Lease:
                     lease.update(run_id=run_id, until=now + self.seconds)
                     self.client.put(lease)
                 return True
-            except TransientStoreError:
-                continue  # a concurrent run committed first: look again
-        return False
+            except TransientStoreError as exc:
+                if not isinstance(exc.cause, gexc.Aborted) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def release(self, run_id: str) -> None:
         with translated("lease"), self.client.transaction():
@@ -209,7 +213,6 @@ class _Clearer:
     def __init__(self, client: datastore.Client, settings: Settings, step: ClearStep, progress: Progress | None):
         self.client = client
         self.settings = settings
-        self.store = SessionStore(client, settings)
         self.step = step
         self.progress = progress
         self.limit = page_limit(settings)

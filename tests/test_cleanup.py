@@ -278,3 +278,29 @@ def test_paging_is_correct_on_the_legacy_datastore_emulator(
     assert result.deleted == 250
     assert remaining(legacy, settings) == live and not expired & remaining(legacy, settings)
     assert remaining(client, settings) == set()  # it really was the other emulator
+
+
+def test_two_runs_started_at_the_same_moment_one_runs_one_is_skipped(
+    client: datastore.Client, settings: Settings, mixed: dict[str, set[str]]
+) -> None:
+    import threading
+
+    settings = replace(settings, page_size=100, time_budget=timedelta(seconds=0))
+    queued: list[ClearStep] = []
+    barrier = threading.Barrier(2)
+    results = []
+
+    def scheduler_fires() -> None:
+        barrier.wait()
+        results.append(start_clear_sessions(client, settings, now=NOW, enqueue=queued.append))
+
+    threads = [threading.Thread(target=scheduler_fires) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(result.skipped for result in results) == [False, True]
+    assert len(queued) == 1
+    ran = next(result for result in results if not result.skipped)
+    assert ran.deleted + sum(drain(client, settings, queued)) == 1200
+    assert remaining(client, settings) == mixed["live"] | mixed["expired_in_grace"]
