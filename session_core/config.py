@@ -20,6 +20,7 @@ KeyStorage = Literal["hashed", "plain"]
 
 DEFAULT_KIND = "viur-session"
 LOCAL_PROJECT = "session-core-local"
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 # RFC 6265 cookie-name token: visible ASCII without separators.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
@@ -108,11 +109,14 @@ class Settings:
     page_size: int = 5000
     time_budget: timedelta = timedelta(seconds=300)
     deletes_in_flight: int = 4
+    shards: int = 16
     # Cloud Tasks continuation.
     tasks_queue: str | None = None
     task_url: str | None = None
     tasks_service_account: str | None = None
     tasks_emulator_host: str | None = None
+    task_audience: str | None = None
+    task_certs_url: str = GOOGLE_CERTS_URL
 
     def __post_init__(self) -> None:
         if self.same_site == "none" and not self.cookie_secure:
@@ -131,6 +135,11 @@ class Settings:
                 raise ConfigError("SESSION_TASKS_QUEUE", "projects/P/locations/L/queues/Q", self.tasks_queue)
             if self.task_url is None:
                 raise ConfigError("SESSION_TASK_URL", "the URL of the session_task function when a queue is set")
+        if self.task_audience is not None and self.tasks_service_account is None:
+            raise ConfigError(
+                "SESSION_TASKS_SERVICE_ACCOUNT",
+                "the email whose tokens session_task accepts (SESSION_TASK_AUDIENCE is set)",
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -164,8 +173,11 @@ class Settings:
             page_size=_int(environ, "SESSION_PAGE_SIZE", 5000, 1, 20000),
             time_budget=_seconds(environ, "SESSION_TIME_BUDGET", 300, 0, 1500),
             deletes_in_flight=_int(environ, "SESSION_DELETES_IN_FLIGHT", 4, 1, 32),
+            shards=_int(environ, "SESSION_SHARDS", 16, 1, 1024),
             tasks_queue=_text(environ, "SESSION_TASKS_QUEUE"),
             task_url=_text(environ, "SESSION_TASK_URL"),
             tasks_service_account=_text(environ, "SESSION_TASKS_SERVICE_ACCOUNT"),
             tasks_emulator_host=_text(environ, "CLOUD_TASKS_EMULATOR_HOST"),
+            task_audience=_text(environ, "SESSION_TASK_AUDIENCE"),
+            task_certs_url=_text(environ, "SESSION_TASK_CERTS_URL") or GOOGLE_CERTS_URL,
         )

@@ -17,7 +17,7 @@ import hmac
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 from google.cloud import datastore
@@ -33,6 +33,9 @@ from session_core.cookies import (
 )
 from session_core.errors import StoreError
 from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key, storage_name
+
+if TYPE_CHECKING:
+    from session_core.tasks import Enqueue
 
 REFRESH_AFTER = timedelta(minutes=5)
 _INSERT_ATTEMPTS = 3
@@ -254,6 +257,25 @@ class Session(MutableMapping[str, Any]):
     def logout(self) -> None:
         """Full reset for a logout, keeping only ``persistent_fields_on_logout``."""
         self._reset_keeping(self.settings.persistent_fields_on_logout, GUEST_USER)
+
+    def logout_everywhere_else(self, *, enqueue: Enqueue | None = None) -> int:
+        """Kill every other session of this session's user; this one survives.
+
+        Needs a logged-in, saved session. Returns how many sessions were
+        deleted at once (with ``enqueue``, more may follow as Cloud Tasks).
+        """
+        from session_core.revocation import killSessionByUser
+
+        if self.user == GUEST_USER or self.session_id is None:
+            raise ValueError("only a saved, logged-in session can log out its other sessions")
+        result = killSessionByUser(
+            self.user,
+            client=self.store.client,
+            settings=self.settings,
+            except_session=self.session_id,
+            enqueue=enqueue,
+        )
+        return result.deleted
 
     # -- mapping -------------------------------------------------------------
 

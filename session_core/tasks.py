@@ -72,50 +72,164 @@ def task_id(*parts: str) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()[:40]
 
 
-def _field(payload: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+@dataclass(frozen=True)
+class KillStep:
+    """One bounded step of a kill-by-user run: one user's sessions, or one key-range shard.
+
+    ``user`` None means every session; ``shard`` None means the one-user chain,
+    otherwise ``lo`` <= key name < ``hi`` (None: unbounded) bounds the shard.
+    ``except_session`` is an opaque session id (SHA-256 hex), never a cookie.
+    """
+
+    run_id: str
+    user: str | None
+    except_session: str | None = None
+    shard: int | None = None
+    lo: str | None = None
+    hi: str | None = None
+    cursor: str | None = None
+    page: int = 0
+
+    op = "kill"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "run_id": self.run_id,
+            "user": self.user,
+            "except_session": self.except_session,
+            "shard": self.shard,
+            "lo": self.lo,
+            "hi": self.hi,
+            "cursor": self.cursor,
+            "page": self.page,
+        }
+
+    @property
+    def task_id(self) -> str:
+        return task_id(self.op, self.run_id, str(self.shard), str(self.page))
+
+
+Step = ClearStep | KillStep
+_SESSION_ID = re.compile(r"[0-9a-f]{64}")
+MAX_USER_BYTES = 1500  # Datastore's limit for an indexed string
+
+
+def _field(payload: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+    """The named field if it has the type asked for (a JSON bool is not a number)."""
     value = payload[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if optional and value is None:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise PayloadError(f"{name} has the wrong type")
     return value
 
 
-def parse_step(body: bytes) -> ClearStep:
-    """Parse a task payload strictly; raise PayloadError on anything unexpected."""
-    if len(body) > MAX_PAYLOAD_BYTES:
-        raise PayloadError("payload too large")
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise PayloadError("not JSON") from None
-    if not isinstance(payload, dict):
-        raise PayloadError("not a JSON object")
-    if payload.get("op") != "clear":
-        raise PayloadError("unknown op")
-    expected = {"op", "run_id", "cutoff", "cursor", "page", "dry_run"}
-    if set(payload) != expected:
-        raise PayloadError(f"fields must be exactly {sorted(expected)}")
-    run_id = _field(payload, "run_id", str)
-    if not _RUN_ID.fullmatch(run_id):
-        raise PayloadError("run_id is not 32 hex digits")
-    cutoff = _field(payload, "cutoff", (int, float))
-    if isinstance(cutoff, bool) or not math.isfinite(cutoff) or cutoff < 0:
-        raise PayloadError("cutoff is not a finite epoch time")
-    cursor = payload["cursor"]
+def valid_user(value: object) -> bool:
+    """A user key as it is stored: a non-empty string that fits an index."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_USER_BYTES
+        and value.isprintable()
+    )
+
+
+def valid_session_id(value: object) -> bool:
+    return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
+
+
+def _cursor(payload: dict[str, Any]) -> str | None:
+    cursor: str | None = _field(payload, "cursor", str, optional=True)
     if cursor is not None:
-        if not isinstance(cursor, str) or not _CURSOR.fullmatch(cursor):
+        if not _CURSOR.fullmatch(cursor):
             raise PayloadError("cursor is not a query cursor")
         try:
             base64.urlsafe_b64decode(cursor.encode())
         except (binascii.Error, ValueError):
             raise PayloadError("cursor is not a query cursor") from None
+    return cursor
+
+
+def _page(payload: dict[str, Any]) -> int:
     page = _field(payload, "page", int)
     if not 0 <= page <= 10_000_000:
         raise PayloadError("page out of range")
-    dry_run = _field(payload, "dry_run", bool)
-    return ClearStep(run_id=run_id, cutoff=float(cutoff), cursor=cursor, page=page, dry_run=dry_run)
+    return int(page)
 
 
-Enqueue = Callable[[ClearStep], None]
+def _exact_fields(payload: dict[str, Any], expected: set[str]) -> None:
+    if set(payload) != expected:
+        raise PayloadError(f"fields must be exactly {sorted(expected)}")
+    run_id = _field(payload, "run_id", str)
+    if not _RUN_ID.fullmatch(run_id):
+        raise PayloadError("run_id is not 32 hex digits")
+
+
+def _parse_clear(payload: dict[str, Any]) -> ClearStep:
+    _exact_fields(payload, {"op", "run_id", "cutoff", "cursor", "page", "dry_run"})
+    cutoff = _field(payload, "cutoff", (int, float))
+    if not math.isfinite(cutoff) or cutoff < 0:
+        raise PayloadError("cutoff is not a finite epoch time")
+    return ClearStep(
+        run_id=payload["run_id"],
+        cutoff=float(cutoff),
+        cursor=_cursor(payload),
+        page=_page(payload),
+        dry_run=_field(payload, "dry_run", bool),
+    )
+
+
+def _parse_kill(payload: dict[str, Any]) -> KillStep:
+    _exact_fields(payload, {"op", "run_id", "user", "except_session", "shard", "lo", "hi", "cursor", "page"})
+    user = payload["user"]
+    if user is not None and not valid_user(user):
+        raise PayloadError("user is not a user key")
+    except_session = payload["except_session"]
+    if except_session is not None and not valid_session_id(except_session):
+        raise PayloadError("except_session is not a session id")
+    shard = _field(payload, "shard", int, optional=True)
+    if shard is not None and not 0 <= shard < 1024:
+        raise PayloadError("shard out of range")
+    bounds = [_field(payload, name, str, optional=True) for name in ("lo", "hi")]
+    if any(bound is not None and (not bound or len(bound) > 1500) for bound in bounds):
+        raise PayloadError("shard bounds are not key names")
+    if shard is None and bounds != [None, None]:
+        raise PayloadError("bounds without a shard")
+    return KillStep(
+        run_id=payload["run_id"],
+        user=user,
+        except_session=except_session,
+        shard=shard,
+        lo=bounds[0],
+        hi=bounds[1],
+        cursor=_cursor(payload),
+        page=_page(payload),
+    )
+
+
+def parse_step(body: bytes) -> Step:
+    """Parse a task payload strictly; raise PayloadError on anything unexpected."""
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("payload too large")
+    try:
+        payload = json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise PayloadError("not JSON") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("not a JSON object")
+    if payload.get("op") == "clear":
+        return _parse_clear(payload)
+    if payload.get("op") == "kill":
+        return _parse_kill(payload)
+    raise PayloadError("unknown op")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+Enqueue = Callable[[Step], None]
 
 
 class CloudTasksQueue:
@@ -134,7 +248,7 @@ class CloudTasksQueue:
         self.service_account = settings.tasks_service_account
         self.deadline = min(settings.time_budget + timedelta(seconds=120), timedelta(minutes=30))
 
-    def task(self, step: ClearStep) -> tasks_v2.Task:
+    def task(self, step: Step) -> tasks_v2.Task:
         request = tasks_v2.HttpRequest(
             http_method=tasks_v2.HttpMethod.POST,
             url=self.url,
@@ -149,7 +263,7 @@ class CloudTasksQueue:
             dispatch_deadline=duration_pb2.Duration(seconds=int(self.deadline.total_seconds())),
         )
 
-    def __call__(self, step: ClearStep) -> None:
+    def __call__(self, step: Step) -> None:
         try:
             self.client.create_task(parent=self.queue, task=self.task(step))
         except gexc.AlreadyExists:

@@ -1,0 +1,215 @@
+"""Paging and deleting: the engine shared by cleanup and kill-by-user.
+
+A :class:`Sweep` pages through a keys-only query with its cursor and deletes
+each page in commits of at most ``batch_size`` keys, with up to
+``deletes_in_flight`` commits running while the next page is fetched. It holds
+at most one page of keys. Transient Datastore errors are retried with backoff;
+a page too large for one response is fetched again in halves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from google.api_core import exceptions as gexc
+from google.cloud import datastore
+
+from session_core.config import Settings
+from session_core.errors import StoreError, TransientStoreError
+from session_core.session import Session
+from session_core.store import SessionRecord, SessionStore, commit, translated
+
+# A keys-only response must stay under the 4 MiB response limit; aim for half.
+MAX_PAGE_BYTES = 2 * 1024 * 1024
+_RETRY_DELAYS = (0.1, 0.3, 1.0, 3.0)
+log = structlog.get_logger("session_core.sweep")
+Progress = Callable[[int, float], None]
+QueryFactory = Callable[[], datastore.Query]
+
+
+def page_limit(settings: Settings, key_bytes: int = 64) -> int:
+    """Keys per query page: the configured size, bounded so a response stays small.
+
+    ``key_bytes`` is the longest key name expected (64 for hashed, 42 for ViUR).
+    """
+    overhead = 64 + len(settings.project) + len(settings.kind) + len(settings.namespace or "")
+    return max(1, min(settings.page_size, MAX_PAGE_BYTES // (overhead + key_bytes)))
+
+
+def batches(keys: Iterable[datastore.Key], size: int) -> list[list[datastore.Key]]:
+    """Split keys into commits of at most ``size``, dropping duplicates."""
+    unique = list({key.flat_path: key for key in keys}.values())
+    return [unique[i : i + size] for i in range(0, len(unique), size)]
+
+
+def with_retries(operation: Callable[[], Any], *, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Run ``operation``, retrying TransientStoreError with backoff (4 retries)."""
+    for delay in _RETRY_DELAYS:
+        try:
+            return operation()
+        except TransientStoreError as exc:
+            log.warning("datastore_retry", operation=exc.operation, error=type(exc.cause).__name__, delay_s=delay)
+            sleep(delay)
+    return operation()
+
+
+def session_query(client: datastore.Client, settings: Settings) -> datastore.Query:
+    """A keys-only query over the session kind, in the settings' namespace."""
+    query: datastore.Query = client.query(kind=settings.kind, namespace=settings.namespace)
+    query.keys_only()
+    return query
+
+
+def notify_deleted(records: Iterable[SessionRecord]) -> None:
+    """Call every ``Session.on_delete`` observer for each deleted session."""
+    observers = Session.delete_observers()
+    for record in records:
+        for observer in observers:
+            observer(record)
+
+
+def delete_batch(
+    client: datastore.Client, keys: Sequence[datastore.Key], *, dry_run: bool = False, notify: bool = True
+) -> tuple[int, list[SessionRecord]]:
+    """Delete up to 500 session keys in one commit (retried if transient).
+
+    With ``on_delete`` observers registered, the sessions are read first (one
+    lookup) and returned, and, with ``notify``, the observers are called once
+    the commit succeeded. Returns (keys deleted, records read).
+    """
+    records: list[SessionRecord] = []
+    if Session.delete_observers():
+
+        def lookup() -> list[datastore.Entity]:
+            with translated("lookup"):
+                found: list[datastore.Entity] = client.get_multi(list(keys))
+                return found
+
+        records = [SessionStore.from_entity(entity) for entity in with_retries(lookup)]
+    if not dry_run:
+
+        def delete() -> None:
+            with translated("delete"):
+                commit(client, delete=keys)
+
+        with_retries(delete)
+    if notify:
+        notify_deleted(records)
+    return len(keys), records
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a sweep did; ``cursor`` is where to resume, None when it reached the end."""
+
+    deleted: int
+    batches: int
+    pages: int
+    cursor: str | None
+
+
+class Sweep:
+    """Delete every key a query yields, page by page, from a cursor.
+
+    ``keep`` names keys to leave alone (they are neither deleted nor counted).
+    With ``dry_run`` it counts instead of deleting. ``on_delete`` observers
+    registered on :class:`Session` get each deleted session; with none, no
+    session entity is read (keys only).
+    """
+
+    def __init__(
+        self,
+        client: datastore.Client,
+        settings: Settings,
+        make_query: QueryFactory,
+        *,
+        dry_run: bool = False,
+        keep: Callable[[datastore.Key], bool] | None = None,
+        progress: Progress | None = None,
+        page_size: int | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.make_query = make_query
+        self.dry_run = dry_run
+        self.keep = keep
+        self.progress = progress
+        self.limit = page_size or page_limit(settings)
+        self.deleted = 0
+        self.batches = 0
+
+    def _page(self, cursor: str | None) -> tuple[list[datastore.Key], str | None, bool]:
+        """One page of keys from ``cursor``: (keys, next cursor, last page?)."""
+
+        def fetch() -> tuple[list[datastore.Key], str | None]:
+            iterator = self.make_query().fetch(limit=self.limit, start_cursor=cursor)  # urlsafe base64
+            with translated("query"):
+                keys = [entity.key for entity in iterator]
+            token = iterator.next_page_token
+            return keys, token.decode() if isinstance(token, bytes) else token
+
+        while True:
+            try:
+                keys, next_cursor = with_retries(fetch)
+            except StoreError as exc:
+                if isinstance(exc.cause, gexc.ResourceExhausted) and self.limit > 1:
+                    self.limit //= 2  # the response was too large: smaller pages
+                    continue
+                raise
+            # The legacy emulator reports more results after every limit: a short or
+            # empty page is the end, whatever the cursor says.
+            return keys, next_cursor, len(keys) < self.limit or next_cursor is None
+
+    def _delete(self, keys: Sequence[datastore.Key]) -> tuple[int, list[SessionRecord]]:
+        return delete_batch(self.client, keys, dry_run=self.dry_run, notify=False)
+
+    def _collect(self, future: Future[tuple[int, list[SessionRecord]]]) -> None:
+        count, records = future.result()
+        self.deleted += count
+        self.batches += 1
+        notify_deleted(records)
+
+    def run(self, cursor: str | None, *, deadline: float | None = None, max_pages: int | None = None) -> SweepOutcome:
+        """Sweep from ``cursor`` until the end, the monotonic ``deadline``, or ``max_pages``.
+
+        All deletes are committed before it returns; on an error, those already
+        committed stay committed and a re-run from the same cursor is safe.
+        """
+        started = time.monotonic()
+        in_flight = self.settings.deletes_in_flight
+        pending: deque[Future[tuple[int, list[SessionRecord]]]] = deque()
+        pages = 0
+        last_report = started
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="sweep") as pool:
+            try:
+                while True:
+                    keys, cursor, last = self._page(cursor)  # overlaps with the deletes in flight
+                    pages += 1
+                    if self.keep is not None:
+                        keys = [key for key in keys if not self.keep(key)]
+                    for batch in batches(keys, self.settings.batch_size):
+                        while len(pending) >= in_flight:
+                            self._collect(pending.popleft())
+                        pending.append(pool.submit(self._delete, batch))
+                    if self.progress is not None and time.monotonic() - last_report >= 1.0:
+                        self.progress(self.deleted, time.monotonic() - started)
+                        last_report = time.monotonic()
+                    if last:
+                        cursor = None
+                        break
+                    if (deadline is not None and time.monotonic() >= deadline) or (
+                        max_pages is not None and pages >= max_pages
+                    ):
+                        break
+            finally:
+                while pending:
+                    self._collect(pending.popleft())
+        if self.progress is not None:
+            self.progress(self.deleted, time.monotonic() - started)
+        return SweepOutcome(self.deleted, self.batches, pages, cursor)

@@ -1,0 +1,262 @@
+"""Kill-by-user against the real emulator: exactly the targeted sessions go."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from google.cloud import datastore
+
+from session_core import GUEST_USER, Session, SessionRecord, Settings, killSessionByUser
+from session_core.cookies import new_key
+from session_core.revocation import (
+    PoisonMessageError,
+    end_user_session,
+    list_user_sessions,
+    parse_kill_message,
+    parse_pubsub_event,
+    run_id_for,
+    run_kill_step,
+    shard_of,
+    shard_ranges,
+    split_points,
+)
+from session_core.store import SessionStore, hash_key
+from session_core.tasks import KillStep, Step, parse_step
+from tests.conftest import Ctx, RpcCounter
+from tests.test_cleanup import remaining
+
+NOW = time.time()
+
+
+def seed_users(
+    client: datastore.Client, settings: Settings, counts: dict[str, int], *, plain: bool = False
+) -> dict[str, set[str]]:
+    """Live sessions per user; returns the key names of each user's sessions."""
+    store = SessionStore(client, settings)
+    names: dict[str, set[str]] = {}
+    entities = []
+    for user, count in counts.items():
+        names[user] = {new_key() if plain else hash_key(new_key()) for _ in range(count)}
+        entities += [store.to_entity(SessionRecord(n, {"ip": "10.0.0.1"}, user, "k" * 13, NOW)) for n in names[user]]
+    for start in range(0, len(entities), 500):
+        client.put_multi(entities[start : start + 500])
+    return names
+
+
+def drain(client: datastore.Client, settings: Settings, queued: list[Step], *, twice: bool = False) -> int:
+    deleted = 0
+    while queued:
+        step = queued.pop(0)
+        assert isinstance(step, KillStep)
+        deleted += run_kill_step(client, settings, step, enqueue=queued.append).deleted
+        if twice:
+            deleted += run_kill_step(client, settings, step, enqueue=lambda _: None).deleted
+    return deleted
+
+
+@pytest.fixture
+def population(client: datastore.Client, settings: Settings) -> dict[str, set[str]]:
+    users = seed_users(client, settings, {"alice": 1200, "bob": 7, "carol": 3, GUEST_USER: 40})
+    users["viur-bob"] = seed_users(client, settings, {"bob": 2}, plain=True)["bob"]
+    users["bob"] |= users.pop("viur-bob")
+    return users
+
+
+def everyone_but(population: dict[str, set[str]], *users: str) -> set[str]:
+    return set().union(*(names for user, names in population.items() if user not in users))
+
+
+def test_one_user_with_more_than_a_page_is_killed_inline(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    result = killSessionByUser("alice", client=client, settings=settings)
+    assert result.deleted == 1200 and not result.continued
+    assert remaining(client, settings) == everyone_but(population, "alice")
+
+
+def test_first_batch_goes_at_once_and_the_rest_continues_as_tasks(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]], rpcs: RpcCounter
+) -> None:
+    queued: list[Step] = []
+    rpcs.reset()
+    result = killSessionByUser("alice", client=client, settings=settings, enqueue=queued.append)
+    assert rpcs.calls == {"run_query": 1, "commit": 1}  # one keys-only page, one commit
+    assert result.deleted == 500 and result.continued and len(queued) == 1
+    assert len(remaining(client, settings)) == sum(map(len, population.values())) - 500
+    assert drain(client, settings, queued) == 700
+    assert remaining(client, settings) == everyone_but(population, "alice")
+
+
+def test_a_small_user_is_logged_out_before_the_call_returns(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    queued: list[Step] = []
+    result = killSessionByUser("bob", client=client, settings=settings, enqueue=queued.append)
+    assert result.deleted == 9 and not result.continued and queued == []
+    assert remaining(client, settings) == everyone_but(population, "bob")
+
+
+def test_guest_kills_every_guest_session_through_shards(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    queued: list[Step] = []
+    result = killSessionByUser(GUEST_USER, client=client, settings=settings, enqueue=queued.append)
+    assert result.shards == settings.shards == len(queued)
+    assert drain(client, settings, queued) == 40
+    assert remaining(client, settings) == everyone_but(population, GUEST_USER)
+
+
+def test_no_user_kills_every_session(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    result = killSessionByUser(None, client=client, settings=settings)
+    assert result.deleted == sum(map(len, population.values()))
+    assert remaining(client, settings) == set()
+
+
+def test_except_session_survives(client: datastore.Client, settings: Settings, population: dict[str, set[str]]) -> None:
+    kept_hashed = sorted(population["alice"])[0]
+    killSessionByUser("alice", client=client, settings=settings, except_session=kept_hashed)
+    assert remaining(client, settings) == everyone_but(population, "alice") | {kept_hashed}
+    kept_plain = next(name for name in population["bob"] if len(name) == 42)
+    killSessionByUser(None, client=client, settings=settings, except_session=hash_key(kept_plain))
+    assert remaining(client, settings) == {kept_plain}
+
+
+def test_the_same_kill_delivered_twice_ends_in_the_same_state(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    for user in ("alice", None):
+        queued: list[Step] = []
+        for _ in range(2):
+            killSessionByUser(user, client=client, settings=settings, enqueue=queued.append, run_id="e" * 32)
+        assert len({step.task_id for step in queued}) == len(queued) // 2  # the duplicates share task names
+        drain(client, settings, queued, twice=True)
+        if user == "alice":
+            assert remaining(client, settings) == everyone_but(population, "alice")
+    assert remaining(client, settings) == set()
+
+
+def test_on_delete_observers_see_each_killed_session(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    seen: list[SessionRecord] = []
+    Session.on_delete(seen.append)
+    try:
+        killSessionByUser("bob", client=client, settings=settings)
+    finally:
+        Session.remove_on_delete(seen.append)
+    assert {record.key_name for record in seen} == population["bob"]
+    assert {record.user for record in seen} == {"bob"}
+
+
+def test_kill_refuses_bad_arguments(client: datastore.Client, settings: Settings) -> None:
+    with pytest.raises(ValueError):
+        killSessionByUser("", client=client, settings=settings)
+    with pytest.raises(ValueError):
+        killSessionByUser("bob", client=client, settings=settings, except_session=new_key())  # a cookie
+
+
+# -- devices ---------------------------------------------------------------------
+
+
+def test_list_and_end_one_device(client: datastore.Client, settings: Settings, population: dict[str, set[str]]) -> None:
+    devices = list_user_sessions(client, settings, "bob")
+    assert len(devices) == 9
+    assert {device.session_id for device in devices} == {n if len(n) == 64 else hash_key(n) for n in population["bob"]}
+    assert all(device.ip == "10.0.0.1" and device.user_agent is None for device in devices)
+    plain = next(name for name in population["bob"] if len(name) == 42)
+    assert end_user_session(client, settings, "bob", hash_key(plain))
+    assert not end_user_session(client, settings, "carol", devices[0].session_id)  # not carol's
+    hashed = next(name for name in population["bob"] if len(name) == 64)
+    assert end_user_session(client, settings, "bob", hashed)
+    assert remaining(client, settings) == everyone_but(population) - {plain, hashed}
+
+
+def test_logout_everywhere_else_keeps_the_current_session(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    session = Session(client, settings)
+    session.load(Ctx())
+    session.login("bob")
+    session.save(Ctx())
+    assert session.logout_everywhere_else() == 9
+    assert remaining(client, settings) == everyone_but(population, "bob") | {session.session_id}
+    with pytest.raises(ValueError):
+        Session(client, settings).logout_everywhere_else()
+
+
+# -- messages and payloads ---------------------------------------------------------
+
+
+def test_valid_messages() -> None:
+    assert parse_kill_message(b'{"user": "u-1"}').user == "u-1"
+    assert parse_kill_message(b'{"user": null}').user is None
+    assert parse_kill_message(b'{"user": "__guest__"}').user == GUEST_USER
+    kill = parse_kill_message(json.dumps({"user": "u", "except_session": "a" * 64}).encode())
+    assert kill.except_session == "a" * 64
+
+
+POISON = [
+    (b"", "not JSON"),
+    (b"kill bob", "not JSON"),
+    (b"\xff\xfe", "not UTF-8"),
+    (b'["bob"]', "not a JSON object"),
+    (b'"bob"', "not a JSON object"),
+    (b"{}", "missing"),
+    (b'{"user": 42}', '"user" must be'),
+    (b'{"user": ""}', '"user" must be'),
+    (b'{"user": ["bob"]}', '"user" must be'),
+    (b'{"user": {"id": 1}}', '"user" must be'),
+    (b'{"user": true}', '"user" must be'),
+    (b'{"user": "bob\\n"}', '"user" must be'),
+    (json.dumps({"user": "x" * 1501}).encode(), '"user" must be'),
+    (b'{"user": "bob", "extra": 1}', "unknown fields"),
+    (b'{"user": "bob", "except_session": "' + new_key().encode() + b'"}', "never a cookie"),
+    (b'{"user": "bob", "except_session": 7}', "never a cookie"),
+    (b'{"user": NaN}', "not JSON"),
+    (b'{"user": "' + b"x" * 11000 + b'"}', "larger than"),
+]
+
+
+@pytest.mark.parametrize(("data", "reason"), POISON)
+def test_poison_messages_are_named(data: bytes, reason: str) -> None:
+    with pytest.raises(PoisonMessageError, match=reason):
+        parse_kill_message(data)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [None, {}, {"message": {}}, {"message": {"data": 5}}, {"message": {"data": "%%%"}}, {"message": "x"}, [1]],
+)
+def test_pubsub_envelopes_without_data_are_poison(event: object) -> None:
+    with pytest.raises(PoisonMessageError):
+        parse_pubsub_event(event)
+
+
+def test_pubsub_envelope_with_data() -> None:
+    event = {"message": {"data": base64.b64encode(b'{"user": "bob"}').decode()}}
+    assert parse_pubsub_event(event).user == "bob"
+
+
+def test_kill_steps_survive_a_round_trip_through_their_payload() -> None:
+    step = KillStep(run_id_for("m-1"), "bob", "a" * 64, 3, "0a", "1b", "Q3Vyc29y", 7)
+    assert parse_step(json.dumps(step.to_json()).encode()) == step
+    assert run_id_for("m-1") == run_id_for("m-1") != run_id_for("m-2")
+
+
+# -- shards -------------------------------------------------------------------------
+
+
+def test_split_points_cut_a_sorted_sample_evenly() -> None:
+    sample = [f"{i:04d}" for i in range(1600)]
+    points = split_points(sample, 16)
+    assert points == [f"{i:04d}" for i in range(100, 1600, 100)]
+    ranges = shard_ranges(points)
+    assert ranges[0] == (None, "0100") and ranges[-1] == ("1500", None) and len(ranges) == 16
+    assert shard_of("0099", points) == 0 and shard_of("0100", points) == 1 and shard_of("zzzz", points) == 15
+    assert split_points(["a", "a", "a"], 4) == ["a"]
+    assert split_points([], 16) == []
