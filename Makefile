@@ -20,7 +20,7 @@ $(TASKS_VENV)/.installed: requirements-tasks-emulator.txt
 venv: $(VENV)/.installed $(TASKS_VENV)/.installed
 
 run: venv
-	$(BIN)/python -m session_core demo
+	$(BIN)/python -m session_core stack $(if $(ONCE),--once,)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,8 +1,9 @@
 """Command line: ``python -m session_core COMMAND``.
 
-Commands run the library inline against whatever Datastore the environment
-names (``DATASTORE_EMULATOR_HOST`` for an emulator), with the same settings
-as the Cloud Functions. On a terminal they show progress; otherwise they log.
+``clear`` and ``kill-user`` run the library inline against whatever
+Datastore the environment names (``DATASTORE_EMULATOR_HOST`` for an
+emulator), with the same settings as the Cloud Functions; on a terminal they
+show progress, otherwise they log. ``stack`` runs the whole system locally.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
@@ -20,6 +22,7 @@ from session_core.errors import SessionCoreError
 from session_core.logging import configure_logging
 
 log = structlog.get_logger("session_core.cli")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _progress(verb: str) -> Callable[[int, float], None]:
@@ -36,37 +39,54 @@ def _progress(verb: str) -> Callable[[int, float], None]:
     return report
 
 
-def _clear(args: argparse.Namespace, settings: Settings) -> int:
-    from session_core.cleanup import start_clear_sessions
+def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
     from session_core.clients import datastore_client
 
-    verb = "counted" if args.dry_run else "deleted"
-    result = start_clear_sessions(datastore_client(settings), settings, dry_run=args.dry_run, progress=_progress(verb))
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    print(json.dumps(result.to_json()))
-    return 0
+    client = datastore_client(settings)
+    if args.command == "clear":
+        from session_core.cleanup import start_clear_sessions
+
+        verb = "counted" if args.dry_run else "deleted"
+        return start_clear_sessions(client, settings, dry_run=args.dry_run, progress=_progress(verb)).to_json()
+    from session_core.revocation import killSessionByUser
+    from session_core.store import GUEST_USER
+
+    user = GUEST_USER if args.guest else None if args.all else args.user
+    result = killSessionByUser(
+        user, client=client, settings=settings, except_session=args.except_session, progress=_progress("deleted")
+    )
+    return result.to_json()
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m session_core", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run the library against a local Datastore emulator")
+    stack = commands.add_parser("stack", help="run the whole system locally, with a demo")
+    stack.add_argument("--once", action="store_true", help="exit after the demo instead of keeping the stack up")
     clear = commands.add_parser("clear", help="delete expired sessions now, inline")
     clear.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    kill = commands.add_parser("kill-user", help="end a user's sessions now, inline")
+    who = kill.add_mutually_exclusive_group(required=True)
+    who.add_argument("user", nargs="?", help="the user key")
+    who.add_argument("--guest", action="store_true", help="every guest session")
+    who.add_argument("--all", action="store_true", help="every session")
+    kill.add_argument("--except", dest="except_session", metavar="SESSION", help="a session id to keep")
     args = parser.parse_args(argv)
     configure_logging()
-    environ = dict(os.environ if environ is None else environ)
-    if args.command == "demo":
-        from session_core._demo import run_demo
+    if args.command == "stack":
+        from session_core._localstack import run_stack
 
-        return run_demo(environ)
+        return run_stack(ROOT, once=args.once)
     try:
-        settings = Settings.from_env(environ)
-        return _clear(args, settings)
-    except SessionCoreError as exc:
+        settings = Settings.from_env(dict(os.environ if environ is None else environ))
+        result = _run(args, settings)
+    except (SessionCoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":

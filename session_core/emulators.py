@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -280,4 +281,34 @@ def pubsub(log_dir: Path, project: str, port: int | None = None) -> Emulator:
         port,
         http_ok(f"http://127.0.0.1:{port}/"),
         log_dir / f"pubsub-{port}.log",
+    )
+
+
+def functions_framework(
+    target: str,
+    source: Path,
+    log_dir: Path,
+    env: dict[str, str],
+    *,
+    port: int | None = None,
+    cloudevent: bool = False,
+    executable: Path | None = None,
+) -> Emulator:
+    """functions-framework serving one function of ``source`` as its own process.
+
+    ``env`` is added to this process's environment. The executable defaults to
+    the one beside the running interpreter (the project's venv).
+    """
+    port = port or free_port()
+    binary = executable or Path(sys.executable).parent / "functions-framework"
+    argv = [str(binary), f"--target={target}", f"--source={source}", "--host=127.0.0.1", f"--port={port}"]
+    if cloudevent:
+        argv.append("--signature-type=cloudevent")
+    return Emulator(
+        f"functions-framework {target}",
+        argv,
+        port,
+        port_open(port),
+        log_dir / f"{target}-{port}.log",
+        env={**os.environ, **env},
     )

@@ -33,7 +33,7 @@ from session_core.config import Settings
 from session_core.errors import SessionCoreError
 from session_core.session import is_expired
 from session_core.store import GUEST_USER, SessionStore, hash_key, translated
-from session_core.sweep import Sweep, delete_batch, page_limit, session_query, with_retries
+from session_core.sweep import Progress, Sweep, delete_batch, page_limit, session_query, with_retries
 from session_core.tasks import Enqueue, KillStep, valid_session_id, valid_user
 
 MAX_MESSAGE_BYTES = 10 * 1024
@@ -237,6 +237,7 @@ def run_kill_step(
     *,
     enqueue: Enqueue | None = None,
     first_batch_only: bool = False,
+    progress: Progress | None = None,
 ) -> KillResult:
     """Run one step of a kill chain within the time budget; enqueue the next. Idempotent.
 
@@ -246,13 +247,24 @@ def run_kill_step(
     started = time.monotonic()
     page_size = settings.batch_size if first_batch_only else None
     sweep = Sweep(
-        client, settings, _query(client, settings, step), keep=_keeper(step.except_session), page_size=page_size
+        client,
+        settings,
+        _query(client, settings, step),
+        keep=_keeper(step.except_session),
+        page_size=page_size,
+        progress=progress,
     )
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
     outcome = sweep.run(step.cursor, deadline=deadline, max_pages=1 if first_batch_only else None)
     deleted, cursor, page = outcome.deleted, outcome.cursor, step.page + outcome.pages
     if cursor is not None and enqueue is None:  # no queue: the rest runs here and now
-        rest = Sweep(client, settings, _query(client, settings, step), keep=_keeper(step.except_session))
+        rest = Sweep(
+            client,
+            settings,
+            _query(client, settings, step),
+            keep=_keeper(step.except_session),
+            progress=_offset(progress, deleted),
+        )
         deleted += rest.run(cursor).deleted
         cursor = None
     if cursor is not None and enqueue is not None:
@@ -270,6 +282,14 @@ def run_kill_step(
     return result
 
 
+def _offset(progress: Progress | None, done: int) -> Progress | None:
+    """Progress of a later sweep, counted on from ``done``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda count, elapsed: report(done + count, elapsed)
+
+
 def killSessionByUser(  # noqa: N802 - ViUR's name
     user: str | None = None,
     *,
@@ -278,6 +298,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     except_session: str | None = None,
     enqueue: Enqueue | None = None,
     run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> KillResult:
     """Invalidate all active sessions of ``user``: "__guest__" all guests, None everyone.
 
@@ -294,7 +315,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     run_id = run_id or uuid.uuid4().hex
     if user is not None and user != GUEST_USER:
         step = KillStep(run_id, user, except_session)
-        return run_kill_step(client, settings, step, enqueue=enqueue, first_batch_only=True)
+        return run_kill_step(client, settings, step, enqueue=enqueue, first_batch_only=True, progress=progress)
     started = time.monotonic()
     ranges = plan_shards(client, settings, settings.shards)
     deleted = 0
@@ -303,7 +324,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
         if enqueue is not None:
             enqueue(step)
         else:
-            deleted += run_kill_step(client, settings, step).deleted
+            deleted += run_kill_step(client, settings, step, progress=_offset(progress, deleted)).deleted
     result = KillResult(
         run_id=run_id,
         user=_label(user),

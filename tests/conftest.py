@@ -15,9 +15,11 @@ from google.cloud import datastore
 
 from session_core import Settings
 from session_core.clients import datastore_client
-from session_core.emulators import Emulator, firestore_datastore_mode
+from session_core.emulators import Emulator, cloud_tasks, firestore_datastore_mode, functions_framework
 
-LOG_DIR = Path(__file__).resolve().parent.parent / ".local" / "test-logs"
+ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = ROOT / ".local" / "test-logs"
+QUEUE = "projects/session-core-test/locations/europe-west3/queues/session-tasks"
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +114,15 @@ class RpcCounter:
 @pytest.fixture
 def rpcs(client: datastore.Client) -> RpcCounter:
     return RpcCounter(client)
+
+
+@pytest.fixture(scope="session")
+def tasks_emulator() -> Iterator[Emulator]:
+    """gcloud-tasks-emulator from its own venv, with the project's queue."""
+    with cloud_tasks(LOG_DIR, ROOT / ".venv-tasks" / "bin" / "python", queues=[QUEUE]) as emulator:
+        yield emulator
+
+
+def serve_function(target: str, port: int, env: dict[str, str], *, cloudevent: bool = False) -> Emulator:
+    """functions-framework serving a target of main.py as its own process (start it with ``with``)."""
+    return functions_framework(target, ROOT / "main.py", LOG_DIR, env, port=port, cloudevent=cloudevent)

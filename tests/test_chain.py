@@ -6,11 +6,9 @@ venv) dispatching HTTP tasks, and ``session_task`` served by functions-framework
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from functions_framework import create_app
@@ -18,18 +16,9 @@ from google.cloud import datastore
 
 from session_core import Settings
 from session_core.cleanup import LEASE_KIND, LEASE_NAME
-from session_core.emulators import Emulator, cloud_tasks, free_port, port_open
+from session_core.emulators import Emulator, free_port
+from tests.conftest import LOG_DIR, QUEUE, ROOT, serve_function
 from tests.test_cleanup import remaining, seed
-
-ROOT = Path(__file__).resolve().parent.parent
-LOG_DIR = ROOT / ".local" / "test-logs"
-QUEUE = "projects/session-core-test/locations/europe-west3/queues/session-tasks"
-
-
-@pytest.fixture(scope="module")
-def tasks_emulator() -> Iterator[Emulator]:
-    with cloud_tasks(LOG_DIR, ROOT / ".venv-tasks" / "bin" / "python", queues=[QUEUE]) as emulator:
-        yield emulator
 
 
 @pytest.fixture
@@ -47,21 +36,7 @@ def chain_env(settings: Settings, tasks_emulator: Emulator) -> Iterator[dict[str
         "SESSION_TASK_URL": f"http://127.0.0.1:{port}/",
         "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
     }
-    server = Emulator(
-        "functions-framework session_task",
-        [
-            str(ROOT / ".venv" / "bin" / "functions-framework"),
-            "--target=session_task",
-            f"--source={ROOT / 'main.py'}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ],
-        port,
-        port_open(port),
-        LOG_DIR / f"session-task-{port}.log",
-        env={**os.environ, **env},
-    )
-    with server:
+    with serve_function("session_task", port, env):
         yield env
 
 
@@ -91,5 +66,5 @@ def test_a_run_over_budget_continues_in_cloud_tasks_to_the_same_end_state(
         time.sleep(0.2)
     assert remaining(client, settings) == live | in_grace
     assert client.get(lease) is None  # the last step released the lease
-    log = (LOG_DIR / f"session-task-{chain_env['SESSION_TASK_URL'].rsplit(':', 1)[1].strip('/')}.log").read_text()
+    log = (LOG_DIR / f"session_task-{chain_env['SESSION_TASK_URL'].rsplit(':', 1)[1].strip('/')}.log").read_text()
     assert log.count('"event": "clear_sessions"') >= 10  # one summary line per step, each step one page

@@ -10,18 +10,6 @@ from typing import Any
 from session_core.emulators import Emulator
 
 
-def test_demo_runs_against_the_emulator(datastore_emulator: Emulator) -> None:
-    env = {**os.environ, "DATASTORE_EMULATOR_HOST": datastore_emulator.host}
-    done = subprocess.run(
-        [sys.executable, "-m", "session_core", "demo"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "0 sessions stored (nothing written)" in done.stdout
-    assert "cart={'cart': ['book', 'pen']}; 1 session stored" in done.stdout
-    assert "new cookie: True; cart after login={'cart': []}" in done.stdout
-    assert "moved to hashed key: True" in done.stdout
-
-
 def test_clear_command_deletes_expired_sessions_inline(
     datastore_emulator: Emulator, client: Any, settings: Any
 ) -> None:
@@ -63,3 +51,36 @@ def test_bad_settings_fail_with_the_variable_named(datastore_emulator: Emulator)
     )
     assert done.returncode == 1
     assert "SESSION_BATCH_SIZE: expected a whole number from 1 to 500; got '9000'" in done.stderr
+
+
+def test_kill_user_command(datastore_emulator: Emulator, client: Any, settings: Any) -> None:
+    import json
+
+    from tests.test_cleanup import remaining
+    from tests.test_revocation import seed_users
+
+    users = seed_users(client, settings, {"alice": 30, "bob": 4, "__guest__": 10})
+    env = {
+        **os.environ,
+        "DATASTORE_EMULATOR_HOST": datastore_emulator.host,
+        "SESSION_NAMESPACE": settings.namespace,
+        "GOOGLE_CLOUD_PROJECT": settings.project,
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "session_core", "kill-user", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = cli("alice")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["deleted"] == 30
+    kept = sorted(users["bob"])[0]
+    assert json.loads(cli("--all", "--except", kept).stdout)["deleted"] == 13
+    assert remaining(client, settings) == {kept}
+    refused = cli("bob", "--except", "not-a-session-id")
+    assert refused.returncode == 1 and "except_session must be a session id" in refused.stderr

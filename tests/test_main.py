@@ -145,3 +145,96 @@ def test_malformed_task_payloads_get_400_and_delete_nothing(
     response = function("session_task").post("/", data=payload, content_type="application/json")
     assert response.status_code == 400
     assert remaining(client, settings) == expired_and_live[0] | expired_and_live[1]
+
+
+# -- kill_user_sessions ------------------------------------------------------------
+
+
+def pubsub_push_body(data: bytes, message_id: str = "m-1") -> dict[str, object]:
+    """The body the Pub/Sub emulator POSTs to a push endpoint."""
+    import base64
+
+    return {
+        "message": {"data": base64.b64encode(data).decode(), "messageId": message_id, "attributes": {}},
+        "subscription": "projects/session-core-test/subscriptions/kill-user-push",
+    }
+
+
+@pytest.fixture
+def users(client: datastore.Client, settings: Settings) -> dict[str, set[str]]:
+    from tests.test_revocation import seed_users
+
+    return seed_users(client, settings, {"alice": 30, "bob": 5, "__guest__": 12})
+
+
+def test_kill_message_as_a_raw_pubsub_push(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    users: dict[str, set[str]],
+) -> None:
+    response = function("kill_user_sessions").post("/", json=pubsub_push_body(b'{"user": "alice"}'))
+    assert response.status_code == 200
+    assert remaining(client, settings) == users["bob"] | users["__guest__"]
+
+
+def test_kill_message_as_a_structured_cloudevent(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    users: dict[str, set[str]],
+) -> None:
+    import base64
+
+    event = {
+        "specversion": "1.0",
+        "type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "source": "//pubsub.googleapis.com/projects/session-core-test/topics/kill-user",
+        "id": "m-2",
+        "datacontenttype": "application/json",
+        "data": {"message": {"data": base64.b64encode(b'{"user": "__guest__"}').decode(), "messageId": "m-2"}},
+    }
+    response = function("kill_user_sessions").post(
+        "/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"}
+    )
+    assert response.status_code == 200
+    assert remaining(client, settings) == users["alice"] | users["bob"]
+
+
+def test_poison_messages_are_acknowledged_and_delete_nothing(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    users: dict[str, set[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.test_revocation import POISON
+
+    kill = function("kill_user_sessions")
+    for data, _ in POISON:
+        assert kill.post("/", json=pubsub_push_body(data)).status_code == 200
+    assert remaining(client, settings) == users["alice"] | users["bob"] | users["__guest__"]
+    rejected = [line for line in capsys.readouterr().err.splitlines() if "kill_message_rejected" in line]
+    assert len(rejected) == len(POISON)
+
+
+def test_session_task_runs_a_kill_step(
+    function: Callable[[str], FlaskClient],
+    client: datastore.Client,
+    settings: Settings,
+    users: dict[str, set[str]],
+) -> None:
+    step = {
+        "op": "kill",
+        "run_id": "f" * 32,
+        "user": "bob",
+        "except_session": None,
+        "shard": None,
+        "lo": None,
+        "hi": None,
+        "cursor": None,
+        "page": 1,
+    }
+    response = function("session_task").post("/", json=step)
+    assert response.status_code == 200 and response.get_json()["deleted"] == 5
+    assert remaining(client, settings) == users["alice"] | users["__guest__"]

@@ -1,0 +1,278 @@
+"""``python -m session_core stack``: the whole system on this machine, and a demo of it.
+
+Starts, each on a free loopback port and in a process group of its own: the
+Firestore emulator (Datastore mode), the Pub/Sub emulator with the kill-user
+topic and a push subscription, gcloud-tasks-emulator with the project's
+queue, and functions-framework serving ``clear_sessions``,
+``kill_user_sessions`` and ``session_task``. Then it runs a demo, prints
+commands to try, and keeps the stack up until Ctrl-C (or exits at once with
+``once``). Whatever happens, every process it started is stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from google.cloud import datastore
+
+from session_core.clients import datastore_client
+from session_core.config import Settings
+from session_core.cookies import new_key
+from session_core.emulators import (
+    EmulatorError,
+    cloud_tasks,
+    firestore_datastore_mode,
+    free_port,
+    functions_framework,
+    pubsub,
+)
+from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
+
+PROJECT = "session-core-local"
+LOCATION = "local"
+QUEUE = f"projects/{PROJECT}/locations/{LOCATION}/queues/session-tasks"
+TOPIC = f"projects/{PROJECT}/topics/kill-user"
+SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/kill-user-push"
+MANY = "alice"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where everything listens."""
+
+    datastore: str
+    pubsub: str
+    tasks: str
+    clear_url: str
+    kill_url: str
+    task_url: str
+    env: dict[str, str]
+
+
+def _rest(host: str, method: str, path: str, body: object = None) -> None:
+    request = urllib.request.Request(
+        f"http://{host}/v1/{path}",
+        method=method,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - loopback emulator
+        pass
+
+
+def publish(pubsub_host: str, message: dict[str, object]) -> None:
+    """Publish a kill-user message exactly as an app does (JSON data)."""
+    data = base64.b64encode(json.dumps(message).encode()).decode()
+    _rest(pubsub_host, "POST", f"{TOPIC}:publish", {"messages": [{"data": data}]})
+
+
+def _check_tools() -> None:
+    if shutil.which("java") is None:
+        raise EmulatorError("java is not installed: the Google emulators need a Java 17+ runtime")
+    if shutil.which("gcloud") is None:
+        raise EmulatorError("gcloud is not installed: install google-cloud-cli and its emulator packages")
+
+
+@contextmanager
+def running_stack(root: Path, log_dir: Path) -> Iterator[Stack]:
+    """Start everything; stop everything on the way out, whatever happened."""
+    _check_tools()
+    tasks_python = root / ".venv-tasks" / "bin" / "python"
+    if not tasks_python.exists():
+        raise EmulatorError(f"{tasks_python} is missing: run `make run` (it creates .venv-tasks)")
+    with ExitStack() as stack:
+        ds = stack.enter_context(firestore_datastore_mode(log_dir))
+        ps = stack.enter_context(pubsub(log_dir, PROJECT))
+        tq = stack.enter_context(cloud_tasks(log_dir, tasks_python, [QUEUE]))
+        ports = {name: free_port() for name in ("clear_sessions", "kill_user_sessions", "session_task")}
+        task_url = f"http://127.0.0.1:{ports['session_task']}/"
+        env = {
+            "DATASTORE_EMULATOR_HOST": ds.host,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "SESSION_TASKS_QUEUE": QUEUE,
+            "SESSION_TASK_URL": task_url,
+            "CLOUD_TASKS_EMULATOR_HOST": tq.host,
+            "SESSION_COOKIE_SECURE": "false",
+        }
+        for target, port in ports.items():
+            stack.enter_context(
+                functions_framework(
+                    target, root / "main.py", log_dir, env, port=port, cloudevent=target == "kill_user_sessions"
+                )
+            )
+        _rest(ps.host, "PUT", TOPIC)
+        _rest(
+            ps.host,
+            "PUT",
+            SUBSCRIPTION,
+            {"topic": TOPIC, "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{ports['kill_user_sessions']}/"}},
+        )
+        yield Stack(
+            datastore=ds.host,
+            pubsub=ps.host,
+            tasks=tq.host,
+            clear_url=f"http://127.0.0.1:{ports['clear_sessions']}/",
+            kill_url=f"http://127.0.0.1:{ports['kill_user_sessions']}/",
+            task_url=task_url,
+            env=env,
+        )
+
+
+# -- the demo -------------------------------------------------------------------------
+
+
+@dataclass
+class Population:
+    names: dict[str, set[str]]
+
+
+def seed_demo(client: datastore.Client, settings: Settings, now: float) -> Population:
+    """A realistic mix, in ViUR's key layout and ours."""
+    store = SessionStore(client, settings)
+    expired_at = now - settings.life_time.total_seconds() - settings.clear_grace.total_seconds() - 3600
+    plan = {  # category: (count, user, lastseen, plain ViUR layout?)
+        "live guests (ours)": (400, GUEST_USER, now - 60, False),
+        "live users (ViUR layout)": (100, "bob", now - 120, True),
+        f"live sessions of {MANY}": (1200, MANY, now - 30, False),
+        "expired (ours)": (4000, GUEST_USER, expired_at, False),
+        "expired (ViUR layout)": (1000, GUEST_USER, expired_at - 86400, True),
+    }
+    names: dict[str, set[str]] = {}
+    entities = []
+    for category, (count, user, lastseen, plain) in plan.items():
+        names[category] = set()
+        for _ in range(count):
+            cookie = new_key()
+            name = cookie if plain else hash_key(cookie)
+            names[category].add(name)
+            if plain:
+                entity = datastore.Entity(store.key(name), exclude_from_indexes=["data"])
+                entity.update(data={"language": "de"}, static_security_key="k" * 13, lastseen=lastseen, user=user)
+                entities.append(entity)
+            else:
+                entities.append(store.to_entity(SessionRecord(name, {"language": "en"}, user, "k" * 13, lastseen)))
+    for start in range(0, len(entities), 500):
+        client.put_multi(entities[start : start + 500])
+    return Population(names)
+
+
+def stored_names(client: datastore.Client, settings: Settings) -> set[str]:
+    names: set[str] = set()
+    cursor = None
+    while True:
+        query = client.query(kind=settings.kind, namespace=settings.namespace)
+        query.keys_only()
+        iterator = query.fetch(limit=5000, start_cursor=cursor)
+        page = [entity.key.name for entity in iterator]
+        names.update(page)
+        cursor = iterator.next_page_token
+        if len(page) < 5000 or cursor is None:
+            return names
+
+
+def _counts(population: Population, present: set[str]) -> dict[str, int]:
+    return {category: len(names & present) for category, names in population.names.items()}
+
+
+def run_demo(stack: Stack) -> dict[str, object]:
+    """Seed, clear as Cloud Scheduler would, kill as an app would; print and return the figures."""
+    settings = Settings.from_env(stack.env)
+    client = datastore_client(settings)
+    population = seed_demo(client, settings, time.time())
+    before = _counts(population, stored_names(client, settings))
+
+    started = time.monotonic()
+    request = urllib.request.Request(  # noqa: S310 - the loopback function
+        stack.clear_url, method="POST", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310 - loopback
+        cleared = json.loads(response.read())
+    clear_s = time.monotonic() - started
+
+    targets = population.names[f"live sessions of {MANY}"]
+    started = time.monotonic()
+    publish(stack.pubsub, {"user": MANY})
+    while targets & stored_names(client, settings):
+        if time.monotonic() - started > 120:
+            raise EmulatorError(f"the kill of {MANY} did not finish in 120 s")
+        time.sleep(0.1)
+    kill_s = time.monotonic() - started
+    after = _counts(population, stored_names(client, settings))
+
+    width = max(map(len, before))
+    print(f"\n  {'sessions':<{width}}  {'before':>7}  {'after':>7}")
+    for category in before:
+        print(f"  {category:<{width}}  {before[category]:>7,}  {after[category]:>7,}")
+    print(
+        f"\n  clear_sessions (HTTP POST, as Cloud Scheduler): deleted {cleared['deleted']:,} in {clear_s:.2f} s "
+        f"({cleared['deleted'] / clear_s:,.0f}/s), {cleared['batches']} batches"
+    )
+    print(
+        f"  kill-user {MANY!r} (Pub/Sub push -> function -> Cloud Tasks): {len(targets):,} sessions gone in "
+        f"{kill_s:.2f} s ({len(targets) / kill_s:,.0f}/s)\n"
+    )
+    return {"before": before, "after": after, "cleared": cleared, "clear_s": clear_s, "kill_s": kill_s}
+
+
+def print_commands(stack: Stack, root: Path) -> None:
+    env = " ".join(f"{k}={v}" for k, v in stack.env.items())
+    data = base64.b64encode(b'{"user": "bob"}').decode()
+    print(f"""Try it (the stack stays up until Ctrl-C):
+
+  # the cleanup, exactly as Cloud Scheduler calls it
+  curl -s -X POST -H 'Content-Type: application/json' -d '{{"dry_run": true}}' {stack.clear_url}
+
+  # kill a user, exactly as an app publishes it
+  curl -s -X POST -H 'Content-Type: application/json' \\
+    -d '{{"messages": [{{"data": "{data}"}}]}}' http://{stack.pubsub}/v1/{TOPIC}:publish
+
+  # the command line, against this stack
+  {env} {root}/.venv/bin/python -m session_core clear --dry-run
+  {env} {root}/.venv/bin/python -m session_core kill-user bob
+""")
+
+
+def run_stack(root: Path, *, once: bool) -> int:
+    """The ``make run`` main job. Returns an exit code; never leaves a process behind."""
+    log_dir = root / ".local" / "stack-logs"
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        print(f"starting the local stack (logs in {log_dir}) ...", flush=True)
+        with running_stack(root, log_dir) as stack:
+            print(
+                f"  Datastore emulator {stack.datastore}, Pub/Sub emulator {stack.pubsub}, "
+                f"Cloud Tasks emulator {stack.tasks}"
+            )
+            print(
+                f"  clear_sessions {stack.clear_url}  kill_user_sessions {stack.kill_url}  "
+                f"session_task {stack.task_url}",
+                flush=True,
+            )
+            run_demo(stack)
+            if once:
+                return 0
+            print_commands(stack, root)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopped; every process of the stack has been ended")
+        return 0
+    except EmulatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
