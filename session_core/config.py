@@ -106,7 +106,7 @@ class Settings:
     # Maintenance (cleanup and kill-by-user).
     clear_grace: timedelta = timedelta(seconds=300)
     batch_size: int = 500
-    page_size: int = 5000
+    page_size: int = 10000
     time_budget: timedelta = timedelta(seconds=300)
     deletes_in_flight: int = 4
     shards: int = 16
@@ -170,7 +170,7 @@ class Settings:
             key_storage=cast(KeyStorage, _choice(environ, "SESSION_KEY_STORAGE", "hashed", ("hashed", "plain"))),
             clear_grace=_seconds(environ, "SESSION_CLEAR_GRACE", 300, 0, 86400),
             batch_size=_int(environ, "SESSION_BATCH_SIZE", 500, 1, 500),
-            page_size=_int(environ, "SESSION_PAGE_SIZE", 5000, 1, 20000),
+            page_size=_int(environ, "SESSION_PAGE_SIZE", 10000, 1, 20000),
             time_budget=_seconds(environ, "SESSION_TIME_BUDGET", 300, 0, 1500),
             deletes_in_flight=_int(environ, "SESSION_DELETES_IN_FLIGHT", 4, 1, 32),
             shards=_int(environ, "SESSION_SHARDS", 16, 1, 1024),

@@ -9,6 +9,7 @@ reach a log line even if a caller passes them by mistake.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -34,15 +35,27 @@ SECRET_FIELDS = frozenset(
 REDACTED = "[redacted]"
 
 
+# Anything shaped like a session cookie (42 alphanumerics) or a hashed session
+# key (64 hex digits), wherever it appears: Datastore error messages name keys.
+SECRET_VALUES = re.compile(r"(?<![A-Za-z0-9])(?:[A-Za-z0-9]{42}|[0-9a-f]{64})(?![A-Za-z0-9])")
+
+
 class Redact:
-    """structlog processor: replace the values of :data:`SECRET_FIELDS`."""
+    """structlog processor: no credential or session content reaches a log line.
+
+    Replaces the values of :data:`SECRET_FIELDS`, and every substring of any
+    other string value that looks like a cookie or a hashed session key.
+    """
 
     def __init__(self, fields: frozenset[str] = SECRET_FIELDS) -> None:
         self.fields = fields
 
     def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        for field in self.fields.intersection(event_dict):
-            event_dict[field] = REDACTED
+        for field, value in event_dict.items():
+            if field in self.fields:
+                event_dict[field] = REDACTED
+            elif isinstance(value, str):
+                event_dict[field] = SECRET_VALUES.sub(REDACTED, value)
         return event_dict
 
 

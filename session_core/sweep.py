@@ -193,10 +193,12 @@ class Sweep:
                     pages += 1
                     if self.keep is not None:
                         keys = [key for key in keys if not self.keep(key)]
-                    for batch in batches(keys, self.settings.batch_size):
+                    chunks = deque(batches(keys, self.settings.batch_size))
+                    del keys  # only the commits in flight hold keys while the next page loads
+                    while chunks:
                         while len(pending) >= in_flight:
                             self._collect(pending.popleft())
-                        pending.append(pool.submit(self._delete, batch))
+                        pending.append(pool.submit(self._delete, chunks.popleft()))
                     if self.progress is not None and time.monotonic() - last_report >= 1.0:
                         self.progress(self.deleted, time.monotonic() - started)
                         last_report = time.monotonic()

@@ -236,7 +236,7 @@ def test_persistent_errors_surface_as_store_errors() -> None:
 
 
 def test_page_limit_keeps_a_keys_only_response_far_below_4_mib(settings: Settings) -> None:
-    assert page_limit(settings) == 5000
+    assert page_limit(settings) == 10000
     assert page_limit(replace(settings, page_size=20000), key_bytes=1500) * 1600 < 4 * 1024 * 1024
 
 

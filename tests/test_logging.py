@@ -31,3 +31,15 @@ def test_json_logging_has_cloud_severity_and_redacts(capsys: pytest.CaptureFixtu
     assert line["severity"] == "WARNING" and line["event"] == "session_gone_on_save"
     assert line["cookie"] == REDACTED and line["deleted"] == 1
     assert "secret-cookie" not in json.dumps(line)
+
+
+def test_redact_scrubs_key_shaped_values_inside_any_string() -> None:
+    from session_core.cookies import new_key
+    from session_core.store import hash_key
+
+    cookie = new_key()
+    message = f'404 no entity to update: name: "{cookie}" and /viur-session/{hash_key(cookie)}'
+    event = Redact()(None, "error", {"event": "clear_sessions_failed", "error": message, "run_id": "a" * 32})
+    assert cookie not in event["error"] and hash_key(cookie) not in event["error"]
+    assert event["error"].count(REDACTED) == 2
+    assert event["run_id"] == "a" * 32  # run ids (32 hex) are not secrets
