@@ -27,8 +27,8 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
-from session_core.errors import TransientStoreError
-from session_core.store import translated
+from session_core.errors import StoreError, TransientStoreError
+from session_core.store import FAIL_FAST, translated
 from session_core.sweep import Progress, Sweep, batches, page_limit, session_query, with_retries
 from session_core.tasks import ClearStep, Enqueue
 
@@ -72,13 +72,16 @@ def cutoff_for(now: float, settings: Settings) -> float:
 class _Lease:
     """A small entity that lets one cleanup chain run at a time.
 
-    Held by run id until ``until``; an expired lease (a crashed run) is taken over.
+    Held by run id until ``until``, renewed after every page and before a step
+    enqueues the next: a run that stopped renewing it for ``lease_ttl`` (it
+    crashed, or its next task is stuck in retries) is taken over, and a chain
+    that finds its lease taken stops.
     """
 
     def __init__(self, client: datastore.Client, settings: Settings) -> None:
         self.client = client
         self.key = self._key(settings)
-        self.seconds = 2 * settings.time_budget.total_seconds() + 120
+        self.seconds = settings.lease_ttl.total_seconds()
 
     def _key(self, settings: Settings) -> datastore.Key:
         key: datastore.Key
@@ -97,7 +100,7 @@ class _Lease:
         for attempt in range(3):
             try:
                 with translated("lease"), self.client.transaction():
-                    held = self.client.get(self.key)
+                    held = self.client.get(self.key, **FAIL_FAST)
                     if held is not None and held["run_id"] != run_id and held["until"] > now:
                         return False
                     lease = datastore.Entity(self.key)
@@ -109,9 +112,16 @@ class _Lease:
                     raise
         raise AssertionError("unreachable")
 
+    def release_quietly(self, run_id: str) -> None:
+        """Release if the store answers; a lease that cannot be released lapses by itself."""
+        try:
+            self.release(run_id)
+        except StoreError as exc:
+            log.warning("lease_not_released", run_id=run_id, error=type(exc.cause).__name__)
+
     def release(self, run_id: str) -> None:
         with translated("lease"), self.client.transaction():
-            held = self.client.get(self.key)
+            held = self.client.get(self.key, **FAIL_FAST)
             if held is not None and held["run_id"] == run_id:
                 self.client.delete(self.key)
 
@@ -167,18 +177,26 @@ def run_clear_step(
         q.add_filter(filter=PropertyFilter("lastseen", "<", step.cutoff))
         return q
 
+    def heartbeat() -> bool:
+        return lease.acquire(step.run_id, now + time.monotonic() - started)
+
     sweep = Sweep(client, settings, query, dry_run=step.dry_run, progress=progress)
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
-    outcome = sweep.run(step.cursor, deadline=deadline)
+    try:
+        outcome = sweep.run(step.cursor, deadline=deadline, heartbeat=None if step.dry_run else heartbeat)
+    except StoreError:
+        if not step.dry_run:
+            lease.release_quietly(step.run_id)  # so that a retry need not wait for it to lapse
+        raise
     next_step = None
-    if outcome.cursor is not None:
+    if outcome.cursor is not None and not outcome.lost:
         next_step = ClearStep(step.run_id, step.cutoff, outcome.cursor, step.page + outcome.pages, step.dry_run)
     if next_step is not None and enqueue is not None:
-        if step.dry_run or lease.acquire(step.run_id, now + time.monotonic() - started):  # renew for the next step
+        if step.dry_run or heartbeat():
             enqueue(next_step)
         else:
             next_step = None  # a newer run took the lease over: it carries on
-    elif not step.dry_run:
+    elif not step.dry_run and not outcome.lost:
         lease.release(step.run_id)
     result = ClearResult(
         run_id=step.run_id,
@@ -190,5 +208,5 @@ def run_clear_step(
         elapsed_s=round(time.monotonic() - started, 3),
         dry_run=step.dry_run,
     )
-    log.info("clear_sessions", page=step.page, **result.to_json())
+    log.info("clear_sessions", page=step.page, lease_lost=outcome.lost, **result.to_json())
     return result

@@ -108,6 +108,7 @@ class Settings:
     batch_size: int = 500
     page_size: int = 10000
     time_budget: timedelta = timedelta(seconds=300)
+    lease_ttl: timedelta = timedelta(seconds=60)
     deletes_in_flight: int = 4
     shards: int = 16
     # Cloud Tasks continuation.
@@ -172,6 +173,7 @@ class Settings:
             batch_size=_int(environ, "SESSION_BATCH_SIZE", 500, 1, 500),
             page_size=_int(environ, "SESSION_PAGE_SIZE", 10000, 1, 20000),
             time_budget=_seconds(environ, "SESSION_TIME_BUDGET", 300, 0, 1500),
+            lease_ttl=_seconds(environ, "SESSION_LEASE_TTL", 60, 1, 3600),
             deletes_in_flight=_int(environ, "SESSION_DELETES_IN_FLIGHT", 4, 1, 32),
             shards=_int(environ, "SESSION_SHARDS", 16, 1, 1024),
             tasks_queue=_text(environ, "SESSION_TASKS_QUEUE"),

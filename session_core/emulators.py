@@ -8,6 +8,7 @@ signals the whole group. Readiness is polled, never slept for.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -166,24 +167,48 @@ def _stop_all() -> None:
         emulator.stop()
 
 
-def firestore_datastore_mode(log_dir: Path, port: int | None = None) -> Emulator:
-    """The current Datastore emulator: Firestore in Datastore mode."""
+def firestore_datastore_mode(log_dir: Path, port: int | None = None, *, import_data: Path | None = None) -> Emulator:
+    """The current Datastore emulator: Firestore in Datastore mode.
+
+    ``import_data``: an ``*.overall_export_metadata`` file (see
+    :func:`firestore_export`) to start from.
+    """
     port = port or free_port()
+    argv = [
+        "gcloud",
+        "emulators",
+        "firestore",
+        "start",
+        "--database-mode=datastore-mode",
+        f"--host-port=127.0.0.1:{port}",
+        "--quiet",
+    ]
+    if import_data is not None:
+        argv.append(f"--import-data={import_data}")
     return Emulator(
         "firestore emulator (datastore mode)",
-        [
-            "gcloud",
-            "emulators",
-            "firestore",
-            "start",
-            "--database-mode=datastore-mode",
-            f"--host-port=127.0.0.1:{port}",
-            "--quiet",
-        ],
+        argv,
         port,
         http_ok(f"http://127.0.0.1:{port}/"),
         log_dir / f"firestore-{port}.log",
     )
+
+
+def firestore_export(host: str, project: str, directory: Path) -> Path:
+    """Export the Firestore emulator's data now; returns the metadata file to import."""
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.glob("*/*.overall_export_metadata"))
+    body = json.dumps({"database": f"projects/{project}/databases/", "export_directory": str(directory)}).encode()
+    request = urllib.request.Request(
+        f"http://{host}/emulator/v1/projects/{project}:export",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120):  # noqa: S310
+        pass
+    [metadata] = set(directory.glob("*/*.overall_export_metadata")) - before
+    return metadata
 
 
 def legacy_datastore(log_dir: Path, port: int | None = None, project: str = "session-core-local") -> Emulator:

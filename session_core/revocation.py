@@ -32,7 +32,7 @@ from google.cloud.datastore.query import PropertyFilter
 from session_core.config import Settings
 from session_core.errors import SessionCoreError
 from session_core.session import is_expired
-from session_core.store import GUEST_USER, SessionStore, hash_key, translated
+from session_core.store import FAIL_FAST, GUEST_USER, SessionStore, hash_key, translated
 from session_core.sweep import Progress, Sweep, delete_batch, page_limit, session_query, with_retries
 from session_core.tasks import Enqueue, KillStep, valid_session_id, valid_user
 
@@ -152,7 +152,7 @@ def sample_key_names(client: datastore.Client, settings: Settings, count: int) -
         query = session_query(client, settings)
         query.order = ["__scatter__"]
         with translated("query"):
-            return [entity.key.name for entity in query.fetch(limit=count)]
+            return [entity.key.name for entity in query.fetch(limit=count, **FAIL_FAST)]
 
     names: list[str] = with_retries(scatter)
     if len(names) >= min(count, 2):
@@ -166,7 +166,7 @@ def sample_key_names(client: datastore.Client, settings: Settings, count: int) -
         query = session_query(client, settings)
 
         def page(q: datastore.Query = query, start: str | None = cursor) -> tuple[list[str], str | None]:
-            iterator = q.fetch(limit=limit, start_cursor=start)
+            iterator = q.fetch(limit=limit, start_cursor=start, **FAIL_FAST)
             with translated("query"):
                 found = [entity.key.name for entity in iterator]
             token = iterator.next_page_token

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.cloud import datastore
 from google.cloud.datastore.helpers import GeoPoint, entity_to_protobuf
 from google.cloud.datastore_v1.types import Mutation
@@ -34,6 +35,9 @@ from session_core.config import Settings
 from session_core.errors import SessionDataError, StoreError, TransientStoreError
 
 GUEST_USER = "__guest__"
+# Maintenance RPCs fail fast and are retried by ``sweep.with_retries`` (bounded):
+# the client library's own policy would retry a read for up to 60 s on UNAVAILABLE.
+FAIL_FAST: dict[str, Any] = {"retry": Retry(predicate=lambda exc: False), "timeout": 60.0}
 TRANSIENT = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError)
 
 
@@ -116,6 +120,7 @@ def commit(
     update: Sequence[datastore.Entity] = (),
     delete: Sequence[datastore.Key] = (),
     transaction: datastore.Transaction | None = None,
+    rpc: dict[str, Any] | None = None,
 ) -> None:
     """Send insert/update/delete mutations in one commit RPC.
 
@@ -123,7 +128,7 @@ def commit(
     Datastore API also offers. ``insert`` fails with AlreadyExists when the
     entity exists, ``update`` with NotFound when it does not, and the whole
     commit is atomic. With ``transaction`` the mutations join it and the
-    caller commits it.
+    caller commits it. ``rpc`` holds retry/timeout arguments (see FAIL_FAST).
     """
     batch = transaction if transaction is not None else client.batch()
     if transaction is None:
@@ -137,7 +142,7 @@ def commit(
     for key in delete:
         batch.mutations.append(Mutation(delete=key.to_protobuf()))
     if transaction is None:
-        batch.commit()
+        batch.commit(**(rpc or {}))
 
 
 class SessionStore:

@@ -23,7 +23,7 @@ from google.cloud import datastore
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
 from session_core.session import Session
-from session_core.store import SessionRecord, SessionStore, commit, translated
+from session_core.store import FAIL_FAST, SessionRecord, SessionStore, commit, translated
 
 # A keys-only response must stay under the 4 MiB response limit; aim for half.
 MAX_PAGE_BYTES = 2 * 1024 * 1024
@@ -88,7 +88,7 @@ def delete_batch(
 
         def lookup() -> list[datastore.Entity]:
             with translated("lookup"):
-                found: list[datastore.Entity] = client.get_multi(list(keys))
+                found: list[datastore.Entity] = client.get_multi(list(keys), **FAIL_FAST)
                 return found
 
         records = [SessionStore.from_entity(entity) for entity in with_retries(lookup)]
@@ -96,7 +96,7 @@ def delete_batch(
 
         def delete() -> None:
             with translated("delete"):
-                commit(client, delete=keys)
+                commit(client, delete=keys, rpc=FAIL_FAST)
 
         with_retries(delete)
     if notify:
@@ -112,6 +112,7 @@ class SweepOutcome:
     batches: int
     pages: int
     cursor: str | None
+    lost: bool = False  # the heartbeat said stop
 
 
 class Sweep:
@@ -148,7 +149,7 @@ class Sweep:
         """One page of keys from ``cursor``: (keys, next cursor, last page?)."""
 
         def fetch() -> tuple[list[datastore.Key], str | None]:
-            iterator = self.make_query().fetch(limit=self.limit, start_cursor=cursor)  # urlsafe base64
+            iterator = self.make_query().fetch(limit=self.limit, start_cursor=cursor, **FAIL_FAST)  # cursor: base64
             with translated("query"):
                 keys = [entity.key for entity in iterator]
             token = iterator.next_page_token
@@ -175,8 +176,18 @@ class Sweep:
         self.batches += 1
         notify_deleted(records)
 
-    def run(self, cursor: str | None, *, deadline: float | None = None, max_pages: int | None = None) -> SweepOutcome:
+    def run(
+        self,
+        cursor: str | None,
+        *,
+        deadline: float | None = None,
+        max_pages: int | None = None,
+        heartbeat: Callable[[], bool] | None = None,
+    ) -> SweepOutcome:
         """Sweep from ``cursor`` until the end, the monotonic ``deadline``, or ``max_pages``.
+
+        ``heartbeat`` is called after each page; when it answers False the
+        sweep stops where it is (``lost`` in the outcome).
 
         All deletes are committed before it returns; on an error, those already
         committed stay committed and a re-run from the same cursor is safe.
@@ -185,6 +196,7 @@ class Sweep:
         in_flight = self.settings.deletes_in_flight
         pending: deque[Future[tuple[int, list[SessionRecord]]]] = deque()
         pages = 0
+        lost = False
         last_report = started
         with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="sweep") as pool:
             try:
@@ -205,6 +217,9 @@ class Sweep:
                     if last:
                         cursor = None
                         break
+                    if heartbeat is not None and not heartbeat():
+                        lost = True
+                        break
                     if (deadline is not None and time.monotonic() >= deadline) or (
                         max_pages is not None and pages >= max_pages
                     ):
@@ -214,4 +229,4 @@ class Sweep:
                     self._collect(pending.popleft())
         if self.progress is not None:
             self.progress(self.deleted, time.monotonic() - started)
-        return SweepOutcome(self.deleted, self.batches, pages, cursor)
+        return SweepOutcome(self.deleted, self.batches, pages, cursor, lost)

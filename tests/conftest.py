@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -13,13 +15,61 @@ from typing import Any
 import pytest
 from google.cloud import datastore
 
-from session_core import Settings
+from session_core import Settings, cookies
+from session_core import logging as logging_module
+from session_core import session as session_module
 from session_core.clients import datastore_client
 from session_core.emulators import Emulator, cloud_tasks, firestore_datastore_mode, functions_framework
+from session_core.store import hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".local" / "test-logs"
 QUEUE = "projects/session-core-test/locations/europe-west3/queues/session-tasks"
+
+
+# Every credential this run issues (cookie values, their hashed names, security keys),
+# and every log line it writes: tests/test_zz_log_hygiene.py checks one against the other.
+SECRETS: set[str] = set()
+CAPTURED: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Record secrets and log lines for the whole run; a SIGTERM unwinds like Ctrl-C."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True)
+    issue_key, issue_security_key = cookies.new_key, cookies.new_security_key
+
+    def recorded_key() -> str:
+        key = issue_key()
+        SECRETS.update((key, hash_key(key)))
+        return key
+
+    def recorded_security_key() -> str:
+        key = issue_security_key()
+        SECRETS.add(key)
+        return key
+
+    for module in (cookies, session_module):
+        module.new_key = recorded_key  # type: ignore[attr-defined]
+        module.new_security_key = recorded_security_key  # type: ignore[attr-defined]
+    write = logging_module._CurrentStderr.write
+
+    def tee(self: Any, text: str) -> int:
+        CAPTURED.extend(text.splitlines())
+        return write(self, text)
+
+    logging_module._CurrentStderr.write = tee  # type: ignore[method-assign]
+    logging_module.configure_logging(json=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The log-hygiene check reads what every other test logged: it runs last."""
+    items.sort(key=lambda item: "test_zz_log_hygiene" in item.nodeid)
 
 
 @pytest.fixture(scope="session")

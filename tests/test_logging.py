@@ -26,7 +26,7 @@ def test_json_logging_has_cloud_severity_and_redacts(capsys: pytest.CaptureFixtu
     try:
         structlog.get_logger().warning("session_gone_on_save", cookie="secret-cookie", deleted=1)
     finally:
-        structlog.reset_defaults()
+        configure_logging(json=True)  # as the suite runs
     line = json.loads(capsys.readouterr().err.strip())
     assert line["severity"] == "WARNING" and line["event"] == "session_gone_on_save"
     assert line["cookie"] == REDACTED and line["deleted"] == 1

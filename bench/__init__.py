@@ -1,0 +1,1 @@
+"""Benchmarks for session_core, run against a local Firestore emulator in Datastore mode."""
