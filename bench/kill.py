@@ -20,12 +20,10 @@ one after another here; Cloud Tasks runs them in parallel.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import statistics
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -45,6 +43,9 @@ from session_core.emulators import (
     free_port,
     functions_framework,
     pubsub,
+    pubsub_publish,
+    pubsub_push_subscription,
+    pubsub_rest,
 )
 from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
 
@@ -52,26 +53,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "session-core-bench"
 QUEUE = f"projects/{PROJECT}/locations/local/queues/session-tasks"
 TOPIC = f"projects/{PROJECT}/topics/kill-user"
+SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/kill-user-push"
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def rest(host: str, method: str, path: str, body: object = None) -> None:
-    request = urllib.request.Request(
-        f"http://{host}/v1/{path}",
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
 def publish(host: str, message: dict[str, object]) -> None:
-    data = base64.b64encode(json.dumps(message).encode()).decode()
-    rest(host, "POST", f"{TOPIC}:publish", {"messages": [{"data": data}]})
+    pubsub_publish(host, TOPIC, json.dumps(message).encode())
 
 
 def function(target: str, port: int, env: dict[str, str], log_dir: Path, cloudevent: bool = False) -> Emulator:
@@ -165,13 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         stack.enter_context(function("kill_user_sessions", kill_port, env, log_dir, cloudevent=True))
         stack.enter_context(function("session_task", task_port, env, log_dir))
-        rest(pubsub_emu.host, "PUT", TOPIC)
-        rest(
-            pubsub_emu.host,
-            "PUT",
-            f"projects/{PROJECT}/subscriptions/kill-user-push",
-            {"topic": TOPIC, "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{kill_port}/"}},
-        )
+        pubsub_push_subscription(pubsub_emu.host, TOPIC, SUBSCRIPTION, f"http://127.0.0.1:{kill_port}/")
         settings = Settings.from_env(env)
         client = datastore_client(settings)
 
@@ -216,13 +200,8 @@ def kill_all_in(
     sub_dir = log_dir / "all"
     stack.enter_context(function("kill_user_sessions", kill_port, own, sub_dir, cloudevent=True))
     stack.enter_context(function("session_task", task_port, own, sub_dir))
-    rest(pubsub_host, "DELETE", f"projects/{PROJECT}/subscriptions/kill-user-push")
-    rest(
-        pubsub_host,
-        "PUT",
-        f"projects/{PROJECT}/subscriptions/kill-user-push",
-        {"topic": TOPIC, "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{kill_port}/"}},
-    )
+    pubsub_rest(pubsub_host, "DELETE", SUBSCRIPTION)
+    pubsub_push_subscription(pubsub_host, TOPIC, SUBSCRIPTION, f"http://127.0.0.1:{kill_port}/")
     return kill_all(client, settings, pubsub_host, sub_dir / f"session_task-{task_port}.log", sessions)
 
 

@@ -36,8 +36,11 @@ from session_core.emulators import (
     free_port,
     functions_framework,
     pubsub,
+    pubsub_publish,
+    pubsub_push_subscription,
 )
 from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
+from session_core.sweep import session_names
 
 PROJECT = "session-core-local"
 LOCATION = "local"
@@ -60,21 +63,9 @@ class Stack:
     env: dict[str, str]
 
 
-def _rest(host: str, method: str, path: str, body: object = None) -> None:
-    request = urllib.request.Request(
-        f"http://{host}/v1/{path}",
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - loopback emulator
-        pass
-
-
 def publish(pubsub_host: str, message: dict[str, object]) -> None:
     """Publish a kill-user message exactly as an app does (JSON data)."""
-    data = base64.b64encode(json.dumps(message).encode()).decode()
-    _rest(pubsub_host, "POST", f"{TOPIC}:publish", {"messages": [{"data": data}]})
+    pubsub_publish(pubsub_host, TOPIC, json.dumps(message).encode())
 
 
 def _check_tools() -> None:
@@ -111,13 +102,7 @@ def running_stack(root: Path, log_dir: Path) -> Iterator[Stack]:
                     target, root / "main.py", log_dir, env, port=port, cloudevent=target == "kill_user_sessions"
                 )
             )
-        _rest(ps.host, "PUT", TOPIC)
-        _rest(
-            ps.host,
-            "PUT",
-            SUBSCRIPTION,
-            {"topic": TOPIC, "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{ports['kill_user_sessions']}/"}},
-        )
+        pubsub_push_subscription(ps.host, TOPIC, SUBSCRIPTION, f"http://127.0.0.1:{ports['kill_user_sessions']}/")
         yield Stack(
             datastore=ds.host,
             pubsub=ps.host,
@@ -168,17 +153,7 @@ def seed_demo(client: datastore.Client, settings: Settings, now: float) -> Popul
 
 
 def stored_names(client: datastore.Client, settings: Settings) -> set[str]:
-    names: set[str] = set()
-    cursor = None
-    while True:
-        query = client.query(kind=settings.kind, namespace=settings.namespace)
-        query.keys_only()
-        iterator = query.fetch(limit=5000, start_cursor=cursor)
-        page = [entity.key.name for entity in iterator]
-        names.update(page)
-        cursor = iterator.next_page_token
-        if len(page) < 5000 or cursor is None:
-            return names
+    return set(session_names(client, settings))
 
 
 def _counts(population: Population, present: set[str]) -> dict[str, int]:

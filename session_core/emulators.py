@@ -8,6 +8,7 @@ signals the whole group. Readiness is polled, never slept for.
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import shutil
@@ -209,6 +210,33 @@ def firestore_export(host: str, project: str, directory: Path) -> Path:
         pass
     [metadata] = set(directory.glob("*/*.overall_export_metadata")) - before
     return metadata
+
+
+def pubsub_rest(host: str, method: str, path: str, body: object = None) -> None:
+    """One call of the Pub/Sub emulator's REST API (``path`` after ``/v1/``)."""
+    request = urllib.request.Request(
+        f"http://{host}/v1/{path}",
+        method=method,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        pass
+
+
+def pubsub_push_subscription(host: str, topic: str, subscription: str, endpoint: str) -> None:
+    """Create ``topic`` (if missing) and a push subscription delivering it to ``endpoint`` (full names)."""
+    try:
+        pubsub_rest(host, "PUT", topic)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:  # 409: the topic exists already
+            raise
+    pubsub_rest(host, "PUT", subscription, {"topic": topic, "pushConfig": {"pushEndpoint": endpoint}})
+
+
+def pubsub_publish(host: str, topic: str, data: bytes) -> None:
+    """Publish one message with ``data``, as an app's publisher client does."""
+    pubsub_rest(host, "POST", f"{topic}:publish", {"messages": [{"data": base64.b64encode(data).decode()}]})
 
 
 def legacy_datastore(log_dir: Path, port: int | None = None, project: str = "session-core-local") -> Emulator:

@@ -33,7 +33,7 @@ from session_core.config import Settings
 from session_core.errors import SessionCoreError
 from session_core.session import is_expired
 from session_core.store import FAIL_FAST, GUEST_USER, SessionStore, hash_key, translated
-from session_core.sweep import Progress, Sweep, delete_batch, page_limit, session_query, with_retries
+from session_core.sweep import Progress, Sweep, delete_batch, session_names, session_query, with_retries
 from session_core.tasks import Enqueue, KillStep, valid_session_id, valid_user
 
 MAX_MESSAGE_BYTES = 10 * 1024
@@ -159,30 +159,14 @@ def sample_key_names(client: datastore.Client, settings: Settings, count: int) -
         return sorted(names)
     reservoir: list[str] = []
     rng = random.Random()
-    seen = 0
-    cursor = None
-    limit = page_limit(settings)
-    while True:
-        query = session_query(client, settings)
-
-        def page(q: datastore.Query = query, start: str | None = cursor) -> tuple[list[str], str | None]:
-            iterator = q.fetch(limit=limit, start_cursor=start, **FAIL_FAST)
-            with translated("query"):
-                found = [entity.key.name for entity in iterator]
-            token = iterator.next_page_token
-            return found, token.decode() if isinstance(token, bytes) else token
-
-        found, cursor = with_retries(page)
-        for name in found:
-            seen += 1
-            if len(reservoir) < count:
-                reservoir.append(name)
-            else:
-                slot = rng.randrange(seen)
-                if slot < count:
-                    reservoir[slot] = name
-        if len(found) < limit or cursor is None:
-            return sorted(reservoir)
+    for seen, name in enumerate(session_names(client, settings), start=1):
+        if len(reservoir) < count:
+            reservoir.append(name)
+        else:
+            slot = rng.randrange(seen)
+            if slot < count:
+                reservoir[slot] = name
+    return sorted(reservoir)
 
 
 def plan_shards(client: datastore.Client, settings: Settings, shards: int) -> list[tuple[str | None, str | None]]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
@@ -104,6 +105,30 @@ def delete_batch(
     return len(keys), records
 
 
+def fetch_page(make_query: QueryFactory, limit: int, cursor: str | None) -> tuple[list[datastore.Key], str | None]:
+    """One page of a keys-only query from ``cursor`` (urlsafe base64): (keys, next cursor). One RPC."""
+    iterator = make_query().fetch(limit=limit, start_cursor=cursor, **FAIL_FAST)
+    with translated("query"):
+        keys = [entity.key for entity in iterator]
+    token = iterator.next_page_token
+    return keys, token.decode() if isinstance(token, bytes) else token
+
+
+def session_names(client: datastore.Client, settings: Settings) -> Iterator[str]:
+    """Every session key name in the namespace, page by page (memory: one page)."""
+    limit = page_limit(settings)
+    cursor: str | None = None
+
+    def query() -> datastore.Query:
+        return session_query(client, settings)
+
+    while True:
+        keys, cursor = with_retries(partial(fetch_page, query, limit, cursor))
+        yield from (str(key.name) for key in keys)
+        if len(keys) < limit or cursor is None:
+            return
+
+
 @dataclass(frozen=True)
 class SweepOutcome:
     """What a sweep did; ``cursor`` is where to resume, None when it reached the end."""
@@ -147,17 +172,9 @@ class Sweep:
 
     def _page(self, cursor: str | None) -> tuple[list[datastore.Key], str | None, bool]:
         """One page of keys from ``cursor``: (keys, next cursor, last page?)."""
-
-        def fetch() -> tuple[list[datastore.Key], str | None]:
-            iterator = self.make_query().fetch(limit=self.limit, start_cursor=cursor, **FAIL_FAST)  # cursor: base64
-            with translated("query"):
-                keys = [entity.key for entity in iterator]
-            token = iterator.next_page_token
-            return keys, token.decode() if isinstance(token, bytes) else token
-
         while True:
             try:
-                keys, next_cursor = with_retries(fetch)
+                keys, next_cursor = with_retries(lambda: fetch_page(self.make_query, self.limit, cursor))
             except StoreError as exc:
                 if isinstance(exc.cause, gexc.ResourceExhausted) and self.limit > 1:
                     self.limit //= 2  # the response was too large: smaller pages

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
+from functions_framework import create_app
 from google.cloud import datastore
 
 from session_core import Settings, cookies
@@ -176,3 +179,27 @@ def tasks_emulator() -> Iterator[Emulator]:
 def serve_function(target: str, port: int, env: dict[str, str], *, cloudevent: bool = False) -> Emulator:
     """functions-framework serving a target of main.py as its own process (start it with ``with``)."""
     return functions_framework(target, ROOT / "main.py", LOG_DIR, env, port=port, cloudevent=cloudevent)
+
+
+FunctionClient = Callable[..., FlaskClient]
+
+
+@pytest.fixture
+def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> FunctionClient:
+    """functions-framework's own test client for a target of main.py, configured by environment.
+
+    ``function("session_task", SESSION_TASK_AUDIENCE=...)`` adds settings.
+    """
+    assert settings.emulator_host and settings.namespace
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    monkeypatch.delenv("SESSION_TASKS_QUEUE", raising=False)
+
+    def make(target: str, **env: str) -> FlaskClient:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        sys.modules.pop("main", None)  # a fresh instance: settings and clients are built on first use
+        return create_app(target, str(ROOT / "main.py")).test_client()
+
+    return make

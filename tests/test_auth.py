@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
-from functions_framework import create_app
 from google.auth import crypt, jwt
 
-from session_core import Settings
+from tests.conftest import FunctionClient
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 AUDIENCE = "https://europe-west3-session-core-test.cloudfunctions.net/session_task"
@@ -81,21 +79,13 @@ def token(signer: crypt.Signer, *, audience: str = AUDIENCE, email: str = TASKS_
 
 
 @pytest.fixture
-def task_endpoint(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, signing_key: tuple[crypt.Signer, str]
-) -> FlaskClient:
-    assert settings.emulator_host and settings.namespace
-    for name, value in {
-        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
-        "GOOGLE_CLOUD_PROJECT": settings.project,
-        "SESSION_NAMESPACE": settings.namespace,
-        "SESSION_TASK_AUDIENCE": AUDIENCE,
-        "SESSION_TASKS_SERVICE_ACCOUNT": TASKS_ACCOUNT,
-        "SESSION_TASK_CERTS_URL": signing_key[1],
-    }.items():
-        monkeypatch.setenv(name, value)
-    sys.modules.pop("main", None)
-    return create_app("session_task", str(MAIN)).test_client()
+def task_endpoint(function: FunctionClient, signing_key: tuple[crypt.Signer, str]) -> FlaskClient:
+    return function(
+        "session_task",
+        SESSION_TASK_AUDIENCE=AUDIENCE,
+        SESSION_TASKS_SERVICE_ACCOUNT=TASKS_ACCOUNT,
+        SESSION_TASK_CERTS_URL=signing_key[1],
+    )
 
 
 STEP = {

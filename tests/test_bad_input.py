@@ -10,16 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flask
 import pytest
-from flask.testing import FlaskClient
-from functions_framework import create_app
 from google.cloud import datastore
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -32,7 +28,7 @@ from session_core.flask import DatastoreSessionInterface
 from session_core.revocation import PoisonMessageError, parse_kill_message
 from session_core.store import hash_key
 from session_core.tasks import PayloadError, parse_step
-from tests.conftest import RpcCounter
+from tests.conftest import FunctionClient, RpcCounter
 from tests.test_cleanup import remaining
 from tests.test_revocation import POISON, seed_users
 
@@ -171,22 +167,8 @@ def is_poison(data: bytes) -> bool:
     return False
 
 
-@pytest.fixture
-def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], FlaskClient]:
-    assert settings.emulator_host and settings.namespace
-    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
-    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
-
-    def make(target: str) -> FlaskClient:
-        sys.modules.pop("main", None)
-        return create_app(target, str(ROOT / "main.py")).test_client()
-
-    return make
-
-
 def test_a_thousand_generated_poison_messages_delete_nothing(
-    function: Callable[[str], FlaskClient], client: datastore.Client, settings: Settings
+    function: FunctionClient, client: datastore.Client, settings: Settings
 ) -> None:
     users = seed_users(client, settings, {"bob": 5, "__guest__": 5, "True": 2, "0": 2})
     before = remaining(client, settings)
@@ -255,7 +237,7 @@ def is_malformed(body: bytes) -> bool:
 
 
 def test_a_thousand_generated_task_payloads_get_400_and_delete_nothing(
-    function: Callable[[str], FlaskClient], client: datastore.Client, settings: Settings
+    function: FunctionClient, client: datastore.Client, settings: Settings
 ) -> None:
     seed_users(client, settings, {"bob": 5, "__guest__": 5})
     before = remaining(client, settings)
@@ -278,7 +260,7 @@ def test_a_thousand_generated_task_payloads_get_400_and_delete_nothing(
 
 
 def test_generated_clear_requests_get_clear_errors_and_delete_nothing(
-    function: Callable[[str], FlaskClient], client: datastore.Client, settings: Settings
+    function: FunctionClient, client: datastore.Client, settings: Settings
 ) -> None:
     import time
 

@@ -23,6 +23,7 @@ from session_core.cleanup import (
 from session_core.cookies import new_key
 from session_core.errors import StoreError
 from session_core.store import SessionStore, hash_key
+from session_core.sweep import session_names
 from session_core.tasks import ClearStep
 from tests.conftest import RpcCounter
 
@@ -53,17 +54,7 @@ def seed_viur(client: datastore.Client, settings: Settings, count: int, lastseen
 
 def remaining(client: datastore.Client, settings: Settings) -> set[str]:
     """Every session key name in the namespace (paged: the emulator refuses huge responses)."""
-    names: set[str] = set()
-    cursor = None
-    while True:
-        query = client.query(kind=settings.kind, namespace=settings.namespace)
-        query.keys_only()
-        iterator = query.fetch(limit=2000, start_cursor=cursor)
-        page = [entity.key.name for entity in iterator]
-        names.update(page)
-        cursor = iterator.next_page_token
-        if len(page) < 2000 or cursor is None:
-            return names
+    return set(session_names(client, settings))
 
 
 @pytest.fixture

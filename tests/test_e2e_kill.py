@@ -7,10 +7,8 @@ both use the Firestore emulator. Pages and the budget are tiny so every case fan
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,24 +17,13 @@ import pytest
 from google.cloud import datastore
 
 from session_core import GUEST_USER, Settings
-from session_core.emulators import Emulator, free_port, pubsub
+from session_core.emulators import Emulator, free_port, pubsub, pubsub_publish, pubsub_push_subscription
 from session_core.store import hash_key
 from tests.conftest import LOG_DIR, QUEUE, serve_function
 from tests.test_cleanup import remaining
 from tests.test_revocation import seed_users
 
 TOPIC = "kill-user"
-
-
-def rest(host: str, method: str, path: str, body: dict[str, object] | None = None) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"http://{host}/v1/{path}",
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -61,24 +48,18 @@ def stack(settings: Settings, tasks_emulator: Emulator) -> Iterator[tuple[str, s
         stack.enter_context(serve_function("kill_user_sessions", kill_port, env, cloudevent=True))
         stack.enter_context(serve_function("session_task", task_port, env))
         project = f"projects/{settings.project}"
-        rest(emulator.host, "PUT", f"{project}/topics/{TOPIC}")
-        rest(
+        pubsub_push_subscription(
             emulator.host,
-            "PUT",
+            f"{project}/topics/{TOPIC}",
             f"{project}/subscriptions/kill-user-push",
-            {
-                "topic": f"{project}/topics/{TOPIC}",
-                "pushConfig": {"pushEndpoint": f"http://127.0.0.1:{kill_port}/"},
-                "ackDeadlineSeconds": 30,
-            },
+            f"http://127.0.0.1:{kill_port}/",
         )
         yield emulator.host, f"{project}/topics/{TOPIC}", LOG_DIR / f"kill_user_sessions-{kill_port}.log"
 
 
 def publish(stack: tuple[str, str, Path], message: dict[str, object]) -> None:
     host, topic, _ = stack
-    data = base64.b64encode(json.dumps(message).encode()).decode()
-    rest(host, "POST", f"{topic}:publish", {"messages": [{"data": data}]})
+    pubsub_publish(host, topic, json.dumps(message).encode())
 
 
 def wait_until(client: datastore.Client, settings: Settings, expected: set[str], timeout: float = 60) -> set[str]:
@@ -126,7 +107,7 @@ def test_poison_published_to_pubsub_is_dropped_without_redelivery(
     users = seed_users(client, settings, {"erin": 5})
     host, topic, log = stack
     for data in (b"not json", b'{"user": ""}', b'{"user": 1}', b'{"who": "erin"}'):
-        rest(host, "POST", f"{topic}:publish", {"messages": [{"data": base64.b64encode(data).decode()}]})
+        pubsub_publish(host, topic, data)
     publish(stack, {"user": "nobody"})  # a valid one after the poison still works
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and log.read_text().count('"event": "kill_sessions"') < 1:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_PROCESSES = ("java", "gcloud_tasks_emulator", "functions-framework", "cloud_firestore_emulator", "pubsub")
@@ -24,7 +27,8 @@ def stack_processes() -> set[int]:
     return found
 
 
-def test_make_run_once_tells_the_story_and_stops_everything() -> None:
+@pytest.mark.parametrize("attempt", ["first run", "second run right after"])
+def test_make_run_once_tells_the_story_and_stops_everything(attempt: str) -> None:
     before = stack_processes()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATASTORE_", "SESSION_", "CLOUD_TASKS_"))}
     done = subprocess.run(
@@ -50,3 +54,17 @@ def test_make_run_once_tells_the_story_and_stops_everything() -> None:
     assert re.search(r"clear_sessions \(HTTP POST, as Cloud Scheduler\): deleted 5,000 in [\d.]+ s", done.stdout)
     assert re.search(r"kill-user 'alice' .*: 1,200 sessions gone in [\d.]+ s", done.stdout)
     assert stack_processes() <= before  # every emulator and function process it started is gone
+
+
+def test_a_missing_tool_is_named(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no java, no gcloud
+    done = subprocess.run(
+        [sys.executable, "-m", "session_core", "stack", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "error: java is not installed: the Google emulators need a Java 17+ runtime" in done.stderr

@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flask.testing import FlaskClient
-from functions_framework import create_app
 from google.cloud import datastore
 
 from session_core import Settings
+from tests.conftest import FunctionClient
 from tests.test_cleanup import remaining, seed
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
-
-
-@pytest.fixture
-def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], FlaskClient]:
-    """functions-framework's test client for a target in main.py, configured by environment."""
-    assert settings.emulator_host and settings.namespace
-    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
-    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
-    monkeypatch.delenv("SESSION_TASKS_QUEUE", raising=False)
-
-    def make(target: str) -> FlaskClient:
-        sys.modules.pop("main", None)
-        return create_app(target, str(MAIN)).test_client()
-
-    return make
 
 
 @pytest.fixture
@@ -43,7 +24,7 @@ def expired_and_live(client: datastore.Client, settings: Settings) -> tuple[set[
 
 
 def test_scheduler_post_clears_expired_sessions(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
@@ -57,7 +38,7 @@ def test_scheduler_post_clears_expired_sessions(
 
 
 def test_dry_run_answers_the_count_and_deletes_nothing(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
@@ -79,7 +60,7 @@ def test_dry_run_answers_the_count_and_deletes_nothing(
     ],
 )
 def test_bad_clear_requests_get_clear_errors_and_delete_nothing(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
@@ -94,7 +75,7 @@ def test_bad_clear_requests_get_clear_errors_and_delete_nothing(
 
 
 def test_session_task_runs_a_clear_step(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
@@ -136,7 +117,7 @@ def test_session_task_runs_a_clear_step(
     ],
 )
 def test_malformed_task_payloads_get_400_and_delete_nothing(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
@@ -168,7 +149,7 @@ def users(client: datastore.Client, settings: Settings) -> dict[str, set[str]]:
 
 
 def test_kill_message_as_a_raw_pubsub_push(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     users: dict[str, set[str]],
@@ -179,7 +160,7 @@ def test_kill_message_as_a_raw_pubsub_push(
 
 
 def test_kill_message_as_a_structured_cloudevent(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     users: dict[str, set[str]],
@@ -202,7 +183,7 @@ def test_kill_message_as_a_structured_cloudevent(
 
 
 def test_poison_messages_are_acknowledged_and_delete_nothing(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     users: dict[str, set[str]],
@@ -219,7 +200,7 @@ def test_poison_messages_are_acknowledged_and_delete_nothing(
 
 
 def test_session_task_runs_a_kill_step(
-    function: Callable[[str], FlaskClient],
+    function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     users: dict[str, set[str]],
