@@ -32,8 +32,17 @@ from google.cloud.datastore.query import PropertyFilter
 from session_core.config import Settings
 from session_core.errors import SessionCoreError
 from session_core.session import is_expired
-from session_core.store import FAIL_FAST, GUEST_USER, SessionStore, hash_key, translated
-from session_core.sweep import Progress, Sweep, delete_batch, session_names, session_query, with_retries
+from session_core.store import FAIL_FAST, GUEST_USER, SessionStore, session_id_of, translated
+from session_core.sweep import (
+    Progress,
+    Sweep,
+    delete_batch,
+    key_names,
+    page_limit,
+    session_names,
+    session_query,
+    with_retries,
+)
 from session_core.tasks import Enqueue, KillStep, valid_session_id, valid_user
 
 MAX_MESSAGE_BYTES = 10 * 1024
@@ -206,12 +215,7 @@ def _query(client: datastore.Client, settings: Settings, step: KillStep) -> Call
 def _keeper(except_session: str | None) -> Callable[[datastore.Key], bool] | None:
     if except_session is None:
         return None
-    return lambda key: key.name == except_session or hash_key_of(key.name) == except_session
-
-
-def hash_key_of(name: str) -> str:
-    """The opaque session id of a stored name (hashed names are their own id)."""
-    return name if len(name) == 64 else hash_key(name)
+    return lambda key: session_id_of(key.name) == except_session
 
 
 def run_kill_step(
@@ -381,16 +385,18 @@ def end_user_session(client: datastore.Client, settings: Settings, user: str, se
     store = SessionStore(client, settings)
     with translated("lookup"):
         entity = client.get(store.key(session_id))
-    if entity is None or entity.get("user") != user:
-        query = session_query(client, settings)
-        query.add_filter(filter=PropertyFilter("user", "=", user))
-        with translated("query"):
-            names = [found.key.name for found in query.fetch()]
-        matches = [name for name in names if hash_key_of(name) == session_id]
-        if not matches:
+    name = session_id
+    if entity is None or entity.get("user") != user:  # a ViUR session under its plain name, or not theirs
+
+        def users_keys() -> datastore.Query:
+            query = session_query(client, settings)
+            query.add_filter(filter=PropertyFilter("user", "=", user))
+            return query
+
+        found = key_names(users_keys, page_limit(settings))
+        match = next((candidate for candidate in found if session_id_of(candidate) == session_id), None)
+        if match is None:
             return False
-        name = matches[0]
-    else:
-        name = session_id
+        name = match
     delete_batch(client, [store.key(name)])
     return True

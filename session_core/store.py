@@ -46,6 +46,11 @@ def hash_key(cookie_key: str) -> str:
     return hashlib.sha256(cookie_key.encode("ascii")).hexdigest()
 
 
+def session_id_of(key_name: str) -> str:
+    """The opaque session id of a stored name: hashed names are their own id, plain ones are hashed."""
+    return key_name if len(key_name) == 64 else hash_key(key_name)
+
+
 def storage_name(cookie_key: str, settings: Settings) -> str:
     """The entity name a new session with this cookie value is written under."""
     return hash_key(cookie_key) if settings.key_storage == "hashed" else cookie_key
@@ -64,7 +69,7 @@ class SessionRecord:
     @property
     def session_id(self) -> str:
         """Opaque, non-secret id: the hashed name (hashes a plain ViUR name)."""
-        return self.key_name if len(self.key_name) == 64 else hash_key(self.key_name)
+        return session_id_of(self.key_name)
 
 
 class _GoneError(Exception):

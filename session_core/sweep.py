@@ -114,19 +114,19 @@ def fetch_page(make_query: QueryFactory, limit: int, cursor: str | None) -> tupl
     return keys, token.decode() if isinstance(token, bytes) else token
 
 
-def session_names(client: datastore.Client, settings: Settings) -> Iterator[str]:
-    """Every session key name in the namespace, page by page (memory: one page)."""
-    limit = page_limit(settings)
+def key_names(make_query: QueryFactory, limit: int) -> Iterator[str]:
+    """Every key name a keys-only query yields, page by page (memory: one page)."""
     cursor: str | None = None
-
-    def query() -> datastore.Query:
-        return session_query(client, settings)
-
     while True:
-        keys, cursor = with_retries(partial(fetch_page, query, limit, cursor))
+        keys, cursor = with_retries(partial(fetch_page, make_query, limit, cursor))
         yield from (str(key.name) for key in keys)
         if len(keys) < limit or cursor is None:
             return
+
+
+def session_names(client: datastore.Client, settings: Settings) -> Iterator[str]:
+    """Every session key name in the namespace, page by page."""
+    return key_names(partial(session_query, client, settings), page_limit(settings))
 
 
 @dataclass(frozen=True)
