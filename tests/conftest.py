@@ -203,3 +203,17 @@ def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> FunctionCli
         return create_app(target, str(ROOT / "main.py")).test_client()
 
     return make
+
+
+def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **extra: str) -> dict[str, str]:
+    """Environment for functions that continue through the tasks emulator to session_task on ``task_port``."""
+    assert settings.emulator_host and settings.namespace
+    return {
+        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
+        "GOOGLE_CLOUD_PROJECT": settings.project,
+        "SESSION_NAMESPACE": settings.namespace,
+        "SESSION_TASKS_QUEUE": QUEUE,
+        "SESSION_TASK_URL": f"http://127.0.0.1:{task_port}/",
+        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+        **extra,
+    }

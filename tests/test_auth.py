@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from google.auth import crypt, jwt
 
 from tests.conftest import FunctionClient
+from tests.test_bad_input import VALID_KILL
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 AUDIENCE = "https://europe-west3-session-core-test.cloudfunctions.net/session_task"
@@ -88,17 +89,7 @@ def task_endpoint(function: FunctionClient, signing_key: tuple[crypt.Signer, str
     )
 
 
-STEP = {
-    "op": "kill",
-    "run_id": "f" * 32,
-    "user": "nobody",
-    "except_session": None,
-    "shard": None,
-    "lo": None,
-    "hi": None,
-    "cursor": None,
-    "page": 0,
-}
+STEP = {**VALID_KILL, "user": "nobody"}
 Header = Callable[[crypt.Signer], dict[str, str]]
 
 

@@ -17,7 +17,7 @@ from google.cloud import datastore
 from session_core import Settings
 from session_core.cleanup import LEASE_KIND, LEASE_NAME
 from session_core.emulators import Emulator, free_port
-from tests.conftest import LOG_DIR, QUEUE, ROOT, serve_function
+from tests.conftest import LOG_DIR, ROOT, queue_env, serve_function
 from tests.test_cleanup import remaining, seed
 
 
@@ -25,17 +25,7 @@ from tests.test_cleanup import remaining, seed
 def chain_env(settings: Settings, tasks_emulator: Emulator) -> Iterator[dict[str, str]]:
     """Settings for a tiny budget (one page per step) with the queue configured, as env vars."""
     port = free_port()
-    assert settings.emulator_host and settings.namespace
-    env = {
-        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
-        "GOOGLE_CLOUD_PROJECT": settings.project,
-        "SESSION_NAMESPACE": settings.namespace,
-        "SESSION_PAGE_SIZE": "100",
-        "SESSION_TIME_BUDGET": "0",
-        "SESSION_TASKS_QUEUE": QUEUE,
-        "SESSION_TASK_URL": f"http://127.0.0.1:{port}/",
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-    }
+    env = queue_env(settings, tasks_emulator, port, SESSION_PAGE_SIZE="100", SESSION_TIME_BUDGET="0")
     with serve_function("session_task", port, env):
         yield env
 

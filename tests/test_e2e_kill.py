@@ -19,7 +19,7 @@ from google.cloud import datastore
 from session_core import GUEST_USER, Settings
 from session_core.emulators import Emulator, free_port, pubsub, pubsub_publish, pubsub_push_subscription
 from session_core.store import hash_key
-from tests.conftest import LOG_DIR, QUEUE, serve_function
+from tests.conftest import LOG_DIR, queue_env, serve_function
 from tests.test_cleanup import remaining
 from tests.test_revocation import seed_users
 
@@ -29,20 +29,16 @@ TOPIC = "kill-user"
 @pytest.fixture
 def stack(settings: Settings, tasks_emulator: Emulator) -> Iterator[tuple[str, str, Path]]:
     """Pub/Sub with a push subscription to kill_user_sessions, and session_task for the queue."""
-    assert settings.emulator_host and settings.namespace
     kill_port, task_port = free_port(), free_port()
-    env = {
-        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
-        "GOOGLE_CLOUD_PROJECT": settings.project,
-        "SESSION_NAMESPACE": settings.namespace,
-        "SESSION_BATCH_SIZE": "200",
-        "SESSION_PAGE_SIZE": "200",
-        "SESSION_TIME_BUDGET": "0",
-        "SESSION_SHARDS": "4",
-        "SESSION_TASKS_QUEUE": QUEUE,
-        "SESSION_TASK_URL": f"http://127.0.0.1:{task_port}/",
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-    }
+    env = queue_env(
+        settings,
+        tasks_emulator,
+        task_port,
+        SESSION_BATCH_SIZE="200",
+        SESSION_PAGE_SIZE="200",
+        SESSION_TIME_BUDGET="0",
+        SESSION_SHARDS="4",
+    )
     with ExitStack() as stack:
         emulator = stack.enter_context(pubsub(LOG_DIR, settings.project))
         stack.enter_context(serve_function("kill_user_sessions", kill_port, env, cloudevent=True))

@@ -28,7 +28,7 @@ from session_core import Settings
 from session_core.cleanup import start_clear_sessions
 from session_core.clients import datastore_client
 from session_core.emulators import Emulator, firestore_datastore_mode, firestore_export, free_port
-from tests.conftest import LOG_DIR, QUEUE, ROOT, serve_function
+from tests.conftest import LOG_DIR, ROOT, queue_env, serve_function
 from tests.test_cleanup import remaining, seed
 
 NOW = 2_000_000_000.0
@@ -159,17 +159,7 @@ def test_task_handler_killed_mid_chain_is_redelivered_to_an_exact_end_state(
     live = seed(client, settings, 500, now)
     seed(client, settings, 40_000, now - 7 * 86400)
     port = free_port()
-    assert settings.emulator_host and settings.namespace
-    env = {
-        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
-        "GOOGLE_CLOUD_PROJECT": settings.project,
-        "SESSION_NAMESPACE": settings.namespace,
-        "SESSION_PAGE_SIZE": "2000",
-        "SESSION_TIME_BUDGET": "0",
-        "SESSION_TASKS_QUEUE": QUEUE,
-        "SESSION_TASK_URL": f"http://127.0.0.1:{port}/",
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-    }
+    env = queue_env(settings, tasks_emulator, port, SESSION_PAGE_SIZE="2000", SESSION_TIME_BUDGET="0")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     handler = serve_function("session_task", port, env).start()
