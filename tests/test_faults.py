@@ -214,7 +214,8 @@ def test_datastore_restart_during_cleanup_fails_cleanly_and_a_retry_finishes(
         "DATASTORE_EMULATOR_HOST": emulator.host,
         "GOOGLE_CLOUD_PROJECT": settings.project,
         "SESSION_NAMESPACE": settings.namespace or "",
-        "SESSION_PAGE_SIZE": "1000",
+        "SESSION_PAGE_SIZE": "500",  # a long run: the kill lands mid-way
+        "SESSION_DELETES_IN_FLIGHT": "1",
         "SESSION_LEASE_TTL": "5",
     }
     for name, value in env.items():
