@@ -51,12 +51,13 @@ import structlog
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
-from session_core.cleanup import cutoff_for, page_limit, start_clear_sessions
+from session_core.cleanup import cutoff_for, start_clear_sessions
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.cookies import new_key, new_security_key
 from session_core.emulators import firestore_datastore_mode
 from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
+from session_core.sweep import page_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "session-core-bench"

@@ -28,19 +28,9 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
-from session_core.store import FAIL_FAST, translated
-from session_core.sweep import Progress, Sweep, batches, page_limit, session_query, with_retries
+from session_core.store import FAIL_FAST, settings_key, translated
+from session_core.sweep import Progress, Sweep, session_query
 from session_core.tasks import ClearStep, Enqueue
-
-__all__ = [
-    "ClearResult",
-    "batches",
-    "cutoff_for",
-    "page_limit",
-    "run_clear_step",
-    "start_clear_sessions",
-    "with_retries",
-]
 
 LEASE_KIND = "session_core-lease"
 LEASE_NAME = "clear_sessions"
@@ -80,16 +70,8 @@ class _Lease:
 
     def __init__(self, client: datastore.Client, settings: Settings) -> None:
         self.client = client
-        self.key = self._key(settings)
+        self.key = settings_key(client, settings, LEASE_KIND, LEASE_NAME)
         self.seconds = settings.lease_ttl.total_seconds()
-
-    def _key(self, settings: Settings) -> datastore.Key:
-        key: datastore.Key
-        if settings.namespace is None:
-            key = self.client.key(LEASE_KIND, LEASE_NAME)
-        else:
-            key = self.client.key(LEASE_KIND, LEASE_NAME, namespace=settings.namespace)
-        return key
 
     def acquire(self, run_id: str, now: float) -> bool:
         """Take or renew the lease for ``run_id``; False if another live run holds it.

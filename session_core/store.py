@@ -150,6 +150,16 @@ def commit(
         batch.commit(**(rpc or {}))
 
 
+def settings_key(client: datastore.Client, settings: Settings, kind: str, name: str) -> datastore.Key:
+    """A key in the settings' namespace, or the client's own when the settings name none."""
+    key: datastore.Key
+    if settings.namespace is not None:
+        key = client.key(kind, name, namespace=settings.namespace)
+    else:
+        key = client.key(kind, name)
+    return key
+
+
 class SessionStore:
     """Reads and writes session entities with the client it is given.
 
@@ -163,12 +173,7 @@ class SessionStore:
         self.settings = settings
 
     def key(self, name: str) -> datastore.Key:
-        key: datastore.Key
-        if self.settings.namespace is not None:
-            key = self.client.key(self.settings.kind, name, namespace=self.settings.namespace)
-        else:
-            key = self.client.key(self.settings.kind, name)
-        return key
+        return settings_key(self.client, self.settings, self.settings.kind, name)
 
     def to_entity(self, record: SessionRecord) -> datastore.Entity:
         entity = datastore.Entity(self.key(record.key_name), exclude_from_indexes=("data", "expires"))

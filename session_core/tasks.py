@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -53,14 +53,7 @@ class ClearStep:
     op = "clear"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "op": self.op,
-            "run_id": self.run_id,
-            "cutoff": self.cutoff,
-            "cursor": self.cursor,
-            "page": self.page,
-            "dry_run": self.dry_run,
-        }
+        return {"op": self.op, **asdict(self)}
 
     @property
     def task_id(self) -> str:
@@ -93,17 +86,7 @@ class KillStep:
     op = "kill"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "op": self.op,
-            "run_id": self.run_id,
-            "user": self.user,
-            "except_session": self.except_session,
-            "shard": self.shard,
-            "lo": self.lo,
-            "hi": self.hi,
-            "cursor": self.cursor,
-            "page": self.page,
-        }
+        return {"op": self.op, **asdict(self)}
 
     @property
     def task_id(self) -> str:

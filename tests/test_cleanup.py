@@ -11,19 +11,11 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionRecord, Settings, TransientStoreError
-from session_core.cleanup import (
-    _Lease,
-    batches,
-    cutoff_for,
-    page_limit,
-    run_clear_step,
-    start_clear_sessions,
-    with_retries,
-)
+from session_core.cleanup import _Lease, cutoff_for, run_clear_step, start_clear_sessions
 from session_core.cookies import new_key
 from session_core.errors import StoreError
 from session_core.store import SessionStore, hash_key
-from session_core.sweep import session_names
+from session_core.sweep import batches, page_limit, session_names, with_retries
 from session_core.tasks import ClearStep
 from tests.conftest import RpcCounter
 
