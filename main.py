@@ -1,13 +1,11 @@
-"""Cloud Functions entry points. Each one parses its input, calls session_core, and answers.
+"""Cloud Functions entry points: each hands its request to session_core and answers.
 
 - ``clear_sessions``: HTTP, called by Cloud Scheduler; starts a cleanup run.
 - ``kill_user_sessions``: CloudEvent, triggered by the kill-user Pub/Sub topic.
 - ``session_task``: HTTP, called by Cloud Tasks; runs one step of a chain.
 
-Clients and settings are built once per instance, on first use. Errors map to
-status codes: bad input 400/405, a caller without a valid token 401/403,
-Datastore failures 503 (so Scheduler and Cloud Tasks retry; every step is
-idempotent). A poison Pub/Sub message is logged and acknowledged.
+Settings and clients are built once per instance, on first use. One table
+maps library errors to answers and log lines.
 """
 
 from __future__ import annotations
@@ -15,117 +13,80 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flask
 import functions_framework
 import structlog
 from cloudevents.http import CloudEvent
-from google.auth.transport import requests as auth_requests
 
-from session_core import Settings, StoreError
-from session_core.auth import AuthError, verify_task_caller
-from session_core.cleanup import run_clear_step, start_clear_sessions
-from session_core.clients import datastore_client, tasks_client
+from session_core import functions
+from session_core.errors import (
+    BadInputError,
+    ConfigError,
+    DispatchError,
+    ForbiddenError,
+    SessionCoreError,
+    StoreError,
+    UnauthenticatedError,
+)
 from session_core.logging import configure_logging
-from session_core.revocation import PoisonMessageError, killSessionByUser, parse_pubsub_event, run_id_for, run_kill_step
-from session_core.tasks import ClearStep, CloudTasksQueue, Enqueue, PayloadError, parse_step
 
+configure_logging()  # before anything can log, so even the first line is structured and redacted
 log = structlog.get_logger("main")
 
-
-class _Runtime:
-    def __init__(self) -> None:
-        configure_logging()
-        self.settings = Settings.from_env(os.environ)
-        self.datastore = datastore_client(self.settings)
-        self.enqueue: Enqueue | None = None
-        if self.settings.tasks_queue is not None:
-            self.enqueue = CloudTasksQueue(tasks_client(self.settings), self.settings)
-        self.auth_request = auth_requests.Request()
+# error type -> (status, log line suffix, public message; None: the error's own words)
+ANSWERS: dict[type[SessionCoreError], tuple[int, str, str | None]] = {
+    BadInputError: (400, "rejected", None),
+    UnauthenticatedError: (401, "refused", None),
+    ForbiddenError: (403, "refused", None),
+    ConfigError: (500, "misconfigured", "the function is misconfigured; see its logs"),
+    StoreError: (503, "failed", "datastore unavailable; retry"),
+    DispatchError: (503, "failed", "cloud tasks unavailable; retry"),
+}
 
 
 @functools.cache
-def runtime() -> _Runtime:
-    return _Runtime()
+def runtime() -> functions.Runtime:
+    return functions.Runtime.from_env(os.environ)
 
 
-def _answer(status: int, **body: Any) -> flask.Response:
+def _handle(name: str, call: Callable[[], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """Run a handler; map a library error to (status, body) and log ``<name>_<suffix>``."""
+    structlog.contextvars.clear_contextvars()
+    try:
+        return 200, call()
+    except SessionCoreError as exc:
+        status, suffix, message = next(row for kind, row in ANSWERS.items() if isinstance(exc, kind))
+        log.log(40 if status >= 500 else 30, f"{name}_{suffix}", status=status, error=str(exc))
+        return status, {"error": message or str(exc)}
+
+
+def _http(name: str, request: flask.Request, call: Callable[[], dict[str, Any]]) -> flask.Response:
+    status, body = (405, {"error": "use POST"}) if request.method != "POST" else _handle(name, call)
     return flask.Response(json.dumps(body), status=status, mimetype="application/json")
 
 
 @functions_framework.http
 def clear_sessions(request: flask.Request) -> flask.Response:
     """POST, optional JSON ``{"dry_run": bool}``: start deleting expired sessions."""
-    if request.method != "POST":
-        return _answer(405, error="use POST")
-    body = request.get_data()
-    try:
-        options = json.loads(body) if body.strip() else {}
-    except ValueError:
-        return _answer(400, error="body is not JSON")
-    if (
-        not isinstance(options, dict)
-        or set(options) - {"dry_run"}
-        or not isinstance(options.get("dry_run", False), bool)
-    ):
-        return _answer(400, error='body must be {} or {"dry_run": true|false}')
-    rt = runtime()
-    try:
-        result = start_clear_sessions(
-            rt.datastore, rt.settings, enqueue=rt.enqueue, dry_run=options.get("dry_run", False)
-        )
-    except StoreError as exc:
-        log.error("clear_sessions_failed", operation=exc.operation, error=str(exc.cause))
-        return _answer(503, error="datastore unavailable; retry")
-    return _answer(200, **result.to_json())
-
-
-@functions_framework.cloud_event
-def kill_user_sessions(cloud_event: CloudEvent) -> None:
-    """Pub/Sub: ``{"user": ..., "except_session": ...}``. Poison messages are logged and dropped.
-
-    Idempotent: the run id comes from the message id, so a redelivery names
-    the same tasks. A Datastore failure raises, so Pub/Sub redelivers.
-    """
-    try:
-        kill = parse_pubsub_event(cloud_event.get_data())
-    except PoisonMessageError as exc:
-        log.error("kill_message_rejected", reason=exc.reason, message_id=cloud_event["id"])
-        return
-    rt = runtime()
-    killSessionByUser(
-        kill.user,
-        client=rt.datastore,
-        settings=rt.settings,
-        except_session=kill.except_session,
-        enqueue=rt.enqueue,
-        run_id=run_id_for(str(cloud_event["id"])),
-    )
+    return _http("clear_sessions", request, lambda: functions.clear_sessions(runtime(), request.get_data()))
 
 
 @functions_framework.http
 def session_task(request: flask.Request) -> flask.Response:
     """Cloud Tasks target: run one bounded step; 2xx only once the step is durable."""
-    if request.method != "POST":
-        return _answer(405, error="use POST")
-    rt = runtime()
-    try:
-        verify_task_caller(request.headers.get("Authorization"), rt.settings, rt.auth_request)
-    except AuthError as exc:
-        log.warning("session_task_refused", status=exc.status, reason=exc.reason)
-        return _answer(exc.status, error=exc.reason)
-    try:
-        step = parse_step(request.get_data())
-    except PayloadError as exc:
-        log.error("session_task_rejected", reason=exc.reason)
-        return _answer(400, error=exc.reason)
-    try:
-        if isinstance(step, ClearStep):
-            result: Any = run_clear_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue)
-        else:
-            result = run_kill_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue)
-    except StoreError as exc:
-        log.error("session_task_failed", run_id=step.run_id, operation=exc.operation, error=str(exc.cause))
-        return _answer(503, error="datastore unavailable; retry")
-    return _answer(200, **result.to_json())
+    authorization = request.headers.get("Authorization")
+    return _http("session_task", request, lambda: functions.session_task(runtime(), request.get_data(), authorization))
+
+
+@functions_framework.cloud_event
+def kill_user_sessions(cloud_event: CloudEvent) -> None:
+    """Pub/Sub: a poison message is logged and acknowledged; a failure is logged and raised, so Pub/Sub redelivers."""
+    status, body = _handle(
+        "kill_message",
+        lambda: functions.kill_user_sessions(runtime(), cloud_event.get_data(), str(cloud_event["id"])),
+    )
+    if status >= 500:
+        raise RuntimeError(body["error"])

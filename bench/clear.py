@@ -51,13 +51,13 @@ import structlog
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
-from session_core.cleanup import cutoff_for, start_clear_sessions
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.cookies import new_key, new_security_key
-from session_core.emulators import firestore_datastore_mode
-from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
-from session_core.sweep import page_limit
+from session_core.maintenance.cleanup import start_clear_sessions
+from session_core.maintenance.sweep import page_limit
+from session_core.rules import GUEST_USER, cutoff_for, hash_key, new_key, new_security_key
+from session_core.store import SessionRecord, SessionStore
+from session_core.testing import firestore_datastore_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "session-core-bench"

@@ -33,21 +33,19 @@ from pathlib import Path
 
 from google.cloud import datastore
 
-from session_core.clients import datastore_client
-from session_core.config import Settings
-from session_core.cookies import new_key
-from session_core.emulators import (
-    Emulator,
+from devstack.emulators import (
     cloud_tasks,
-    firestore_datastore_mode,
-    free_port,
     functions_framework,
     pubsub,
     pubsub_publish,
     pubsub_push_subscription,
     pubsub_rest,
 )
-from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
+from session_core.clients import datastore_client
+from session_core.config import Settings
+from session_core.rules import GUEST_USER, hash_key, new_key
+from session_core.store import SessionRecord, SessionStore
+from session_core.testing import Emulator, firestore_datastore_mode, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "session-core-bench"

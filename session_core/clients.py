@@ -1,11 +1,9 @@
-"""Client factories for entry points. Library code is handed clients; it never builds them."""
+"""The Datastore client factory, for entry points. Library code is handed clients; it never builds them."""
 
 from __future__ import annotations
 
-import grpc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import datastore, tasks_v2
-from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+from google.cloud import datastore
 
 from session_core.config import Settings
 
@@ -28,11 +26,3 @@ def datastore_client(settings: Settings) -> datastore.Client:
         client = datastore.Client(project=settings.project, database=settings.database)
         client._base_url = f"http://{settings.emulator_host}"
         return client
-
-
-def tasks_client(settings: Settings) -> tasks_v2.CloudTasksClient:
-    """A Cloud Tasks client; with CLOUD_TASKS_EMULATOR_HOST an insecure channel to it."""
-    if settings.tasks_emulator_host is None:
-        return tasks_v2.CloudTasksClient()
-    channel = grpc.insecure_channel(settings.tasks_emulator_host)
-    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))

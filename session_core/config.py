@@ -1,17 +1,19 @@
-"""The one typed settings object, built from a mapping such as ``os.environ``.
+"""The one typed settings object.
 
-``Settings.from_env(environ)`` validates every variable at start-up and raises
-:class:`~session_core.errors.ConfigError` naming the variable and what it
-expects. Nothing else in the library reads the environment.
+``Settings(...)`` validates itself: a value out of range raises
+:class:`~session_core.errors.ConfigError` naming the field.
+``Settings.from_env(environ)`` reads environment variables (any mapping, so
+tests pass a plain dict) and raises the same errors naming the variable.
+Nothing else in the library reads the environment.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Literal, cast
+from typing import Any, Literal
 
 from session_core.errors import ConfigError
 
@@ -21,65 +23,59 @@ KeyStorage = Literal["hashed", "plain"]
 DEFAULT_KIND = "viur-session"
 LOCAL_PROJECT = "session-core-local"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+TEN_YEARS = timedelta(days=3650)
 # RFC 6265 cookie-name token: visible ASCII without separators.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-
-def _text(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise ConfigError(name, "a boolean (true/false, 1/0, yes/no, on/off)", raw)
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = _text(env, name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, f"a whole number from {low} to {high}", raw) from None
-    if not low <= value <= high:
-        raise ConfigError(name, f"a whole number from {low} to {high}", raw)
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> timedelta:
-    return timedelta(seconds=_int(env, name, default, low, high))
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value not in choices:
-        shown = " or ".join(repr(c) for c in choices)
-        raise ConfigError(name, f"one of {shown}", raw)
-    return value
-
-
-def _fields(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+# Every field and the environment variable it is read from.
+VARIABLES: dict[str, str] = {
+    "project": "GOOGLE_CLOUD_PROJECT",
+    "emulator_host": "DATASTORE_EMULATOR_HOST",
+    "database": "SESSION_DATABASE",
+    "namespace": "SESSION_NAMESPACE",
+    "kind": "SESSION_KIND",
+    "life_time": "SESSION_LIFE_TIME",
+    "cookie_name": "SESSION_COOKIE_NAME",
+    "same_site": "SESSION_SAME_SITE",
+    "use_session_cookie": "SESSION_USE_SESSION_COOKIE",
+    "persistent_fields_on_login": "SESSION_PERSISTENT_FIELDS_ON_LOGIN",
+    "persistent_fields_on_logout": "SESSION_PERSISTENT_FIELDS_ON_LOGOUT",
+    "cookie_secure": "SESSION_COOKIE_SECURE",
+    "key_storage": "SESSION_KEY_STORAGE",
+    "clear_grace": "SESSION_CLEAR_GRACE",
+    "batch_size": "SESSION_BATCH_SIZE",
+    "page_size": "SESSION_PAGE_SIZE",
+    "time_budget": "SESSION_TIME_BUDGET",
+    "lease_ttl": "SESSION_LEASE_TTL",
+    "deletes_in_flight": "SESSION_DELETES_IN_FLIGHT",
+    "shards": "SESSION_SHARDS",
+    "tasks_queue": "SESSION_TASKS_QUEUE",
+    "task_url": "SESSION_TASK_URL",
+    "tasks_service_account": "SESSION_TASKS_SERVICE_ACCOUNT",
+    "tasks_emulator_host": "CLOUD_TASKS_EMULATOR_HOST",
+    "task_audience": "SESSION_TASK_AUDIENCE",
+    "task_certs_url": "SESSION_TASK_CERTS_URL",
+}
+# Inclusive bounds: whole numbers, and durations in seconds.
+_NUMBERS: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 500),
+    "page_size": (1, 20000),
+    "deletes_in_flight": (1, 32),
+    "shards": (1, 1024),
+}
+_DURATIONS: dict[str, tuple[int, int]] = {
+    "life_time": (60, int(TEN_YEARS.total_seconds())),
+    "clear_grace": (0, 86400),
+    "time_budget": (0, 1500),
+    "lease_ttl": (1, 3600),
+}
+_CHOICES: dict[str, tuple[str | None, ...]] = {
+    "same_site": ("lax", "strict", "none", None),
+    "key_storage": ("hashed", "plain"),
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,8 @@ class Settings:
     """Everything the library and the functions can be configured with.
 
     Durations are :class:`~datetime.timedelta`. Build it with :meth:`from_env`
-    in entry points, or directly (all fields have defaults) in tests.
+    in entry points, or directly (every field has a default) in code and tests;
+    both validate the same way.
     """
 
     project: str = LOCAL_PROJECT
@@ -120,31 +117,11 @@ class Settings:
     task_certs_url: str = GOOGLE_CERTS_URL
 
     def __post_init__(self) -> None:
-        if self.same_site == "none" and not self.cookie_secure:
-            raise ConfigError(
-                "SESSION_SAME_SITE",
-                "'lax', 'strict' or empty when SESSION_COOKIE_SECURE is off "
-                "(browsers drop SameSite=None cookies without Secure)",
-                "none",
-            )
-        if not _COOKIE_NAME.fullmatch(self.cookie_name):
-            raise ConfigError("SESSION_COOKIE_NAME", "a cookie-name token", self.cookie_name)
-        if not 1 <= self.batch_size <= 500:
-            raise ConfigError("SESSION_BATCH_SIZE", "a whole number from 1 to 500", str(self.batch_size))
-        if self.tasks_queue is not None:
-            if not _QUEUE.fullmatch(self.tasks_queue):
-                raise ConfigError("SESSION_TASKS_QUEUE", "projects/P/locations/L/queues/Q", self.tasks_queue)
-            if self.task_url is None:
-                raise ConfigError("SESSION_TASK_URL", "the URL of the session_task function when a queue is set")
-        if self.task_audience is not None and self.tasks_service_account is None:
-            raise ConfigError(
-                "SESSION_TASKS_SERVICE_ACCOUNT",
-                "the email whose tokens session_task accepts (SESSION_TASK_AUDIENCE is set)",
-            )
+        _validate(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from environment variables; raise ConfigError on bad ones."""
+        """Build settings from environment variables; a bad one raises ConfigError naming it."""
         emulator = _text(environ, "DATASTORE_EMULATOR_HOST")
         project = _text(environ, "GOOGLE_CLOUD_PROJECT")
         if project is None:
@@ -154,32 +131,86 @@ class Settings:
                     "the Google Cloud project id (optional only with DATASTORE_EMULATOR_HOST)",
                 )
             project = LOCAL_PROJECT
-        same_site = _choice(environ, "SESSION_SAME_SITE", "lax", ("lax", "strict", "none", ""))
-        return cls(
-            project=project,
-            emulator_host=emulator,
-            database=_text(environ, "SESSION_DATABASE"),
-            namespace=_text(environ, "SESSION_NAMESPACE"),
-            kind=_text(environ, "SESSION_KIND") or DEFAULT_KIND,
-            life_time=_seconds(environ, "SESSION_LIFE_TIME", 3600, 60, 10 * 365 * 86400),
-            cookie_name=_text(environ, "SESSION_COOKIE_NAME") or f"viur_cookie_{project}",
-            same_site=cast(SameSite, same_site) if same_site else None,
-            use_session_cookie=_bool(environ, "SESSION_USE_SESSION_COOKIE", True),
-            persistent_fields_on_login=_fields(environ, "SESSION_PERSISTENT_FIELDS_ON_LOGIN", ("language",)),
-            persistent_fields_on_logout=_fields(environ, "SESSION_PERSISTENT_FIELDS_ON_LOGOUT", ("language",)),
-            cookie_secure=_bool(environ, "SESSION_COOKIE_SECURE", True),
-            key_storage=cast(KeyStorage, _choice(environ, "SESSION_KEY_STORAGE", "hashed", ("hashed", "plain"))),
-            clear_grace=_seconds(environ, "SESSION_CLEAR_GRACE", 300, 0, 86400),
-            batch_size=_int(environ, "SESSION_BATCH_SIZE", 500, 1, 500),
-            page_size=_int(environ, "SESSION_PAGE_SIZE", 10000, 1, 20000),
-            time_budget=_seconds(environ, "SESSION_TIME_BUDGET", 300, 0, 1500),
-            lease_ttl=_seconds(environ, "SESSION_LEASE_TTL", 60, 1, 3600),
-            deletes_in_flight=_int(environ, "SESSION_DELETES_IN_FLIGHT", 4, 1, 32),
-            shards=_int(environ, "SESSION_SHARDS", 16, 1, 1024),
-            tasks_queue=_text(environ, "SESSION_TASKS_QUEUE"),
-            task_url=_text(environ, "SESSION_TASK_URL"),
-            tasks_service_account=_text(environ, "SESSION_TASKS_SERVICE_ACCOUNT"),
-            tasks_emulator_host=_text(environ, "CLOUD_TASKS_EMULATOR_HOST"),
-            task_audience=_text(environ, "SESSION_TASK_AUDIENCE"),
-            task_certs_url=_text(environ, "SESSION_TASK_CERTS_URL") or GOOGLE_CERTS_URL,
+        values: dict[str, Any] = {"project": project, "emulator_host": emulator}
+        for field in fields(cls):
+            variable = VARIABLES[field.name]
+            if field.name in values or variable not in environ:
+                continue
+            values[field.name] = _parse(field.name, variable, environ)
+        values.setdefault("cookie_name", f"viur_cookie_{project}")
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            variable = VARIABLES.get(exc.setting, exc.setting)
+            raise ConfigError(variable, exc.expected, environ.get(variable)) from None
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    return value.strip() or None
+
+
+def _parse(field: str, variable: str, env: Mapping[str, str]) -> Any:
+    """The typed value of one variable that is present in ``env`` (ranges are checked by the type)."""
+    raw = env[variable]
+    text = raw.strip()
+    if field in _NUMBERS or field in _DURATIONS:
+        low, high = _NUMBERS.get(field) or _DURATIONS[field]
+        try:
+            number = int(text)
+        except ValueError:
+            raise ConfigError(variable, f"a whole number from {low} to {high}", raw) from None
+        return timedelta(seconds=number) if field in _DURATIONS else number
+    if field in ("use_session_cookie", "cookie_secure"):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(variable, "a boolean (true/false, 1/0, yes/no, on/off)", raw)
+    if field in ("persistent_fields_on_login", "persistent_fields_on_logout"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if field in _CHOICES:
+        return text.lower() or None
+    return text or None
+
+
+def _validate(settings: Settings) -> None:
+    """Raise ConfigError, naming the field, for the first value out of its range."""
+    for name, (low, high) in _NUMBERS.items():
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ConfigError(name, f"a whole number from {low} to {high}", str(value))
+    for name, (low, high) in _DURATIONS.items():
+        value = getattr(settings, name)
+        if not isinstance(value, timedelta) or not low <= value.total_seconds() <= high:
+            shown = f"{value.total_seconds():g} s" if isinstance(value, timedelta) else str(value)
+            raise ConfigError(name, f"a duration from {low} to {high} seconds", shown)
+    for name, choices in _CHOICES.items():
+        if getattr(settings, name) not in choices:
+            shown = " or ".join("empty" if c is None else repr(c) for c in choices)
+            raise ConfigError(name, f"one of {shown}", str(getattr(settings, name)))
+    if not settings.project:
+        raise ConfigError("project", "a Google Cloud project id", str(settings.project))
+    if not settings.kind:
+        raise ConfigError("kind", "a kind name", str(settings.kind))
+    if not isinstance(settings.cookie_name, str) or not _COOKIE_NAME.fullmatch(settings.cookie_name):
+        raise ConfigError("cookie_name", "a cookie-name token", str(settings.cookie_name))
+    if settings.same_site == "none" and not settings.cookie_secure:
+        raise ConfigError(
+            "same_site",
+            "'lax', 'strict' or empty when the cookie is not Secure "
+            "(browsers drop SameSite=None cookies without Secure)",
+            "none",
+        )
+    if settings.tasks_queue is not None:
+        if not _QUEUE.fullmatch(settings.tasks_queue):
+            raise ConfigError("tasks_queue", "projects/P/locations/L/queues/Q", settings.tasks_queue)
+        if settings.task_url is None:
+            raise ConfigError("task_url", "the URL of the session_task function when a queue is set")
+    if settings.task_audience is not None and settings.tasks_service_account is None:
+        raise ConfigError(
+            "tasks_service_account",
+            "the email whose tokens session_task accepts (a task audience is set)",
         )

@@ -1,23 +1,15 @@
-"""Cookie rules (pure) and the request-context protocol the Session talks to.
+"""Cookies: the ``Set-Cookie`` and ``Cookie`` headers (pure), and the request-context protocol.
 
-The session key is the cookie value. We only ever accept the exact format we
-issue: 42 characters of ``[A-Za-z0-9]`` drawn with :mod:`secrets` (ViUR issues
-the same shape, so its cookies stay valid). 42 characters of a 62-letter
-alphabet carry 250 bits of entropy.
+The cookie value is the session key, in the exact format of
+:func:`session_core.rules.new_key`; anything else never reaches a header.
 """
 
 from __future__ import annotations
 
-import re
-import secrets
-import string
 from typing import Protocol
 
 from session_core.config import Settings
-
-KEY_LENGTH = 42
-_ALPHABET = string.ascii_letters + string.digits
-_KEY = re.compile(rf"[A-Za-z0-9]{{{KEY_LENGTH}}}")
+from session_core.rules import is_valid_key
 
 
 class RequestContext(Protocol):
@@ -35,21 +27,6 @@ class RequestContext(Protocol):
         """Append a response header (``Set-Cookie`` may be sent more than once)."""
 
 
-def new_key() -> str:
-    """A fresh session key: 42 characters from :mod:`secrets`, about 250 bits."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(KEY_LENGTH))
-
-
-def new_security_key() -> str:
-    """A fresh static security key (13 characters, as ViUR issues)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(13))
-
-
-def is_valid_key(value: str | None) -> bool:
-    """True only for a value of exactly the shape :func:`new_key` issues."""
-    return value is not None and _KEY.fullmatch(value) is not None
-
-
 def _attributes(settings: Settings) -> str:
     parts = ["Path=/", "HttpOnly"]
     if settings.cookie_secure:
@@ -62,7 +39,7 @@ def _attributes(settings: Settings) -> str:
 def set_cookie_header(settings: Settings, key: str) -> str:
     """The ``Set-Cookie`` value that hands ``key`` to the browser.
 
-    ``key`` must be a key from :func:`new_key`; anything else is refused so
+    ``key`` must be a key from :func:`session_core.rules.new_key`; anything else is refused so
     no attacker-chosen byte can reach a header.
     """
     if not is_valid_key(key):

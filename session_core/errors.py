@@ -1,7 +1,23 @@
 """One error root for the library; every error carries its data.
 
-Google API exceptions never leave :mod:`session_core.store`: they are
-translated there into these types.
+The tree, which entry points map to answers with one table (``main.py``)::
+
+    SessionCoreError
+    ├── ConfigError            a setting is missing or malformed (start-up)
+    ├── BadInputError          the caller's input can never succeed (400, or ack)
+    │   ├── SessionDataError   a session value Datastore cannot hold
+    │   ├── PoisonMessageError a kill-user message that is not one
+    │   ├── PayloadError       a task payload that is not one of ours
+    │   └── MisuseError        an API call that makes no sense (login without a user)
+    ├── AuthError              the caller may not do this (no HTTP status here)
+    │   ├── UnauthenticatedError   no valid credential
+    │   └── ForbiddenError         a valid credential of someone else
+    ├── StoreError             Datastore refused or failed (503: retry)
+    │   └── TransientStoreError    ... and retrying may help
+    └── DispatchError          Cloud Tasks refused or failed (503: retry)
+
+Google API exceptions never leave :mod:`session_core.store` and the Cloud
+Tasks dispatcher: they are translated there into these types.
 """
 
 from __future__ import annotations
@@ -12,14 +28,76 @@ class SessionCoreError(Exception):
 
 
 class ConfigError(SessionCoreError, ValueError):
-    """A setting is missing or malformed. Raised at start-up, naming the variable."""
+    """A setting is missing or malformed.
 
-    def __init__(self, variable: str, expected: str, got: str | None = None) -> None:
-        self.variable = variable
+    ``setting`` is the environment variable when the settings came from
+    :meth:`Settings.from_env`, and the field name when they were built in code.
+    """
+
+    def __init__(self, setting: str, expected: str, got: str | None = None) -> None:
+        self.setting = setting
         self.expected = expected
         self.got = got
         shown = "it is not set" if got is None else f"got {got!r}"
-        super().__init__(f"{variable}: expected {expected}; {shown}")
+        super().__init__(f"{setting}: expected {expected}; {shown}")
+
+    @property
+    def variable(self) -> str:
+        """The setting's name (kept for callers of earlier versions)."""
+        return self.setting
+
+
+class BadInputError(SessionCoreError, ValueError):
+    """Input that can never succeed, whoever retries it: answered with 400, never retried here."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class SessionDataError(BadInputError, TypeError):
+    """A session value cannot be stored in Datastore; ``path`` names it. Raised before any RPC."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(reason)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class PoisonMessageError(BadInputError):
+    """A kill-user message that can never be processed; ``reason`` says why."""
+
+    def __str__(self) -> str:
+        return f"poison kill message: {self.reason}"
+
+
+class PayloadError(BadInputError):
+    """A task payload that is not exactly what we enqueue; ``reason`` says what is wrong."""
+
+    def __str__(self) -> str:
+        return f"bad task payload: {self.reason}"
+
+
+class MisuseError(BadInputError):
+    """An API call that cannot make sense, such as a login without a user key."""
+
+
+class AuthError(SessionCoreError):
+    """The caller may not do this; ``reason`` says why. Entry points choose the status."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class UnauthenticatedError(AuthError):
+    """No valid credential (missing, malformed, expired, forged, wrong audience)."""
+
+
+class ForbiddenError(AuthError):
+    """A valid credential of an identity that is not allowed."""
 
 
 class StoreError(SessionCoreError):
@@ -35,10 +113,10 @@ class TransientStoreError(StoreError):
     """A Datastore failure that is safe to retry (aborted, unavailable, deadline)."""
 
 
-class SessionDataError(SessionCoreError, TypeError):
-    """A session value cannot be stored in Datastore; ``path`` names it."""
+class DispatchError(SessionCoreError):
+    """Cloud Tasks refused or failed to take a step; the step that was running may be retried."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, operation: str, cause: BaseException) -> None:
+        self.operation = operation
+        self.cause = cause
+        super().__init__(f"cloud tasks {operation} failed: {type(cause).__name__}: {cause}")

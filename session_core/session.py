@@ -2,8 +2,8 @@
 
 This is the API of ViUR's ``core.session.Session`` (``load``, ``save``,
 ``markChanged``, ``reset``, the mapping methods), backed by
-:class:`~session_core.store.SessionStore`. The rules are pure functions
-(:func:`is_expired`, :func:`needs_refresh`) that take ``now`` as an argument.
+:class:`~session_core.store.SessionStore`. The rules it follows are the pure
+functions of :mod:`session_core.rules`.
 
 Concurrency contract: two requests holding the same session write last-wins
 (as ViUR and Flask-Session do). A request never re-creates a session that was
@@ -16,41 +16,21 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import structlog
 from google.cloud import datastore
 
+from session_core import rules
 from session_core.config import Settings
-from session_core.cookies import (
-    RequestContext,
-    clear_cookie_header,
-    is_valid_key,
-    new_key,
-    new_security_key,
-    set_cookie_header,
-)
-from session_core.errors import StoreError
-from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key, storage_name
+from session_core.cookies import RequestContext, clear_cookie_header, set_cookie_header
+from session_core.errors import MisuseError, StoreError
+from session_core.rules import GUEST_USER, hash_key, is_expired, is_valid_key, needs_refresh, storage_name
+from session_core.store import DeleteObserver, SessionRecord, SessionStore
 
-if TYPE_CHECKING:
-    from session_core.tasks import Enqueue
-
-REFRESH_AFTER = timedelta(minutes=5)
 _INSERT_ATTEMPTS = 3
-DeleteObserver = Callable[[SessionRecord], None]
+_REGISTERED: list[DeleteObserver] = []  # only Session.on_delete writes here (ViUR's API)
 log = structlog.get_logger("session_core.session")
-
-
-def is_expired(lastseen: float, now: float, life_time: timedelta) -> bool:
-    """A session not seen within its life time is dead for readers."""
-    return lastseen < now - life_time.total_seconds()
-
-
-def needs_refresh(lastseen: float, now: float) -> bool:
-    """``lastseen`` is rewritten at most every five minutes (ViUR's throttle)."""
-    return lastseen < now - REFRESH_AFTER.total_seconds()
 
 
 class Session(MutableMapping[str, Any]):
@@ -66,7 +46,6 @@ class Session(MutableMapping[str, Any]):
     use_session_cookie: bool = True
     cookie_name: str = ""
     GUEST_USER: ClassVar[str] = GUEST_USER
-    _delete_observers: ClassVar[list[DeleteObserver]] = []
 
     def __init__(
         self,
@@ -90,26 +69,29 @@ class Session(MutableMapping[str, Any]):
         self._cookie_key: str | None = None  # the secret the browser holds
         self._stored_name: str | None = None  # entity name it was loaded from
         self.user: str = GUEST_USER
-        self.static_security_key: str = new_security_key()
+        self.static_security_key: str = rules.new_security_key()
         self.lastseen: float | None = None
         self.changed = False
 
-    # -- observers -----------------------------------------------------------
+    # -- observers (ViUR's registration) -------------------------------------
 
     @staticmethod
     def on_delete(func: DeleteObserver) -> DeleteObserver:
-        """Decorator: call ``func(record)`` for each session cleanup or kill deletes."""
-        Session._delete_observers.append(func)
+        """Decorator, for code ported from ViUR: observe sessions that cleanup or kill delete.
+
+        It runs only in the process that deletes: the Cloud Functions and the
+        command line, which pass :func:`registered_delete_observer` to the
+        cleanup and kill they run. A web app registering it sees nothing; it
+        learns of deletions through lifecycle events instead. Library callers
+        pass an ``observer`` argument to cleanup and kill directly.
+        """
+        _REGISTERED.append(func)
         return func
 
     @staticmethod
     def remove_on_delete(func: DeleteObserver) -> None:
         """Unregister an observer added with :meth:`on_delete`."""
-        Session._delete_observers.remove(func)
-
-    @staticmethod
-    def delete_observers() -> tuple[DeleteObserver, ...]:
-        return tuple(Session._delete_observers)
+        _REGISTERED.remove(func)
 
     # -- identity ------------------------------------------------------------
 
@@ -203,7 +185,7 @@ class Session(MutableMapping[str, Any]):
 
     def _insert(self, req: RequestContext, now: float) -> None:
         for _ in range(_INSERT_ATTEMPTS):
-            key = new_key()
+            key = rules.new_key()
             name = storage_name(key, self.settings)
             if self.store.insert(self._record(name, now), delete=self._obsolete):
                 self._obsolete = []
@@ -247,35 +229,21 @@ class Session(MutableMapping[str, Any]):
         self._data.update(kept)
         self.user = user
 
-    def login(self, user_key: object) -> None:
-        """Full reset for a login, keeping only ``persistent_fields_on_login``."""
-        user = str(user_key)
-        if not user or user == GUEST_USER:
-            raise ValueError("login needs a real user key")
-        self._reset_keeping(self.settings.persistent_fields_on_login, user)
+    def login(self, user_key: str) -> None:
+        """Full reset for a login, keeping only ``persistent_fields_on_login``.
+
+        ``user_key`` must be a user key that kill-by-user can name: a non-empty
+        printable string of at most 1,500 bytes, not ``"__guest__"``. Anything
+        else (None, 0, False, a number, ``"a\\nb"``) raises MisuseError before
+        any RPC, so a missing key can never become a user that "kill" matches.
+        """
+        if not rules.valid_login(user_key):
+            raise MisuseError("login needs a user key: a non-empty printable string of at most 1500 bytes")
+        self._reset_keeping(self.settings.persistent_fields_on_login, user_key)
 
     def logout(self) -> None:
         """Full reset for a logout, keeping only ``persistent_fields_on_logout``."""
         self._reset_keeping(self.settings.persistent_fields_on_logout, GUEST_USER)
-
-    def logout_everywhere_else(self, *, enqueue: Enqueue | None = None) -> int:
-        """Kill every other session of this session's user; this one survives.
-
-        Needs a logged-in, saved session. Returns how many sessions were
-        deleted at once (with ``enqueue``, more may follow as Cloud Tasks).
-        """
-        from session_core.revocation import killSessionByUser
-
-        if self.user == GUEST_USER or self.session_id is None:
-            raise ValueError("only a saved, logged-in session can log out its other sessions")
-        result = killSessionByUser(
-            self.user,
-            client=self.store.client,
-            settings=self.settings,
-            except_session=self.session_id,
-            enqueue=enqueue,
-        )
-        return result.deleted
 
     # -- mapping -------------------------------------------------------------
 
@@ -328,3 +296,25 @@ class Session(MutableMapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<Session user={self.user!r} fields={len(self._data)} changed={self.changed}>"
+
+
+def registered_delete_observer() -> DeleteObserver | None:
+    """One observer calling, in order, every function registered with :meth:`Session.on_delete`.
+
+    None when nothing is registered, so cleanup reads no entity it need not.
+    """
+    if not _REGISTERED:
+        return None
+    observers = tuple(_REGISTERED)
+
+    def notify(record: SessionRecord) -> None:
+        failure: Exception | None = None
+        for observer in observers:
+            try:
+                observer(record)
+            except Exception as exc:  # the others still hear of it; the caller logs the first failure
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    return notify

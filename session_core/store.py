@@ -18,8 +18,7 @@ cleared while it held it. Every Google API exception is translated here.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,32 +27,18 @@ from typing import Any, Literal
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import datastore
-from google.cloud.datastore.helpers import GeoPoint, entity_to_protobuf
+from google.cloud.datastore.helpers import entity_to_protobuf
 from google.cloud.datastore_v1.types import Mutation
 
+from session_core import values
 from session_core.config import Settings
-from session_core.errors import SessionDataError, StoreError, TransientStoreError
+from session_core.errors import StoreError, TransientStoreError
+from session_core.rules import GUEST_USER, hash_key, session_id_of
 
-GUEST_USER = "__guest__"
-# Maintenance RPCs fail fast and are retried by ``sweep.with_retries`` (bounded):
+# Maintenance RPCs fail fast and are retried by the sweep's ``with_retries`` (bounded):
 # the client library's own policy would retry a read for up to 60 s on UNAVAILABLE.
 FAIL_FAST: dict[str, Any] = {"retry": Retry(predicate=lambda exc: False), "timeout": 60.0}
 TRANSIENT = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError)
-
-
-def hash_key(cookie_key: str) -> str:
-    """The hashed entity name (and opaque session id) of a cookie value."""
-    return hashlib.sha256(cookie_key.encode("ascii")).hexdigest()
-
-
-def session_id_of(key_name: str) -> str:
-    """The opaque session id of a stored name: hashed names are their own id, plain ones are hashed."""
-    return key_name if len(key_name) == 64 else hash_key(key_name)
-
-
-def storage_name(cookie_key: str, settings: Settings) -> str:
-    """The entity name a new session with this cookie value is written under."""
-    return hash_key(cookie_key) if settings.key_storage == "hashed" else cookie_key
 
 
 @dataclass(frozen=True)
@@ -72,6 +57,10 @@ class SessionRecord:
         return session_id_of(self.key_name)
 
 
+DeleteObserver = Callable[[SessionRecord], None]
+"""Told of each session that cleanup or kill deleted, after the commit that deleted it."""
+
+
 class _GoneError(Exception):
     """Internal: the entity a transaction depends on no longer exists."""
 
@@ -85,37 +74,6 @@ def translated(operation: str) -> Iterator[None]:
         raise TransientStoreError(operation, exc) from exc
     except gexc.GoogleAPICallError as exc:
         raise StoreError(operation, exc) from exc
-
-
-_SCALARS = (type(None), bool, int, float, str, bytes, datetime, datastore.Key, GeoPoint)
-
-
-def _embed(value: Any, path: str = "session") -> Any:
-    """Dicts become embedded entities whose every property is unindexed.
-
-    Raises SessionDataError, naming the offending path, for a value Datastore
-    cannot store (a set, an object, a dict with non-string keys).
-    """
-    if isinstance(value, Mapping):
-        entity = datastore.Entity(exclude_from_indexes=tuple(value))
-        for name, item in value.items():
-            if not isinstance(name, str):
-                raise SessionDataError(f"{path}[{name!r}]", "dictionary keys must be strings")
-            entity[name] = _embed(item, f"{path}[{name!r}]")
-        return entity
-    if isinstance(value, (list, tuple)):
-        return [_embed(item, f"{path}[{index}]") for index, item in enumerate(value)]
-    if not isinstance(value, _SCALARS):
-        raise SessionDataError(path, f"{type(value).__name__} cannot be stored in Datastore")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {name: _plain(item) for name, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
 
 
 def commit(
@@ -177,7 +135,7 @@ class SessionStore:
 
     def to_entity(self, record: SessionRecord) -> datastore.Entity:
         entity = datastore.Entity(self.key(record.key_name), exclude_from_indexes=("data", "expires"))
-        entity["data"] = _embed(record.data)
+        entity["data"] = values.encode(record.data)
         entity["static_security_key"] = record.static_security_key
         entity["lastseen"] = float(record.lastseen)
         entity["user"] = record.user
@@ -187,11 +145,10 @@ class SessionStore:
     @staticmethod
     def from_entity(entity: datastore.Entity) -> SessionRecord:
         """Read our entities and ViUR's alike; missing fields get safe defaults."""
-        data = entity.get("data")
         lastseen = entity.get("lastseen")
         return SessionRecord(
             key_name=str(entity.key.name),
-            data=_plain(data) if isinstance(data, dict) else {},
+            data=values.decode(entity.get("data")),
             user=str(entity.get("user") or GUEST_USER),
             static_security_key=str(entity.get("static_security_key") or ""),
             lastseen=float(lastseen) if isinstance(lastseen, (int, float)) else 0.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -18,12 +19,12 @@ from flask.testing import FlaskClient
 from functions_framework import create_app
 from google.cloud import datastore
 
-from session_core import Settings, cookies
+from devstack.emulators import cloud_tasks, functions_framework
+from session_core import Settings, rules
 from session_core import logging as logging_module
-from session_core import session as session_module
 from session_core.clients import datastore_client
-from session_core.emulators import Emulator, cloud_tasks, firestore_datastore_mode, functions_framework
-from session_core.store import hash_key
+from session_core.rules import hash_key
+from session_core.testing import Emulator, firestore_datastore_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".local" / "test-logs"
@@ -45,7 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     shutil.rmtree(LOG_DIR, ignore_errors=True)
     LOG_DIR.mkdir(parents=True)
-    issue_key, issue_security_key = cookies.new_key, cookies.new_security_key
+    issue_key, issue_security_key = rules.new_key, rules.new_security_key
 
     def recorded_key() -> str:
         key = issue_key()
@@ -57,9 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
         SECRETS.add(key)
         return key
 
-    for module in (cookies, session_module):
-        module.new_key = recorded_key  # type: ignore[attr-defined]
-        module.new_security_key = recorded_security_key  # type: ignore[attr-defined]
+    rules.new_key = recorded_key  # type: ignore[assignment]
+    rules.new_security_key = recorded_security_key  # type: ignore[assignment]
     write = logging_module._CurrentStderr.write
 
     def tee(self: Any, text: str) -> int:
@@ -217,3 +217,11 @@ def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **ex
         "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
         **extra,
     }
+
+
+def readme_python_blocks(heading: str) -> list[str]:
+    """The ```python blocks of the README section under ``heading`` (up to the next heading of any level)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    section = re.split(r"\n#{1,6} ", section, maxsplit=1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from werkzeug.http import parse_cookie
 
 from session_core import Settings
-from session_core.cookies import is_valid_key, new_key
+from session_core.errors import PayloadError, PoisonMessageError
 from session_core.flask import DatastoreSessionInterface
-from session_core.revocation import PoisonMessageError, parse_kill_message
-from session_core.store import hash_key
-from session_core.tasks import PayloadError, parse_step
+from session_core.maintenance.messages import parse_kill_message
+from session_core.maintenance.steps import parse_step
+from session_core.rules import hash_key, is_valid_key, new_key
 from tests.conftest import FunctionClient, RpcCounter
 from tests.test_cleanup import remaining
 from tests.test_revocation import POISON, seed_users

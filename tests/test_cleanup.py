@@ -11,12 +11,13 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionRecord, Settings, TransientStoreError
-from session_core.cleanup import _Lease, cutoff_for, run_clear_step, start_clear_sessions
-from session_core.cookies import new_key
 from session_core.errors import StoreError
-from session_core.store import SessionStore, hash_key
-from session_core.sweep import batches, page_limit, session_names, with_retries
-from session_core.tasks import ClearStep
+from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME, _Lease, run_clear_step, start_clear_sessions
+from session_core.maintenance.steps import ClearStep
+from session_core.maintenance.sweep import batches, page_limit, session_names, with_retries
+from session_core.rules import cutoff_for, hash_key, new_key
+from session_core.session import registered_delete_observer
+from session_core.store import SessionStore, settings_key
 from tests.conftest import RpcCounter
 
 NOW = 2_000_000_000.0
@@ -176,17 +177,60 @@ def test_a_chain_whose_lease_was_taken_over_stops(client: datastore.Client, sett
     assert result.skipped and result.deleted == 0
 
 
-def test_delete_observers_see_each_deleted_session(
+def test_the_observer_sees_each_deleted_session(
+    client: datastore.Client, settings: Settings, mixed: dict[str, set[str]]
+) -> None:
+    seen: list[SessionRecord] = []
+    start_clear_sessions(client, settings, now=NOW, observer=seen.append)
+    assert {record.key_name for record in seen} == mixed["expired"]
+    assert all(record.data == {} or record.data == {"n": 1} for record in seen)
+
+
+def test_a_dry_run_calls_no_observer_and_reads_no_session(
+    client: datastore.Client, settings: Settings, mixed: dict[str, set[str]], rpcs: RpcCounter
+) -> None:
+    seen: list[SessionRecord] = []
+    result = start_clear_sessions(client, settings, now=NOW, dry_run=True, observer=seen.append)
+    assert result.deleted == len(mixed["expired"]) and seen == []
+    assert rpcs.calls["lookup"] == 0 and rpcs.calls["commit"] == 0
+    assert remaining(client, settings) == set().union(*mixed.values())
+
+
+def test_a_raising_observer_is_logged_and_the_run_completes_and_releases_its_lease(
+    client: datastore.Client,
+    settings: Settings,
+    mixed: dict[str, set[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    told: list[str] = []
+
+    def broken(record: SessionRecord) -> None:
+        told.append(record.key_name)
+        raise RuntimeError("observer bug")
+
+    result = start_clear_sessions(client, settings, now=NOW, observer=broken)
+    assert result.deleted == len(mixed["expired"]) and not result.skipped
+    assert set(told) == mixed["expired"]  # every session was still told of
+    assert remaining(client, settings) == mixed["live"] | mixed["expired_in_grace"]
+    failures = [line for line in capsys.readouterr().err.splitlines() if "delete_observer_failed" in line]
+    assert len(failures) == len(mixed["expired"]) and all('"error": "RuntimeError"' in line for line in failures)
+    assert client.get(settings_key(client, settings, LEASE_KIND, LEASE_NAME)) is None  # released
+    assert not start_clear_sessions(client, settings, now=NOW + 1).skipped  # the next run is not blocked
+
+
+def test_session_on_delete_is_viurs_registration_for_the_process_that_deletes(
     client: datastore.Client, settings: Settings, mixed: dict[str, set[str]]
 ) -> None:
     seen: list[SessionRecord] = []
     Session.on_delete(seen.append)
     try:
-        start_clear_sessions(client, settings, now=NOW)
+        observer = registered_delete_observer()
+        assert observer is not None
+        start_clear_sessions(client, settings, now=NOW, observer=observer)
     finally:
         Session.remove_on_delete(seen.append)
     assert {record.key_name for record in seen} == mixed["expired"]
-    assert all(record.data == {} or record.data == {"n": 1} for record in seen)
+    assert registered_delete_observer() is None
 
 
 def test_without_observers_the_worker_reads_keys_only(
@@ -242,7 +286,7 @@ def test_live_sessions_survive_a_session_refreshed_at_the_boundary(
 
 @pytest.fixture(scope="module")
 def legacy_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from session_core.emulators import legacy_datastore
+    from devstack.emulators import legacy_datastore
 
     with legacy_datastore(tmp_path_factory.mktemp("legacy"), project="session-core-test") as emulator:
         yield emulator

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-from session_core.emulators import Emulator
+from session_core.testing import Emulator
 
 
 def test_clear_command_deletes_expired_sessions_inline(

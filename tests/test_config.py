@@ -82,3 +82,40 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.kind = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "variable", "value", "raw"),
+    [
+        ("life_time", "SESSION_LIFE_TIME", timedelta(seconds=59), "59"),
+        ("life_time", "SESSION_LIFE_TIME", timedelta(days=3651), str(3651 * 86400)),
+        ("clear_grace", "SESSION_CLEAR_GRACE", timedelta(seconds=-1), "-1"),
+        ("batch_size", "SESSION_BATCH_SIZE", 501, "501"),
+        ("batch_size", "SESSION_BATCH_SIZE", 0, "0"),
+        ("page_size", "SESSION_PAGE_SIZE", 20001, "20001"),
+        ("time_budget", "SESSION_TIME_BUDGET", timedelta(seconds=1501), "1501"),
+        ("lease_ttl", "SESSION_LEASE_TTL", timedelta(0), "0"),
+        ("deletes_in_flight", "SESSION_DELETES_IN_FLIGHT", 33, "33"),
+        ("shards", "SESSION_SHARDS", 0, "0"),
+        ("key_storage", "SESSION_KEY_STORAGE", "encrypted", "encrypted"),
+        ("same_site", "SESSION_SAME_SITE", "sometimes", "sometimes"),
+        ("cookie_name", "SESSION_COOKIE_NAME", "bad name;", "bad name;"),
+        ("tasks_queue", "SESSION_TASKS_QUEUE", "my-queue", "my-queue"),
+    ],
+)
+def test_settings_built_in_code_reject_what_from_env_rejects_naming_the_field(
+    field: str, variable: str, value: object, raw: str
+) -> None:
+    with pytest.raises(ConfigError) as in_code:
+        Settings(**{field: value, "task_url": "https://t"})  # type: ignore[arg-type]
+    assert in_code.value.setting == field and str(in_code.value).startswith(f"{field}: ")
+    with pytest.raises(ConfigError) as from_env:
+        Settings.from_env({**EMULATOR, variable: raw, "SESSION_TASK_URL": "https://t"})
+    assert from_env.value.setting == variable and repr(raw) in str(from_env.value)
+
+
+def test_a_bool_is_not_a_number_and_a_number_is_not_a_duration() -> None:
+    with pytest.raises(ConfigError, match=r"^batch_size: "):
+        Settings(batch_size=True)
+    with pytest.raises(ConfigError, match=r"^life_time: "):
+        Settings(life_time=3600)  # type: ignore[arg-type]

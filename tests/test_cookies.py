@@ -8,13 +8,8 @@ from datetime import timedelta
 import pytest
 
 from session_core import Settings
-from session_core.cookies import (
-    clear_cookie_header,
-    is_valid_key,
-    new_key,
-    parse_cookie_header,
-    set_cookie_header,
-)
+from session_core.cookies import clear_cookie_header, parse_cookie_header, set_cookie_header
+from session_core.rules import is_valid_key, new_key
 
 
 def test_new_keys_are_42_alphanumerics_and_unique() -> None:
@@ -56,8 +51,10 @@ def test_set_cookie_flags(secure: bool, same_site: str | None, session_cookie: b
 def test_samesite_none_needs_secure() -> None:
     from session_core import ConfigError
 
-    with pytest.raises(ConfigError, match="SESSION_SAME_SITE"):
+    with pytest.raises(ConfigError, match=r"^same_site: "):
         Settings(same_site="none", cookie_secure=False)
+    with pytest.raises(ConfigError, match=r"^SESSION_SAME_SITE: "):
+        Settings.from_env({"GOOGLE_CLOUD_PROJECT": "p", "SESSION_SAME_SITE": "none", "SESSION_COOKIE_SECURE": "0"})
 
 
 def test_clear_cookie_expires_the_cookie_now() -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from google.cloud import datastore
 
+from devstack.emulators import pubsub, pubsub_publish, pubsub_push_subscription
 from session_core import GUEST_USER, Settings
-from session_core.emulators import Emulator, free_port, pubsub, pubsub_publish, pubsub_push_subscription
-from session_core.store import hash_key
+from session_core.rules import hash_key
+from session_core.testing import Emulator, free_port
 from tests.conftest import LOG_DIR, queue_env, serve_function
 from tests.test_cleanup import remaining
 from tests.test_revocation import seed_users

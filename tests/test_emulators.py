@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from session_core.emulators import Emulator, EmulatorError, firestore_datastore_mode, port_open
+from session_core.testing import Emulator, EmulatorError, firestore_datastore_mode, port_open
 
 
 def group_alive(pgid: int) -> bool:

@@ -24,12 +24,15 @@ from google.cloud import datastore
 from google.cloud.datastore_v1.services.datastore.client import DatastoreClient
 from google.cloud.datastore_v1.services.datastore.transports import DatastoreGrpcTransport
 
+from devstack.emulators import firestore_export
 from session_core import Settings
-from session_core.cleanup import start_clear_sessions
 from session_core.clients import datastore_client
-from session_core.emulators import Emulator, firestore_datastore_mode, firestore_export, free_port
+from session_core.maintenance.cleanup import start_clear_sessions
+from session_core.testing import Emulator, firestore_datastore_mode, free_port
 from tests.conftest import LOG_DIR, ROOT, queue_env, serve_function
 from tests.test_cleanup import remaining, seed
+
+pytestmark = pytest.mark.slow  # fault and whole-stack runs: make test runs them, the 3.13 pass does not
 
 NOW = 2_000_000_000.0
 

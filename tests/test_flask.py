@@ -8,7 +8,7 @@ from google.cloud import datastore
 
 from session_core import Settings
 from session_core.flask import DatastoreSessionInterface
-from session_core.store import hash_key
+from session_core.rules import hash_key
 
 
 @pytest.fixture

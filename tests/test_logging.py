@@ -34,8 +34,7 @@ def test_json_logging_has_cloud_severity_and_redacts(capsys: pytest.CaptureFixtu
 
 
 def test_redact_scrubs_key_shaped_values_inside_any_string() -> None:
-    from session_core.cookies import new_key
-    from session_core.store import hash_key
+    from session_core.rules import hash_key, new_key
 
     cookie = new_key()
     message = f'404 no entity to update: name: "{cookie}" and /viur-session/{hash_key(cookie)}'

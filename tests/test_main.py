@@ -9,6 +9,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Settings
+from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME
+from session_core.store import settings_key
 from tests.conftest import FunctionClient
 from tests.test_cleanup import remaining, seed
 
@@ -219,3 +221,41 @@ def test_session_task_runs_a_kill_step(
     response = function("session_task").post("/", json=step)
     assert response.status_code == 200 and response.get_json()["deleted"] == 5
     assert remaining(client, settings) == users["alice"] | users["__guest__"]
+
+
+def test_a_datastore_outage_during_a_kill_is_logged_and_raised_so_pubsub_redelivers(
+    function: FunctionClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from session_core.testing import free_port
+
+    kill = function("kill_user_sessions", DATASTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}")  # nothing listens
+    response = kill.post("/", json=pubsub_push_body(b'{"user": "alice"}'))
+    assert response.status_code == 500  # Pub/Sub redelivers on any non-2xx answer
+    failed = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"kill_message_failed"' in line]
+    assert len(failed) == 1 and failed[0]["severity"] == "ERROR" and failed[0]["message_id"] == "m-1"
+    assert failed[0]["error"].startswith("datastore query failed")
+
+
+def test_a_cloud_tasks_outage_is_not_reported_as_a_datastore_one(
+    function: FunctionClient,
+    client: datastore.Client,
+    settings: Settings,
+    expired_and_live: tuple[set[str], set[str]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from session_core.testing import free_port
+
+    clear = function(
+        "clear_sessions",
+        SESSION_TASKS_QUEUE="projects/p/locations/l/queues/q",
+        SESSION_TASK_URL="http://127.0.0.1:9/",
+        CLOUD_TASKS_EMULATOR_HOST=f"127.0.0.1:{free_port()}",  # nothing listens
+        SESSION_TIME_BUDGET="0",
+        SESSION_PAGE_SIZE="100",
+    )
+    response = clear.post("/")
+    assert response.status_code == 503 and response.get_json() == {"error": "cloud tasks unavailable; retry"}
+    failed = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"clear_sessions_failed"' in line]
+    assert len(failed) == 1 and failed[0]["error"].startswith("cloud tasks create_task failed")
+    lease = settings_key(client, settings, LEASE_KIND, LEASE_NAME)
+    assert client.get(lease) is None  # released: the scheduler's retry is not blocked by it

@@ -11,8 +11,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, Settings, killSessionByUser
-from session_core.cleanup import cutoff_for, start_clear_sessions
-from session_core.store import hash_key
+from session_core.maintenance.cleanup import start_clear_sessions
+from session_core.rules import cutoff_for, hash_key
 from tests.conftest import Ctx
 from tests.test_cleanup import remaining
 from tests.test_session import cookie_from

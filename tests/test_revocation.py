@@ -10,21 +10,13 @@ import pytest
 from google.cloud import datastore
 
 from session_core import GUEST_USER, Session, SessionRecord, Settings, killSessionByUser
-from session_core.cookies import new_key
-from session_core.revocation import (
-    PoisonMessageError,
-    end_user_session,
-    list_user_sessions,
-    parse_kill_message,
-    parse_pubsub_event,
-    run_id_for,
-    run_kill_step,
-    shard_of,
-    shard_ranges,
-    split_points,
-)
-from session_core.store import SessionStore, hash_key
-from session_core.tasks import KillStep, Step, parse_step
+from session_core.errors import MisuseError, PoisonMessageError
+from session_core.maintenance.kill import end_user_session, list_user_sessions, logout_everywhere_else, run_kill_step
+from session_core.maintenance.messages import parse_kill_message, parse_pubsub_event, run_id_for
+from session_core.maintenance.shards import shard_of, shard_ranges, split_points
+from session_core.maintenance.steps import KillStep, Step, parse_step
+from session_core.rules import hash_key, new_key
+from session_core.store import SessionStore
 from tests.conftest import Ctx, RpcCounter
 from tests.test_cleanup import remaining
 
@@ -140,23 +132,19 @@ def test_the_same_kill_delivered_twice_ends_in_the_same_state(
     assert remaining(client, settings) == set()
 
 
-def test_on_delete_observers_see_each_killed_session(
+def test_the_observer_sees_each_killed_session(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
     seen: list[SessionRecord] = []
-    Session.on_delete(seen.append)
-    try:
-        killSessionByUser("bob", client=client, settings=settings)
-    finally:
-        Session.remove_on_delete(seen.append)
+    killSessionByUser("bob", client=client, settings=settings, observer=seen.append)
     assert {record.key_name for record in seen} == population["bob"]
     assert {record.user for record in seen} == {"bob"}
 
 
 def test_kill_refuses_bad_arguments(client: datastore.Client, settings: Settings) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MisuseError):
         killSessionByUser("", client=client, settings=settings)
-    with pytest.raises(ValueError):
+    with pytest.raises(MisuseError):
         killSessionByUser("bob", client=client, settings=settings, except_session=new_key())  # a cookie
 
 
@@ -183,10 +171,10 @@ def test_logout_everywhere_else_keeps_the_current_session(
     session.load(Ctx())
     session.login("bob")
     session.save(Ctx())
-    assert session.logout_everywhere_else() == 9
+    assert logout_everywhere_else(session) == 9
     assert remaining(client, settings) == everyone_but(population, "bob") | {session.session_id}
-    with pytest.raises(ValueError):
-        Session(client, settings).logout_everywhere_else()
+    with pytest.raises(MisuseError):
+        logout_everywhere_else(Session(client, settings))
 
 
 # -- messages and payloads ---------------------------------------------------------

@@ -12,9 +12,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, Settings
-from session_core import cookies as cookie_rules
-from session_core.cookies import KEY_LENGTH, new_key
-from session_core.store import hash_key
+from session_core import rules as cookie_rules
+from session_core.rules import KEY_LENGTH, hash_key, new_key
 from tests.conftest import Ctx
 
 

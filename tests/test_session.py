@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from google.cloud import datastore
 
-from session_core import GUEST_USER, Session, Settings
-from session_core.cookies import is_valid_key, new_key
-from session_core.store import hash_key
+from session_core import GUEST_USER, MisuseError, Session, Settings
+from session_core.rules import hash_key, is_valid_key, new_key
+from session_core.session import registered_delete_observer
 from tests.conftest import Ctx, RpcCounter
 
 
@@ -226,12 +226,16 @@ def test_logout_keeps_only_logout_fields_and_becomes_guest(client: datastore.Cli
     assert loaded(client, settings, logged_in).cookie_key is None
 
 
-def test_login_refuses_an_empty_or_guest_user(client: datastore.Client, settings: Settings) -> None:
+@pytest.mark.parametrize("user", ["", GUEST_USER, None, 0, False, 42, "a\nb", "x" * 1501, "\x00"])
+def test_login_refuses_anything_kill_could_not_name_before_any_rpc(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter, user: Any
+) -> None:
     session = Session(client, settings)
-    with pytest.raises(ValueError):
-        session.login("")
-    with pytest.raises(ValueError):
-        session.login(GUEST_USER)
+    session.load(Ctx())
+    with pytest.raises(MisuseError):
+        session.login(user)
+    session.save(Ctx())
+    assert rpcs.total == 0 and session.user == GUEST_USER
 
 
 def test_issued_keys_have_the_format_we_accept(client: datastore.Client, settings: Settings) -> None:
@@ -322,7 +326,7 @@ def test_seed_attributes(client: datastore.Client, settings: Settings) -> None:
     assert session.cookie_name == settings.cookie_name
 
 
-def test_delete_observers_register_and_unregister() -> None:
+def test_on_delete_registers_for_the_process_that_deletes_and_unregisters() -> None:
     calls: list[Any] = []
 
     @Session.on_delete
@@ -330,7 +334,10 @@ def test_delete_observers_register_and_unregister() -> None:
         calls.append(record)
 
     try:
-        assert observer in Session.delete_observers()
+        registered = registered_delete_observer()
+        assert registered is not None
+        registered("record")  # type: ignore[arg-type]
+        assert calls == ["record"]
     finally:
         Session.remove_on_delete(observer)
-    assert observer not in Session.delete_observers()
+    assert registered_delete_observer() is None

@@ -11,9 +11,9 @@ import pytest
 from google.cloud import datastore
 
 from session_core import SessionRecord, Settings
-from session_core.cookies import new_key
-from session_core.revocation import plan_shards, shard_of
-from session_core.store import SessionStore, hash_key
+from session_core.maintenance.shards import plan_shards, shard_of
+from session_core.rules import hash_key, new_key
+from session_core.store import SessionStore
 
 SESSIONS = 100_000
 

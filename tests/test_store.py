@@ -8,8 +8,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionDataError, Settings, StoreError
-from session_core.cookies import new_key
-from session_core.store import SessionRecord, SessionStore, commit, hash_key
+from session_core.rules import hash_key, new_key
+from session_core.store import SessionRecord, SessionStore, commit
 from tests.conftest import Ctx, RpcCounter
 
 

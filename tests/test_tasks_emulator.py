@@ -22,7 +22,8 @@ import pytest
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
-from session_core.emulators import Emulator, cloud_tasks, port_open, pubsub
+from devstack.emulators import cloud_tasks, pubsub
+from session_core.testing import Emulator, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".local" / "test-logs"

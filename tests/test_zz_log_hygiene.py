@@ -14,7 +14,7 @@ import time
 from google.cloud import datastore
 
 from session_core import Session, Settings, killSessionByUser
-from session_core.cleanup import start_clear_sessions
+from session_core.maintenance.cleanup import start_clear_sessions
 from tests.conftest import CAPTURED, LOG_DIR, ROOT, SECRETS, Ctx
 
 CANARY = "canary-session-data-7f3a91"
@@ -41,15 +41,11 @@ def test_session_data_paths_log_no_data(client: datastore.Client, settings: Sett
     killSessionByUser("canary-user", client=client, settings=settings)
     gone["secret"] = CANARY + "-2"
     gone.save(Ctx())  # logs session_gone_on_save
-    Session.on_delete(print)
-    try:
-        other = Session(client, settings, clock=lambda: time.time() - 86400)
-        other.load(Ctx())
-        other["secret"] = CANARY
-        other.save(Ctx())
-        start_clear_sessions(client, settings)
-    finally:
-        Session.remove_on_delete(print)
+    other = Session(client, settings, clock=lambda: time.time() - 86400)
+    other.load(Ctx())
+    other["secret"] = CANARY
+    other.save(Ctx())
+    start_clear_sessions(client, settings, observer=print)
     assert any("session_gone_on_save" in line for line in CAPTURED)
 
 

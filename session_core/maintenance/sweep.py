@@ -5,6 +5,11 @@ each page in commits of at most ``batch_size`` keys, with up to
 ``deletes_in_flight`` commits running while the next page is fetched. It holds
 at most one page of keys. Transient Datastore errors are retried with backoff;
 a page too large for one response is fetched again in halves.
+
+A delete observer, when given, is told of each session after the commit that
+deleted it (the batch is read first: one more lookup per batch). It is never
+called in a dry run, and an observer that raises is logged and does not stop
+the sweep.
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
-from session_core.session import Session
-from session_core.store import FAIL_FAST, SessionRecord, SessionStore, commit, translated
+from session_core.store import FAIL_FAST, DeleteObserver, SessionRecord, SessionStore, commit, translated
 
 # A keys-only response must stay under the 4 MiB response limit; aim for half.
 MAX_PAGE_BYTES = 2 * 1024 * 1024
@@ -67,25 +71,34 @@ def session_query(client: datastore.Client, settings: Settings) -> datastore.Que
     return query
 
 
-def notify_deleted(records: Iterable[SessionRecord]) -> None:
-    """Call every ``Session.on_delete`` observer for each deleted session."""
-    observers = Session.delete_observers()
+def notify(observer: DeleteObserver | None, records: Iterable[SessionRecord]) -> None:
+    """Tell ``observer`` of each deleted session; one that raises is logged, and the rest are still told."""
+    if observer is None:
+        return
     for record in records:
-        for observer in observers:
+        try:
             observer(record)
+        except Exception as exc:  # an observer's bug must not stop a cleanup or keep its lease
+            log.error("delete_observer_failed", session_id=record.session_id, error=type(exc).__name__)
 
 
 def delete_batch(
-    client: datastore.Client, keys: Sequence[datastore.Key], *, dry_run: bool = False, notify: bool = True
+    client: datastore.Client,
+    keys: Sequence[datastore.Key],
+    *,
+    dry_run: bool = False,
+    read: bool = False,
 ) -> tuple[int, list[SessionRecord]]:
-    """Delete up to 500 session keys in one commit (retried if transient).
+    """Delete up to 500 session keys in one commit (retried if transient). Idempotent.
 
-    With ``on_delete`` observers registered, the sessions are read first (one
-    lookup) and returned, and, with ``notify``, the observers are called once
-    the commit succeeded. Returns (keys deleted, records read).
+    With ``read`` the sessions are looked up first (one lookup RPC) and
+    returned, for an observer to be told once the commit succeeded. A dry run
+    neither reads nor deletes. Returns (keys counted, records read).
     """
+    if dry_run:
+        return len(keys), []
     records: list[SessionRecord] = []
-    if Session.delete_observers():
+    if read:
 
         def lookup() -> list[datastore.Entity]:
             with translated("lookup"):
@@ -93,15 +106,12 @@ def delete_batch(
                 return found
 
         records = [SessionStore.from_entity(entity) for entity in with_retries(lookup)]
-    if not dry_run:
 
-        def delete() -> None:
-            with translated("delete"):
-                commit(client, delete=keys, rpc=FAIL_FAST)
+    def delete() -> None:
+        with translated("delete"):
+            commit(client, delete=keys, rpc=FAIL_FAST)
 
-        with_retries(delete)
-    if notify:
-        notify_deleted(records)
+    with_retries(delete)
     return len(keys), records
 
 
@@ -144,9 +154,9 @@ class Sweep:
     """Delete every key a query yields, page by page, from a cursor.
 
     ``keep`` names keys to leave alone (they are neither deleted nor counted).
-    With ``dry_run`` it counts instead of deleting. ``on_delete`` observers
-    registered on :class:`Session` get each deleted session; with none, no
-    session entity is read (keys only).
+    With ``dry_run`` it counts instead of deleting. ``observer`` is told of
+    each deleted session after its commit; without one, no session entity is
+    read (keys only).
     """
 
     def __init__(
@@ -159,6 +169,7 @@ class Sweep:
         keep: Callable[[datastore.Key], bool] | None = None,
         progress: Progress | None = None,
         page_size: int | None = None,
+        observer: DeleteObserver | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -167,6 +178,7 @@ class Sweep:
         self.keep = keep
         self.progress = progress
         self.limit = page_size or page_limit(settings)
+        self.observer = None if dry_run else observer
         self.deleted = 0
         self.batches = 0
 
@@ -185,13 +197,13 @@ class Sweep:
             return keys, next_cursor, len(keys) < self.limit or next_cursor is None
 
     def _delete(self, keys: Sequence[datastore.Key]) -> tuple[int, list[SessionRecord]]:
-        return delete_batch(self.client, keys, dry_run=self.dry_run, notify=False)
+        return delete_batch(self.client, keys, dry_run=self.dry_run, read=self.observer is not None)
 
     def _collect(self, future: Future[tuple[int, list[SessionRecord]]]) -> None:
         count, records = future.result()
         self.deleted += count
         self.batches += 1
-        notify_deleted(records)
+        notify(self.observer, records)
 
     def run(
         self,

@@ -13,20 +13,11 @@ from google.auth.transport import requests as auth_requests
 from google.oauth2 import id_token
 
 from session_core.config import Settings
-from session_core.errors import SessionCoreError
-
-
-class AuthError(SessionCoreError):
-    """The caller is not allowed: ``status`` is 401 (no valid token) or 403 (wrong identity)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(f"{status}: {reason}")
+from session_core.errors import ForbiddenError, UnauthenticatedError
 
 
 def verify_task_caller(authorization: str | None, settings: Settings, request: auth_requests.Request) -> None:
-    """Raise AuthError unless the bearer token is valid for our audience and account.
+    """Raise UnauthenticatedError or ForbiddenError unless the token is valid for our audience and account.
 
     No-op when ``SESSION_TASK_AUDIENCE`` is unset. One certificate fetch from
     ``SESSION_TASK_CERTS_URL`` per call (``request`` may cache it).
@@ -35,12 +26,12 @@ def verify_task_caller(authorization: str | None, settings: Settings, request: a
         return
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError(401, "missing bearer token")
+        raise UnauthenticatedError("missing bearer token")
     try:
         claims = id_token.verify_token(
             token.strip(), request, audience=settings.task_audience, certs_url=settings.task_certs_url
         )
     except (ValueError, auth_exceptions.GoogleAuthError) as exc:
-        raise AuthError(401, f"invalid token: {type(exc).__name__}") from None
+        raise UnauthenticatedError(f"invalid token: {type(exc).__name__}") from None
     if claims.get("email") != settings.tasks_service_account or claims.get("email_verified") is not True:
-        raise AuthError(403, "token is not from the tasks service account")
+        raise ForbiddenError("token is not from the tasks service account")

@@ -12,16 +12,9 @@ name is derived from the run id, the shard and the page.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import bisect
-import hashlib
-import itertools
-import json
-import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,40 +23,23 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
-from session_core.errors import SessionCoreError
-from session_core.session import is_expired
-from session_core.store import FAIL_FAST, GUEST_USER, SessionStore, session_id_of, translated
-from session_core.sweep import (
+from session_core.errors import MisuseError
+from session_core.maintenance.shards import plan_shards
+from session_core.maintenance.steps import Enqueue, KillStep
+from session_core.maintenance.sweep import (
     Progress,
     Sweep,
     delete_batch,
     key_names,
+    notify,
     page_limit,
-    session_names,
     session_query,
-    with_retries,
 )
-from session_core.tasks import Enqueue, KillStep, valid_session_id, valid_user
+from session_core.rules import GUEST_USER, is_expired, session_id_of, valid_session_id, valid_user
+from session_core.session import Session
+from session_core.store import DeleteObserver, SessionStore, translated
 
-MAX_MESSAGE_BYTES = 10 * 1024
-SAMPLES_PER_SHARD = 256
-log = structlog.get_logger("session_core.revocation")
-
-
-class PoisonMessageError(SessionCoreError):
-    """A kill-user message that can never be processed; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"poison kill message: {reason}")
-
-
-@dataclass(frozen=True)
-class KillRequest:
-    """A parsed kill message: ``user`` None means every session."""
-
-    user: str | None
-    except_session: str | None = None
+log = structlog.get_logger("session_core.kill")
 
 
 @dataclass(frozen=True)
@@ -80,113 +56,6 @@ class KillResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_kill_message(data: bytes) -> KillRequest:
-    """Parse a kill message's data (UTF-8 JSON); raise PoisonMessageError on anything else."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise PoisonMessageError(f"data larger than {MAX_MESSAGE_BYTES} bytes")
-    try:
-        payload = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise PoisonMessageError("data is not UTF-8") from None
-    except ValueError:
-        raise PoisonMessageError("data is not JSON") from None
-    if not isinstance(payload, dict):
-        raise PoisonMessageError("data is not a JSON object")
-    unknown = set(payload) - {"user", "except_session"}
-    if unknown:
-        raise PoisonMessageError(f"unknown fields: {sorted(unknown)}")
-    if "user" not in payload:
-        raise PoisonMessageError('"user" is missing (use null for every session)')
-    user = payload["user"]
-    if user is not None and not valid_user(user):
-        raise PoisonMessageError('"user" must be null or a non-empty printable string of at most 1500 bytes')
-    except_session = payload.get("except_session")
-    if except_session is not None and not valid_session_id(except_session):
-        raise PoisonMessageError('"except_session" must be a session id (64 hex digits), never a cookie')
-    return KillRequest(user=user, except_session=except_session)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def parse_pubsub_event(data: object) -> KillRequest:
-    """The kill request inside a Pub/Sub CloudEvent's data (``{"message": {"data": base64}}``)."""
-    message = data.get("message") if isinstance(data, Mapping) else None
-    encoded = message.get("data") if isinstance(message, Mapping) else None
-    if not isinstance(encoded, str):
-        raise PoisonMessageError("not a Pub/Sub message with data")
-    if len(encoded) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
-        raise PoisonMessageError(f"data larger than {MAX_MESSAGE_BYTES} bytes")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise PoisonMessageError("message data is not base64") from None
-    return parse_kill_message(raw)
-
-
-def run_id_for(message_id: str) -> str:
-    """The same message always gives the same run id, so its tasks deduplicate."""
-    return hashlib.sha256(f"kill:{message_id}".encode()).hexdigest()[:32]
-
-
-# -- shards -------------------------------------------------------------------
-
-
-def split_points(sorted_names: Sequence[str], shards: int) -> list[str]:
-    """Boundaries that cut a sorted sample into ``shards`` equal parts (fewer if the sample is small)."""
-    if shards <= 1 or not sorted_names:
-        return []
-    points = [sorted_names[len(sorted_names) * i // shards] for i in range(1, shards)]
-    return sorted(set(points))
-
-
-def shard_ranges(points: Sequence[str]) -> list[tuple[str | None, str | None]]:
-    """Half-open key-name ranges [lo, hi) covering every key, from split points."""
-    bounds: list[str | None] = [None, *points, None]
-    return list(itertools.pairwise(bounds))
-
-
-def sample_key_names(client: datastore.Client, settings: Settings, count: int) -> list[str]:
-    """About ``count`` key names drawn evenly from the sessions present, sorted.
-
-    Production Datastore answers a ``__scatter__``-ordered query with a
-    random sample (as Apache Beam splits queries). The Firestore emulator
-    returns nothing for it; then one keys-only scan fills a reservoir sample.
-    """
-
-    def scatter() -> list[str]:
-        query = session_query(client, settings)
-        query.order = ["__scatter__"]
-        with translated("query"):
-            return [entity.key.name for entity in query.fetch(limit=count, **FAIL_FAST)]
-
-    names: list[str] = with_retries(scatter)
-    if len(names) >= min(count, 2):
-        return sorted(names)
-    reservoir: list[str] = []
-    rng = random.Random()
-    for seen, name in enumerate(session_names(client, settings), start=1):
-        if len(reservoir) < count:
-            reservoir.append(name)
-        else:
-            slot = rng.randrange(seen)
-            if slot < count:
-                reservoir[slot] = name
-    return sorted(reservoir)
-
-
-def plan_shards(client: datastore.Client, settings: Settings, shards: int) -> list[tuple[str | None, str | None]]:
-    """Key ranges for ``shards`` parallel chains, balanced on the keys present."""
-    sample = sample_key_names(client, settings, shards * SAMPLES_PER_SHARD)
-    return shard_ranges(split_points(sample, shards))
-
-
-def shard_of(name: str, points: Sequence[str]) -> int:
-    """Which range of :func:`shard_ranges` a key name falls into."""
-    return bisect.bisect_right(points, name)
 
 
 # -- steps ----------------------------------------------------------------------
@@ -226,11 +95,13 @@ def run_kill_step(
     enqueue: Enqueue | None = None,
     first_batch_only: bool = False,
     progress: Progress | None = None,
+    observer: DeleteObserver | None = None,
 ) -> KillResult:
     """Run one step of a kill chain within the time budget; enqueue the next. Idempotent.
 
     With ``first_batch_only`` it deletes at most ``batch_size`` keys in one
-    commit (the instant part of a one-user kill). Logs one ``kill_sessions`` line.
+    commit (the instant part of a one-user kill). ``observer`` is told of each
+    deleted session. Logs one ``kill_sessions`` line.
     """
     started = time.monotonic()
     page_size = settings.batch_size if first_batch_only else None
@@ -241,6 +112,7 @@ def run_kill_step(
         keep=_keeper(step.except_session),
         page_size=page_size,
         progress=progress,
+        observer=observer,
     )
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
     outcome = sweep.run(step.cursor, deadline=deadline, max_pages=1 if first_batch_only else None)
@@ -252,6 +124,7 @@ def run_kill_step(
             _query(client, settings, step),
             keep=_keeper(step.except_session),
             progress=_offset(progress, deleted),
+            observer=observer,
         )
         deleted += rest.run(cursor).deleted
         cursor = None
@@ -287,23 +160,35 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     enqueue: Enqueue | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
+    observer: DeleteObserver | None = None,
 ) -> KillResult:
     """Invalidate all active sessions of ``user``: "__guest__" all guests, None everyone.
 
     ``except_session`` (an opaque session id) survives. One user: the first
     batch is deleted before this returns; the rest goes to ``enqueue`` (or
     runs inline without a queue). Guests and everyone: one chain per shard,
-    each enqueued (or run inline). Idempotent; a repeated ``run_id`` names
-    the same tasks, so Cloud Tasks drops the duplicates.
+    each enqueued (or run inline). ``observer`` is told of each session
+    deleted here (steps run later by Cloud Tasks tell the observer of the
+    process that runs them). Idempotent; a repeated ``run_id`` names the
+    same tasks, so Cloud Tasks drops the duplicates. A bad ``user`` or
+    ``except_session`` raises MisuseError before any RPC.
     """
     if user is not None and not valid_user(user):
-        raise ValueError("user must be None, '__guest__' or a user key string")
+        raise MisuseError("user must be None, '__guest__' or a user key string")
     if except_session is not None and not valid_session_id(except_session):
-        raise ValueError("except_session must be a session id (64 hex digits)")
+        raise MisuseError("except_session must be a session id (64 hex digits)")
     run_id = run_id or uuid.uuid4().hex
     if user is not None and user != GUEST_USER:
         step = KillStep(run_id, user, except_session)
-        return run_kill_step(client, settings, step, enqueue=enqueue, first_batch_only=True, progress=progress)
+        return run_kill_step(
+            client,
+            settings,
+            step,
+            enqueue=enqueue,
+            first_batch_only=True,
+            progress=progress,
+            observer=observer,
+        )
     started = time.monotonic()
     ranges = plan_shards(client, settings, settings.shards)
     deleted = 0
@@ -312,7 +197,8 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
         if enqueue is not None:
             enqueue(step)
         else:
-            deleted += run_kill_step(client, settings, step, progress=_offset(progress, deleted)).deleted
+            shard_result = run_kill_step(client, settings, step, progress=_offset(progress, deleted), observer=observer)
+            deleted += shard_result.deleted
     result = KillResult(
         run_id=run_id,
         user=_label(user),
@@ -375,7 +261,14 @@ def list_user_sessions(
             return sorted(infos, key=lambda info: info.lastseen, reverse=True)
 
 
-def end_user_session(client: datastore.Client, settings: Settings, user: str, session_id: str) -> bool:
+def end_user_session(
+    client: datastore.Client,
+    settings: Settings,
+    user: str,
+    session_id: str,
+    *,
+    observer: DeleteObserver | None = None,
+) -> bool:
     """End one of ``user``'s sessions by its opaque id ("sign out this device").
 
     Only that user's session can be ended. True if one was deleted.
@@ -398,5 +291,31 @@ def end_user_session(client: datastore.Client, settings: Settings, user: str, se
         if match is None:
             return False
         name = match
-    delete_batch(client, [store.key(name)])
+    _, records = delete_batch(client, [store.key(name)], read=observer is not None)
+    notify(observer, records)
     return True
+
+
+def logout_everywhere_else(
+    session: Session,
+    *,
+    enqueue: Enqueue | None = None,
+    observer: DeleteObserver | None = None,
+) -> int:
+    """Kill every other session of this session's user; this one survives.
+
+    Needs a logged-in session that has been saved (it has a ``session_id``);
+    otherwise MisuseError, before any RPC. Returns how many sessions were
+    deleted at once (with ``enqueue``, more may follow as Cloud Tasks).
+    """
+    if session.user == GUEST_USER or session.session_id is None:
+        raise MisuseError("only a saved, logged-in session can log out its other sessions")
+    result = killSessionByUser(
+        session.user,
+        client=session.store.client,
+        settings=session.settings,
+        except_session=session.session_id,
+        enqueue=enqueue,
+        observer=observer,
+    )
+    return result.deleted

@@ -1,4 +1,4 @@
-"""``python -m session_core stack``: the whole system on this machine, and a demo of it.
+"""``make run`` (``python -m devstack``): the whole system on this machine, and a demo of it.
 
 Starts, each on a free loopback port and in a process group of its own: the
 Firestore emulator (Datastore mode), the Pub/Sub emulator with the kill-user
@@ -26,21 +26,21 @@ from types import FrameType
 
 from google.cloud import datastore
 
-from session_core.clients import datastore_client
-from session_core.config import Settings
-from session_core.cookies import new_key
-from session_core.emulators import (
-    EmulatorError,
+from devstack.emulators import (
+    ROOT,
+    TASKS_PYTHON,
     cloud_tasks,
-    firestore_datastore_mode,
-    free_port,
     functions_framework,
     pubsub,
     pubsub_publish,
     pubsub_push_subscription,
 )
-from session_core.store import GUEST_USER, SessionRecord, SessionStore, hash_key
-from session_core.sweep import session_names
+from session_core.clients import datastore_client
+from session_core.config import Settings
+from session_core.maintenance.sweep import session_names
+from session_core.rules import GUEST_USER, hash_key, new_key
+from session_core.store import SessionRecord, SessionStore
+from session_core.testing import EmulatorError, firestore_datastore_mode, free_port
 
 PROJECT = "session-core-local"
 LOCATION = "local"
@@ -76,16 +76,15 @@ def _check_tools() -> None:
 
 
 @contextmanager
-def running_stack(root: Path, log_dir: Path) -> Iterator[Stack]:
+def running_stack(log_dir: Path) -> Iterator[Stack]:
     """Start everything; stop everything on the way out, whatever happened."""
     _check_tools()
-    tasks_python = root / ".venv-tasks" / "bin" / "python"
-    if not tasks_python.exists():
-        raise EmulatorError(f"{tasks_python} is missing: run `make run` (it creates .venv-tasks)")
+    if not TASKS_PYTHON.exists():
+        raise EmulatorError(f"{TASKS_PYTHON} is missing: run `make run` (it creates .venv-tasks)")
     with ExitStack() as stack:
         ds = stack.enter_context(firestore_datastore_mode(log_dir))
         ps = stack.enter_context(pubsub(log_dir, PROJECT))
-        tq = stack.enter_context(cloud_tasks(log_dir, tasks_python, [QUEUE]))
+        tq = stack.enter_context(cloud_tasks(log_dir, TASKS_PYTHON, [QUEUE]))
         ports = {name: free_port() for name in ("clear_sessions", "kill_user_sessions", "session_task")}
         task_url = f"http://127.0.0.1:{ports['session_task']}/"
         env = {
@@ -99,7 +98,7 @@ def running_stack(root: Path, log_dir: Path) -> Iterator[Stack]:
         for target, port in ports.items():
             stack.enter_context(
                 functions_framework(
-                    target, root / "main.py", log_dir, env, port=port, cloudevent=target == "kill_user_sessions"
+                    target, ROOT / "main.py", log_dir, env, port=port, cloudevent=target == "kill_user_sessions"
                 )
             )
         pubsub_push_subscription(ps.host, TOPIC, SUBSCRIPTION, f"http://127.0.0.1:{ports['kill_user_sessions']}/")
@@ -200,7 +199,7 @@ def run_demo(stack: Stack) -> dict[str, object]:
     return {"before": before, "after": after, "cleared": cleared, "clear_s": clear_s, "kill_s": kill_s}
 
 
-def print_commands(stack: Stack, root: Path) -> None:
+def print_commands(stack: Stack) -> None:
     env = " ".join(f"{k}={v}" for k, v in stack.env.items())
     data = base64.b64encode(b'{"user": "bob"}').decode()
     print(f"""Try it (the stack stays up until Ctrl-C):
@@ -213,14 +212,14 @@ def print_commands(stack: Stack, root: Path) -> None:
     -d '{{"messages": [{{"data": "{data}"}}]}}' http://{stack.pubsub}/v1/{TOPIC}:publish
 
   # the command line, against this stack
-  {env} {root}/.venv/bin/python -m session_core clear --dry-run
-  {env} {root}/.venv/bin/python -m session_core kill-user bob
+  {env} {ROOT}/.venv/bin/python -m session_core clear --dry-run
+  {env} {ROOT}/.venv/bin/python -m session_core kill-user bob
 """)
 
 
-def run_stack(root: Path, *, once: bool) -> int:
+def run_stack(*, once: bool) -> int:
     """The ``make run`` main job. Returns an exit code; never leaves a process behind."""
-    log_dir = root / ".local" / "stack-logs"
+    log_dir = ROOT / ".local" / "stack-logs"
     shutil.rmtree(log_dir, ignore_errors=True)
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -229,7 +228,7 @@ def run_stack(root: Path, *, once: bool) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         print(f"starting the local stack (logs in {log_dir}) ...", flush=True)
-        with running_stack(root, log_dir) as stack:
+        with running_stack(log_dir) as stack:
             print(
                 f"  Datastore emulator {stack.datastore}, Pub/Sub emulator {stack.pubsub}, "
                 f"Cloud Tasks emulator {stack.tasks}"
@@ -242,7 +241,7 @@ def run_stack(root: Path, *, once: bool) -> int:
             run_demo(stack)
             if once:
                 return 0
-            print_commands(stack, root)
+            print_commands(stack)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

@@ -27,10 +27,11 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
-from session_core.errors import StoreError, TransientStoreError
-from session_core.store import FAIL_FAST, settings_key, translated
-from session_core.sweep import Progress, Sweep, session_query
-from session_core.tasks import ClearStep, Enqueue
+from session_core.errors import DispatchError, StoreError, TransientStoreError
+from session_core.maintenance.steps import ClearStep, Enqueue
+from session_core.maintenance.sweep import Progress, Sweep, session_query
+from session_core.rules import cutoff_for
+from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
 
 LEASE_KIND = "session_core-lease"
 LEASE_NAME = "clear_sessions"
@@ -52,11 +53,6 @@ class ClearResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def cutoff_for(now: float, settings: Settings) -> float:
-    """Sessions last seen before this epoch time are expired and past the grace."""
-    return now - (settings.life_time + settings.clear_grace).total_seconds()
 
 
 class _Lease:
@@ -116,6 +112,7 @@ def start_clear_sessions(
     dry_run: bool = False,
     now: float | None = None,
     progress: Progress | None = None,
+    observer: DeleteObserver | None = None,
 ) -> ClearResult:
     """Start a cleanup run (what Cloud Scheduler triggers). Idempotent.
 
@@ -125,7 +122,7 @@ def start_clear_sessions(
     """
     now = time.time() if now is None else now
     step = ClearStep(run_id=uuid.uuid4().hex, cutoff=cutoff_for(now, settings), dry_run=dry_run)
-    return run_clear_step(client, settings, step, enqueue=enqueue, now=now, progress=progress)
+    return run_clear_step(client, settings, step, enqueue=enqueue, now=now, progress=progress, observer=observer)
 
 
 def run_clear_step(
@@ -136,6 +133,7 @@ def run_clear_step(
     enqueue: Enqueue | None = None,
     now: float | None = None,
     progress: Progress | None = None,
+    observer: DeleteObserver | None = None,
 ) -> ClearResult:
     """Run one step of a cleanup chain within the time budget. Idempotent.
 
@@ -143,8 +141,10 @@ def run_clear_step(
     runs out with work left, the next step goes to ``enqueue`` (and the result
     says ``continued``); with no ``enqueue`` the run simply goes on. Transient
     Datastore errors are retried; others raise StoreError after the deletes
-    already committed (a retry of the step resumes safely).
-    Logs exactly one ``clear_sessions`` summary line.
+    already committed (a retry of the step resumes safely), and the lease is
+    released so that the retry need not wait for it. ``observer`` is told of
+    each deleted session (never in a dry run); one that raises is logged and
+    changes nothing else. Logs exactly one ``clear_sessions`` summary line.
     """
     started = time.monotonic()
     now = time.time() if now is None else now
@@ -162,24 +162,24 @@ def run_clear_step(
     def heartbeat() -> bool:
         return lease.acquire(step.run_id, now + time.monotonic() - started)
 
-    sweep = Sweep(client, settings, query, dry_run=step.dry_run, progress=progress)
+    sweep = Sweep(client, settings, query, dry_run=step.dry_run, progress=progress, observer=observer)
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
+    next_step = None
     try:
         outcome = sweep.run(step.cursor, deadline=deadline, heartbeat=None if step.dry_run else heartbeat)
-    except StoreError:
+        if outcome.cursor is not None and not outcome.lost:
+            next_step = ClearStep(step.run_id, step.cutoff, outcome.cursor, step.page + outcome.pages, step.dry_run)
+        if next_step is not None and enqueue is not None:
+            if step.dry_run or heartbeat():
+                enqueue(next_step)
+            else:
+                next_step = None  # a newer run took the lease over: it carries on
+        elif not step.dry_run and not outcome.lost:
+            lease.release(step.run_id)
+    except (StoreError, DispatchError):
         if not step.dry_run:
             lease.release_quietly(step.run_id)  # so that a retry need not wait for it to lapse
         raise
-    next_step = None
-    if outcome.cursor is not None and not outcome.lost:
-        next_step = ClearStep(step.run_id, step.cutoff, outcome.cursor, step.page + outcome.pages, step.dry_run)
-    if next_step is not None and enqueue is not None:
-        if step.dry_run or heartbeat():
-            enqueue(next_step)
-        else:
-            next_step = None  # a newer run took the lease over: it carries on
-    elif not step.dry_run and not outcome.lost:
-        lease.release(step.run_id)
     result = ClearResult(
         run_id=step.run_id,
         cutoff=step.cutoff,

@@ -1,198 +1,26 @@
-"""Start and stop Google's local emulators: for tests, benchmarks and ``make run``.
+"""The other local emulators and processes of the stack: Pub/Sub, Cloud Tasks, functions-framework.
 
-Each emulator runs in a process group of its own: stopping the ``gcloud``
-wrapper alone would leave its Java process running, so :meth:`Emulator.stop`
-signals the whole group. Readiness is polled, never slept for.
+Repository tooling for ``make run``, the test suite and the benchmarks; it is
+not part of the installed package. The Datastore emulator is the package's
+public testing helper, :mod:`session_core.testing`; everything here builds on
+its :class:`~session_core.testing.Emulator` process groups.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from session_core.errors import SessionCoreError
+from session_core.testing import Emulator, free_port, http_ok, port_open
 
-_RUNNING: set[Emulator] = set()
-
-
-class EmulatorError(SessionCoreError):
-    """An emulator could not be started; the message names its log."""
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_ok(url: str) -> Callable[[], bool]:
-    """A readiness probe: True once ``url`` answers 200."""
-
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - http://127.0.0.1 only
-                return int(response.status) == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-    return probe
-
-
-def port_open(port: int) -> Callable[[], bool]:
-    """A readiness probe: True once something accepts TCP on the port."""
-
-    def probe() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    return probe
-
-
-class Emulator:
-    """One emulator process group, started and stopped as a context manager."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        port: int,
-        ready: Callable[[], bool],
-        log_path: Path,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.port = port
-        self.ready = ready
-        self.log_path = log_path
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90.0) -> Emulator:
-        if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).exists():
-            raise EmulatorError(f"{self.name}: {self.argv[0]!r} is not installed")
-        if port_open(self.port)():
-            raise EmulatorError(f"{self.name}: port {self.port} is already taken")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=self.env,
-            )
-        _RUNNING.add(self)
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.process.poll() is not None:
-                self.stop()
-                raise EmulatorError(
-                    f"{self.name} exited with {self.process.returncode} before it was ready; "
-                    f"see {self.log_path}:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EmulatorError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
-            time.sleep(0.1)
-        return self
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Stop the whole process group (the gcloud wrapper and its Java child)."""
-        _RUNNING.discard(self)
-        if self.process is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                self.process.poll()  # reap the wrapper so it stops counting
-                if not _group_alive(self.process.pid):
-                    break
-                time.sleep(0.05)
-            if not _group_alive(self.process.pid):
-                break
-        self.process.poll()
-
-    def __enter__(self) -> Emulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@atexit.register
-def _stop_all() -> None:
-    for emulator in list(_RUNNING):
-        emulator.stop()
-
-
-def firestore_datastore_mode(log_dir: Path, port: int | None = None, *, import_data: Path | None = None) -> Emulator:
-    """The current Datastore emulator: Firestore in Datastore mode.
-
-    ``import_data``: an ``*.overall_export_metadata`` file (see
-    :func:`firestore_export`) to start from.
-    """
-    port = port or free_port()
-    argv = [
-        "gcloud",
-        "emulators",
-        "firestore",
-        "start",
-        "--database-mode=datastore-mode",
-        f"--host-port=127.0.0.1:{port}",
-        "--quiet",
-    ]
-    if import_data is not None:
-        argv.append(f"--import-data={import_data}")
-    return Emulator(
-        "firestore emulator (datastore mode)",
-        argv,
-        port,
-        http_ok(f"http://127.0.0.1:{port}/"),
-        log_dir / f"firestore-{port}.log",
-    )
+ROOT = Path(__file__).resolve().parent.parent
+TASKS_PYTHON = ROOT / ".venv-tasks" / "bin" / "python"
 
 
 def firestore_export(host: str, project: str, directory: Path) -> Path:

@@ -1,10 +1,11 @@
-"""Cloud Tasks: step payloads, deterministic task names, and dispatch.
+"""Task steps: the payloads of a long run's chain, their strict parsing, and their task names.
 
 A long maintenance run is a chain of bounded steps. Each step is a small JSON
 payload that ``session_task`` receives; parsing is strict, and a payload that
-does not parse is a :class:`PayloadError` (HTTP 400, not retried). Task names
-are a hash of the run id and the step number, so a duplicated delivery or a
-re-enqueue of the same step is deduplicated by Cloud Tasks.
+does not parse is a :class:`~session_core.errors.PayloadError` (HTTP 400).
+Task names are a hash of the run id and the step number, so a duplicated
+delivery or a re-enqueue of the same step is deduplicated by Cloud Tasks.
+Handing a step to Cloud Tasks is :mod:`session_core.maintenance.dispatch`.
 """
 
 from __future__ import annotations
@@ -17,27 +18,14 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
-from google.cloud import tasks_v2
-from google.protobuf import duration_pb2
-
-from session_core.config import Settings
-from session_core.errors import SessionCoreError, StoreError
+from session_core.errors import PayloadError
+from session_core.rules import valid_session_id, valid_user
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _CURSOR = re.compile(r"[A-Za-z0-9_\-]{1,4000}={0,2}")
-
-
-class PayloadError(SessionCoreError):
-    """A task payload that is not exactly what we enqueue; ``reason`` says what is wrong."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"bad task payload: {reason}")
 
 
 @dataclass(frozen=True)
@@ -94,8 +82,8 @@ class KillStep:
 
 
 Step = ClearStep | KillStep
-_SESSION_ID = re.compile(r"[0-9a-f]{64}")
-MAX_USER_BYTES = 1500  # Datastore's limit for an indexed string
+Enqueue = Callable[[Step], None]
+"""Hands the next step of a chain to whatever runs it later (Cloud Tasks: ``dispatch.CloudTasksQueue``)."""
 
 
 def _field(payload: dict[str, Any], name: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
@@ -107,19 +95,6 @@ def _field(payload: dict[str, Any], name: str, kind: type | tuple[type, ...], op
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise PayloadError(f"{name} has the wrong type")
     return value
-
-
-def valid_user(value: object) -> bool:
-    """A user key as it is stored: a non-empty string that fits an index."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_USER_BYTES
-        and value.isprintable()
-    )
-
-
-def valid_session_id(value: object) -> bool:
-    return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
 
 
 def _cursor(payload: dict[str, Any]) -> str | None:
@@ -210,46 +185,3 @@ def parse_step(body: bytes) -> Step:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-Enqueue = Callable[[Step], None]
-
-
-class CloudTasksQueue:
-    """Enqueue steps as HTTP tasks to ``session_task``; a duplicate name is success.
-
-    One CreateTask RPC per step. With ``SESSION_TASKS_SERVICE_ACCOUNT`` the task
-    carries an OIDC token for that account with the task URL as audience.
-    """
-
-    def __init__(self, client: tasks_v2.CloudTasksClient, settings: Settings) -> None:
-        if settings.tasks_queue is None or settings.task_url is None:
-            raise ValueError("CloudTasksQueue needs SESSION_TASKS_QUEUE and SESSION_TASK_URL")
-        self.client = client
-        self.queue = settings.tasks_queue
-        self.url = settings.task_url
-        self.service_account = settings.tasks_service_account
-        self.deadline = min(settings.time_budget + timedelta(seconds=120), timedelta(minutes=30))
-
-    def task(self, step: Step) -> tasks_v2.Task:
-        request = tasks_v2.HttpRequest(
-            http_method=tasks_v2.HttpMethod.POST,
-            url=self.url,
-            headers={"Content-Type": "application/json"},
-            body=json.dumps(step.to_json()).encode(),
-        )
-        if self.service_account:
-            request.oidc_token = tasks_v2.OidcToken(service_account_email=self.service_account, audience=self.url)
-        return tasks_v2.Task(
-            name=f"{self.queue}/tasks/{step.task_id}",
-            http_request=request,
-            dispatch_deadline=duration_pb2.Duration(seconds=int(self.deadline.total_seconds())),
-        )
-
-    def __call__(self, step: Step) -> None:
-        try:
-            self.client.create_task(parent=self.queue, task=self.task(step))
-        except gexc.AlreadyExists:
-            return  # the same step was enqueued before: Cloud Tasks deduplicated it
-        except gexc.GoogleAPICallError as exc:
-            raise StoreError("enqueue", exc) from exc

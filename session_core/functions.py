@@ -1,0 +1,111 @@
+"""What the three Cloud Functions do, without the web framework: ``main.py`` only wires them.
+
+Each handler takes the request's parts and returns the JSON body of a 200
+answer, or raises a library error (``main.py`` maps errors to statuses with
+one table). Every handler is idempotent: Cloud Scheduler, Pub/Sub and Cloud
+Tasks deliver at least once, and a repeated delivery ends in the same state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from google.auth.transport import requests as auth_requests
+from google.cloud import datastore
+
+from session_core.clients import datastore_client
+from session_core.config import Settings
+from session_core.errors import BadInputError
+from session_core.maintenance.auth import verify_task_caller
+from session_core.maintenance.cleanup import ClearResult, run_clear_step, start_clear_sessions
+from session_core.maintenance.dispatch import queue_for
+from session_core.maintenance.kill import KillResult, killSessionByUser, run_kill_step
+from session_core.maintenance.messages import parse_pubsub_event, run_id_for
+from session_core.maintenance.steps import ClearStep, Enqueue, Step, parse_step
+from session_core.session import registered_delete_observer
+from session_core.store import DeleteObserver
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What one function instance holds: settings and clients, built once."""
+
+    settings: Settings
+    datastore: datastore.Client
+    enqueue: Enqueue | None
+    auth_request: auth_requests.Request
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Runtime:
+        """Settings from the environment (ConfigError names a bad variable), then the clients."""
+        settings = Settings.from_env(environ)
+        return cls(settings, datastore_client(settings), queue_for(settings), auth_requests.Request())
+
+    @property
+    def observer(self) -> DeleteObserver | None:
+        """The observers code ported from ViUR registered with ``Session.on_delete`` in this process."""
+        return registered_delete_observer()
+
+
+def clear_sessions(rt: Runtime, body: bytes) -> dict[str, Any]:
+    """Start a cleanup run; ``body`` is empty, ``{}`` or ``{"dry_run": bool}`` (else BadInputError)."""
+    try:
+        options = json.loads(body) if body.strip() else {}
+    except ValueError:
+        raise BadInputError("body is not JSON") from None
+    if (
+        not isinstance(options, dict)
+        or set(options) - {"dry_run"}
+        or not isinstance(options.get("dry_run", False), bool)
+    ):
+        raise BadInputError('body must be {} or {"dry_run": true|false}')
+    result = start_clear_sessions(
+        rt.datastore, rt.settings, enqueue=rt.enqueue, dry_run=options.get("dry_run", False), observer=rt.observer
+    )
+    return result.to_json()
+
+
+def kill_user_sessions(rt: Runtime, data: object, message_id: str) -> dict[str, Any]:
+    """Kill what a Pub/Sub kill-user message names (PoisonMessageError if it names nothing valid).
+
+    The run id comes from the message id, so a redelivery names the same
+    tasks and Cloud Tasks drops the duplicates.
+    """
+    structlog.contextvars.bind_contextvars(message_id=message_id)
+    kill = parse_pubsub_event(data)
+    result = killSessionByUser(
+        kill.user,
+        client=rt.datastore,
+        settings=rt.settings,
+        except_session=kill.except_session,
+        enqueue=rt.enqueue,
+        run_id=run_id_for(message_id),
+        observer=rt.observer,
+    )
+    return result.to_json()
+
+
+def session_task(rt: Runtime, body: bytes, authorization: str | None) -> dict[str, Any]:
+    """Check the caller, parse the step, run it. Answers only once the step's work is durable."""
+    verify_task_caller(authorization, rt.settings, rt.auth_request)
+    step = parse_step(body)
+    structlog.contextvars.bind_contextvars(run_id=step.run_id)
+    return run_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue, observer=rt.observer).to_json()
+
+
+def run_step(
+    client: datastore.Client,
+    settings: Settings,
+    step: Step,
+    *,
+    enqueue: Enqueue | None,
+    observer: DeleteObserver | None = None,
+) -> ClearResult | KillResult:
+    """Run one step of a cleanup or kill chain, whichever it is. Idempotent."""
+    if isinstance(step, ClearStep):
+        return run_clear_step(client, settings, step, enqueue=enqueue, observer=observer)
+    return run_kill_step(client, settings, step, enqueue=enqueue, observer=observer)

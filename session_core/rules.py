@@ -1,0 +1,101 @@
+"""Pure rules: key formats, identities, expiry, refresh and the cleanup cutoff.
+
+No I/O here: every rule takes what it needs (``now``, the settings) as an
+argument, so it is tested without a server.
+
+The session key is the cookie value. We only ever accept the exact format we
+issue: 42 characters of ``[A-Za-z0-9]`` drawn with :mod:`secrets` (ViUR issues
+the same shape, so its cookies stay valid), about 250 bits of entropy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import string
+from datetime import timedelta
+
+from session_core.config import Settings
+
+GUEST_USER = "__guest__"
+KEY_LENGTH = 42
+MAX_USER_BYTES = 1500  # Datastore's limit for an indexed string
+REFRESH_AFTER = timedelta(minutes=5)
+_ALPHABET = string.ascii_letters + string.digits
+_KEY = re.compile(rf"[A-Za-z0-9]{{{KEY_LENGTH}}}")
+_SESSION_ID = re.compile(r"[0-9a-f]{64}")
+
+
+# -- keys and ids ------------------------------------------------------------------
+
+
+def new_key() -> str:
+    """A fresh session key: 42 characters from :mod:`secrets`, about 250 bits."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(KEY_LENGTH))
+
+
+def new_security_key() -> str:
+    """A fresh static security key (13 characters, as ViUR issues)."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(13))
+
+
+def is_valid_key(value: object) -> bool:
+    """True only for a value of exactly the shape :func:`new_key` issues."""
+    return isinstance(value, str) and _KEY.fullmatch(value) is not None
+
+
+def hash_key(cookie_key: str) -> str:
+    """The hashed entity name (and opaque session id) of a cookie value."""
+    return hashlib.sha256(cookie_key.encode("ascii")).hexdigest()
+
+
+def session_id_of(key_name: str) -> str:
+    """The opaque session id of a stored name: hashed names are their own id, plain ones are hashed."""
+    return key_name if len(key_name) == 64 else hash_key(key_name)
+
+
+def storage_name(cookie_key: str, settings: Settings) -> str:
+    """The entity name a new session with this cookie value is written under."""
+    return hash_key(cookie_key) if settings.key_storage == "hashed" else cookie_key
+
+
+def valid_session_id(value: object) -> bool:
+    """An opaque session id: 64 lowercase hex digits (never a cookie)."""
+    return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
+
+
+def valid_user(value: object) -> bool:
+    """A user key as it is stored and killed: a non-empty printable string that fits an index.
+
+    ``"__guest__"`` passes (it is how guests are stored); :func:`valid_login`
+    refuses it.
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_USER_BYTES
+        and value.isprintable()
+    )
+
+
+def valid_login(value: object) -> bool:
+    """A key a session may log in as: a valid user key that is not the guest marker."""
+    return valid_user(value) and value != GUEST_USER
+
+
+# -- time ----------------------------------------------------------------------------
+
+
+def is_expired(lastseen: float, now: float, life_time: timedelta) -> bool:
+    """A session not seen within its life time is dead for readers."""
+    return lastseen < now - life_time.total_seconds()
+
+
+def needs_refresh(lastseen: float, now: float) -> bool:
+    """``lastseen`` is rewritten at most every five minutes (ViUR's throttle)."""
+    return lastseen < now - REFRESH_AFTER.total_seconds()
+
+
+def cutoff_for(now: float, settings: Settings) -> float:
+    """Sessions last seen before this epoch time are expired and past the grace."""
+    return now - (settings.life_time + settings.clear_grace).total_seconds()

@@ -1,0 +1,255 @@
+"""Testing helpers for apps that use session_core: a real Datastore for your test suite.
+
+:class:`DatastoreEmulator` starts Google's Firestore emulator in Datastore
+mode (``gcloud emulators firestore start --database-mode=datastore-mode``;
+Debian/Ubuntu package ``google-cloud-cli-firestore-emulator`` and Java 17+),
+hands out settings and clients pointed at it, and stops it::
+
+    import pytest
+    from session_core.testing import DatastoreEmulator
+
+    @pytest.fixture(scope="session")
+    def datastore_emulator():
+        with DatastoreEmulator() as emulator:
+            yield emulator
+
+    @pytest.fixture
+    def session_settings(datastore_emulator):
+        return datastore_emulator.settings()  # a namespace of its own: tests never see each other
+
+Importing this module starts nothing and registers nothing. Each emulator
+runs in a process group of its own: stopping the ``gcloud`` wrapper alone
+would leave its Java process running, so :meth:`Emulator.stop` signals the
+whole group. Readiness is polled, never slept for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from google.cloud import datastore
+
+from session_core.clients import datastore_client
+from session_core.config import Settings
+from session_core.errors import SessionCoreError
+
+
+class EmulatorError(SessionCoreError):
+    """An emulator could not be started; the message names its log."""
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str) -> Callable[[], bool]:
+    """A readiness probe: True once ``url`` answers 200."""
+
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - http://127.0.0.1 only
+                return int(response.status) == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    return probe
+
+
+def port_open(port: int) -> Callable[[], bool]:
+    """A readiness probe: True once something accepts TCP on the port."""
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return probe
+
+
+class Emulator:
+    """One emulator process group, started and stopped as a context manager."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        ready: Callable[[], bool],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.port = port
+        self.ready = ready
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> Emulator:
+        if shutil.which(self.argv[0]) is None and not Path(self.argv[0]).exists():
+            raise EmulatorError(f"{self.name}: {self.argv[0]!r} is not installed")
+        if port_open(self.port)():
+            raise EmulatorError(f"{self.name}: port {self.port} is already taken")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.process.poll() is not None:
+                self.stop()
+                raise EmulatorError(
+                    f"{self.name} exited with {self.process.returncode} before it was ready; "
+                    f"see {self.log_path}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EmulatorError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+            time.sleep(0.1)
+        return self
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop the whole process group (the gcloud wrapper and its Java child)."""
+        if self.process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                self.process.poll()  # reap the wrapper so it stops counting
+                if not _group_alive(self.process.pid):
+                    break
+                time.sleep(0.05)
+            if not _group_alive(self.process.pid):
+                break
+        self.process.poll()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def firestore_datastore_mode(log_dir: Path, port: int | None = None, *, import_data: Path | None = None) -> Emulator:
+    """The current Datastore emulator: Firestore in Datastore mode.
+
+    ``import_data``: an ``*.overall_export_metadata`` file (see
+    :func:`firestore_export`) to start from.
+    """
+    port = port or free_port()
+    argv = [
+        "gcloud",
+        "emulators",
+        "firestore",
+        "start",
+        "--database-mode=datastore-mode",
+        f"--host-port=127.0.0.1:{port}",
+        "--quiet",
+    ]
+    if import_data is not None:
+        argv.append(f"--import-data={import_data}")
+    return Emulator(
+        "firestore emulator (datastore mode)",
+        argv,
+        port,
+        http_ok(f"http://127.0.0.1:{port}/"),
+        log_dir / f"firestore-{port}.log",
+    )
+
+
+class DatastoreEmulator:
+    """A Firestore emulator in Datastore mode for a test session, with settings and clients for it.
+
+    Use it as a context manager (or call :meth:`start` and :meth:`stop`).
+    Logs go to ``log_dir`` (a fresh temporary directory by default).
+    """
+
+    def __init__(self, *, project: str = "session-core-test", port: int | None = None, log_dir: Path | None = None):
+        self.project = project
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="session-core-emulator-"))
+        self.emulator = firestore_datastore_mode(self.log_dir, port)
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, what ``DATASTORE_EMULATOR_HOST`` would say."""
+        return self.emulator.host
+
+    def start(self, timeout: float = 90.0) -> DatastoreEmulator:
+        """Start the emulator and wait until it answers; EmulatorError names what went wrong."""
+        self.emulator.start(timeout)
+        return self
+
+    def stop(self) -> None:
+        """Stop the emulator's whole process group."""
+        self.emulator.stop()
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings pointed at this emulator, in a namespace of their own (unless ``namespace`` is given)."""
+        values: dict[str, Any] = {
+            "project": self.project,
+            "emulator_host": self.host,
+            "namespace": f"test-{uuid.uuid4().hex[:12]}",
+            "cookie_name": f"viur_cookie_{self.project}",
+        }
+        return Settings(**{**values, **overrides})
+
+    def client(self, settings: Settings | None = None) -> datastore.Client:
+        """A Datastore client for ``settings`` (default: fresh :meth:`settings`)."""
+        return datastore_client(settings or self.settings())
+
+    def __enter__(self) -> DatastoreEmulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
