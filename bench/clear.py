@@ -166,7 +166,7 @@ def _record(rng: random.Random, lastseen: float) -> SessionRecord:
         data=data,
         user=user,
         static_security_key=new_security_key(),
-        lastseen=lastseen,
+        seen=lastseen,
     )
 
 

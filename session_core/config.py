@@ -9,6 +9,8 @@ Nothing else in the library reads the environment.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -118,6 +120,32 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from one JSON file: a flat object of strings, keyed by the variables of :meth:`from_env`.
+
+        The same file is what ``deploy/deploy.sh --settings FILE`` hands the
+        functions (``--env-vars-file``), so the app and the functions agree.
+        ``environ`` (such as ``os.environ``) supplies what the file does not
+        name, for example ``DATASTORE_EMULATOR_HOST`` in development. A file
+        that is not such an object, or that names a variable this library does
+        not read, raises ConfigError naming the file.
+        """
+        where = os.fspath(path)
+        try:
+            with open(where, encoding="utf-8") as handle:
+                loaded = json.load(handle)
+        except OSError as exc:
+            raise ConfigError(where, "a readable settings file", exc.strerror) from None
+        except ValueError as exc:
+            raise ConfigError(where, "a JSON object of strings", f"invalid JSON: {exc}") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+            raise ConfigError(where, "a flat JSON object whose values are all strings", type(loaded).__name__)
+        unknown = sorted(set(loaded) - set(VARIABLES.values()))
+        if unknown:
+            raise ConfigError(where, "only the variables of the README's settings table", ", ".join(unknown))
+        return cls.from_env({**(environ or {}), **loaded})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

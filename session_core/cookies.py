@@ -6,6 +6,8 @@ The cookie value is the session key, in the exact format of
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Protocol
 
 from session_core.config import Settings
@@ -36,17 +38,18 @@ def _attributes(settings: Settings) -> str:
     return "; ".join(parts)
 
 
-def set_cookie_header(settings: Settings, key: str) -> str:
+def set_cookie_header(settings: Settings, key: str, *, max_age: timedelta | None = None) -> str:
     """The ``Set-Cookie`` value that hands ``key`` to the browser.
 
-    ``key`` must be a key from :func:`session_core.rules.new_key`; anything else is refused so
-    no attacker-chosen byte can reach a header.
+    ``max_age`` None: a browser-session cookie (no ``Max-Age``). ``key``
+    must be a key from :func:`session_core.rules.new_key`; anything else is
+    refused so no attacker-chosen byte can reach a header.
     """
     if not is_valid_key(key):
         raise ValueError("refusing to put a malformed session key into a cookie")
     header = f"{settings.cookie_name}={key}; {_attributes(settings)}"
-    if not settings.use_session_cookie:
-        header += f"; Max-Age={int(settings.life_time.total_seconds())}"
+    if max_age is not None:
+        header += f"; Max-Age={max(1, math.ceil(max_age.total_seconds()))}"
     return header
 
 

@@ -22,6 +22,7 @@ GUEST_USER = "__guest__"
 KEY_LENGTH = 42
 MAX_USER_BYTES = 1500  # Datastore's limit for an indexed string
 REFRESH_AFTER = timedelta(minutes=5)
+MAX_LIFETIME = timedelta(days=3650)
 _ALPHABET = string.ascii_letters + string.digits
 _KEY = re.compile(rf"[A-Za-z0-9]{{{KEY_LENGTH}}}")
 _SESSION_ID = re.compile(r"[0-9a-f]{64}")
@@ -84,18 +85,50 @@ def valid_login(value: object) -> bool:
 
 
 # -- time ----------------------------------------------------------------------------
+#
+# Every session has its own idle lifetime (default: SESSION_LIFE_TIME, the
+# "global" one). A save at real time ``seen`` stores
+#     expires  = seen + lifetime
+#     lastseen = expires - global lifetime
+# so that anything that knows only the global lifetime (viur-core, older
+# versions, the cleanup's one keys-only query ``lastseen < now - global - grace``)
+# sees the session alive exactly until its own expiry. With the default
+# lifetime, ``lastseen`` is the real time, as ViUR writes it.
 
 
-def is_expired(lastseen: float, now: float, life_time: timedelta) -> bool:
-    """A session not seen within its life time is dead for readers."""
-    return lastseen < now - life_time.total_seconds()
+def valid_lifetime(seconds: float) -> bool:
+    """A session's own lifetime: any positive duration up to ten years."""
+    return 0 < seconds <= MAX_LIFETIME.total_seconds()
 
 
-def needs_refresh(lastseen: float, now: float) -> bool:
-    """``lastseen`` is rewritten at most every five minutes (ViUR's throttle)."""
-    return lastseen < now - REFRESH_AFTER.total_seconds()
+def expires_at(seen: float, lifetime: float) -> float:
+    """When a session seen at ``seen`` with this lifetime (seconds) dies."""
+    return seen + lifetime
+
+
+def stored_lastseen(expires: float, global_life_time: timedelta) -> float:
+    """The ``lastseen`` written for a session that dies at ``expires`` (see above)."""
+    return expires - global_life_time.total_seconds()
+
+
+def is_expired(expires: float, now: float) -> bool:
+    """Dead once its expiry has passed (ViUR's rule ``lastseen < now - life time``, per session)."""
+    return expires < now
+
+
+def refresh_interval(lifetime: float) -> float:
+    """How often, in seconds, a session in use rewrites its expiry: ``min(5 minutes, lifetime / 2)``."""
+    return min(REFRESH_AFTER.total_seconds(), lifetime / 2)
+
+
+def needs_refresh(seen: float, now: float, lifetime: float) -> bool:
+    """True when a session last written at ``seen`` should be written again, though unchanged.
+
+    Throttled to :func:`refresh_interval`, so a short session cannot expire while in use.
+    """
+    return now - seen > refresh_interval(lifetime)
 
 
 def cutoff_for(now: float, settings: Settings) -> float:
-    """Sessions last seen before this epoch time are expired and past the grace."""
+    """Sessions whose stored ``lastseen`` is before this are past their own expiry plus the grace."""
     return now - (settings.life_time + settings.clear_grace).total_seconds()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import structlog
@@ -25,7 +26,15 @@ from session_core import rules
 from session_core.config import Settings
 from session_core.cookies import RequestContext, clear_cookie_header, set_cookie_header
 from session_core.errors import MisuseError, StoreError
-from session_core.rules import GUEST_USER, hash_key, is_expired, is_valid_key, needs_refresh, storage_name
+from session_core.rules import (
+    GUEST_USER,
+    hash_key,
+    is_expired,
+    is_valid_key,
+    needs_refresh,
+    storage_name,
+    valid_lifetime,
+)
 from session_core.store import DeleteObserver, SessionRecord, SessionStore
 
 _INSERT_ATTEMPTS = 3
@@ -70,7 +79,8 @@ class Session(MutableMapping[str, Any]):
         self._stored_name: str | None = None  # entity name it was loaded from
         self.user: str = GUEST_USER
         self.static_security_key: str = rules.new_security_key()
-        self.lastseen: float | None = None
+        self.lastseen: float | None = None  # the real time it was last written
+        self.lifetime: timedelta = self.settings.life_time
         self.changed = False
 
     # -- observers (ViUR's registration) -------------------------------------
@@ -129,19 +139,21 @@ class Session(MutableMapping[str, Any]):
         if record is None:
             return False
         now = self.clock()
-        if is_expired(record.lastseen, now, self.settings.life_time):
+        if is_expired(record.expires(self.settings.life_time), now):
             self._obsolete = [record.key_name]  # removed if a new session is saved
             return False
         self._cookie_key = cookie
         self._stored_name = record.key_name
         self._data = dict(record.data)
         self.user = record.user
-        self.lastseen = record.lastseen
+        self.lastseen = record.seen
+        if record.lifetime is not None:
+            self.lifetime = timedelta(seconds=record.lifetime)
         if record.static_security_key:
             self.static_security_key = record.static_security_key
         else:
             self.changed = True
-        if needs_refresh(record.lastseen, now):
+        if needs_refresh(record.seen, now, self.lifetime.total_seconds()):
             self.changed = True
         return True
 
@@ -180,7 +192,8 @@ class Session(MutableMapping[str, Any]):
             data=self._data,
             user=self.user,
             static_security_key=self.static_security_key,
-            lastseen=now,
+            seen=now,
+            lifetime=self.lifetime.total_seconds(),
         )
 
     def _insert(self, req: RequestContext, now: float) -> None:
@@ -197,7 +210,8 @@ class Session(MutableMapping[str, Any]):
     def _written(self, req: RequestContext, key: str, now: float) -> None:
         self.lastseen = now
         self.changed = False
-        req.add_header("Set-Cookie", set_cookie_header(self.settings, key))
+        max_age = None if self.settings.use_session_cookie else self.lifetime
+        req.add_header("Set-Cookie", set_cookie_header(self.settings, key, max_age=max_age))
 
     def _gone(self, req: RequestContext) -> None:
         log.warning(
@@ -209,6 +223,36 @@ class Session(MutableMapping[str, Any]):
         self._obsolete = []
         self._start_fresh()
         req.add_header("Set-Cookie", clear_cookie_header(self.settings))
+
+    # -- lifetime ------------------------------------------------------------
+
+    @property
+    def expires(self) -> float | None:
+        """When the stored session dies (epoch seconds) if no request comes first; None until saved."""
+        return None if self.lastseen is None else self.lastseen + self.lifetime.total_seconds()
+
+    def set_expiry(self, lifetime: float | timedelta | None) -> None:
+        """Give this session its own idle lifetime: seconds or a timedelta; None for SESSION_LIFE_TIME.
+
+        Any positive lifetime up to ten years (one second included, as Flask
+        allows); anything else raises MisuseError. The session is written on
+        save only if the lifetime really changed. ``login``, ``logout`` and
+        ``reset`` start a new session with the default lifetime: call this
+        after them.
+        """
+        if lifetime is None:
+            wanted = self.settings.life_time
+        elif isinstance(lifetime, timedelta):
+            wanted = lifetime
+        elif isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
+            wanted = timedelta(seconds=lifetime)
+        else:
+            raise MisuseError("set_expiry takes seconds, a timedelta, or None")
+        if not valid_lifetime(wanted.total_seconds()):
+            raise MisuseError("a session lifetime must be positive and at most ten years")
+        if wanted != self.lifetime:
+            self.lifetime = wanted
+            self.changed = True
 
     # -- life-cycle ----------------------------------------------------------
 

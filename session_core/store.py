@@ -1,9 +1,12 @@
 """Datastore mapping: session entities <-> :class:`SessionRecord`.
 
 The schema is ViUR's: kind ``viur-session``; ``data`` (embedded entity, not
-indexed), ``static_security_key`` (string), ``lastseen`` (float epoch seconds,
-indexed), ``user`` (string, indexed). We add ``expires`` (timestamp, not
-indexed) so operators can turn on a Datastore TTL policy as a backstop.
+indexed; see :mod:`session_core.values`), ``static_security_key`` (string),
+``lastseen`` (float epoch seconds, indexed), ``user`` (string, indexed). We
+add, unindexed: ``expires`` (timestamp: the session's own expiry, for a TTL
+policy), ``seen`` (float: the real time of the last write) and ``lifetime``
+(float seconds: the session's own idle lifetime). ``lastseen`` is
+``expires`` minus the global life time (see :mod:`session_core.rules`).
 
 Key names: with ``hashed`` storage an entity is named by the SHA-256 hex of
 the cookie value, so an export does not hand out live sessions; with
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
@@ -33,7 +36,7 @@ from google.cloud.datastore_v1.types import Mutation
 from session_core import values
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
-from session_core.rules import GUEST_USER, hash_key, session_id_of
+from session_core.rules import GUEST_USER, expires_at, hash_key, session_id_of, stored_lastseen
 
 # Maintenance RPCs fail fast and are retried by the sweep's ``with_retries`` (bounded):
 # the client library's own policy would retry a read for up to 60 s on UNAVAILABLE.
@@ -43,22 +46,38 @@ TRANSIENT = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """One stored session, as the store reads and writes it."""
+    """One stored session, as the store reads and writes it.
+
+    ``seen`` is the real time of the request that last wrote it; ``lifetime``
+    its own idle lifetime in seconds, None for "the global life time" (how a
+    ViUR-layout entity is read).
+    """
 
     key_name: str
     data: Mapping[str, Any]
     user: str
     static_security_key: str
-    lastseen: float
+    seen: float
+    lifetime: float | None = None
 
     @property
     def session_id(self) -> str:
         """Opaque, non-secret id: the hashed name (hashes a plain ViUR name)."""
         return session_id_of(self.key_name)
 
+    def expires(self, global_life_time: timedelta) -> float:
+        """When it dies, as epoch seconds."""
+        lifetime = global_life_time.total_seconds() if self.lifetime is None else self.lifetime
+        return expires_at(self.seen, lifetime)
 
+
+_UNINDEXED = ("data", "expires", "seen", "lifetime")
 DeleteObserver = Callable[[SessionRecord], None]
 """Told of each session that cleanup or kill deleted, after the commit that deleted it."""
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class _GoneError(Exception):
@@ -134,24 +153,39 @@ class SessionStore:
         return settings_key(self.client, self.settings, self.settings.kind, name)
 
     def to_entity(self, record: SessionRecord) -> datastore.Entity:
-        entity = datastore.Entity(self.key(record.key_name), exclude_from_indexes=("data", "expires"))
+        """The entity for a record; SessionDataError (before any RPC) if Datastore would refuse it."""
+        expires = record.expires(self.settings.life_time)
+        entity = datastore.Entity(self.key(record.key_name), exclude_from_indexes=_UNINDEXED)
         entity["data"] = values.encode(record.data)
         entity["static_security_key"] = record.static_security_key
-        entity["lastseen"] = float(record.lastseen)
+        entity["lastseen"] = stored_lastseen(expires, self.settings.life_time)
         entity["user"] = record.user
-        entity["expires"] = datetime.fromtimestamp(record.lastseen + self.settings.life_time.total_seconds(), tz=UTC)
+        entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
+        entity["seen"] = float(record.seen)
+        entity["lifetime"] = expires - record.seen
+        values.check_size(entity)
         return entity
 
     @staticmethod
     def from_entity(entity: datastore.Entity) -> SessionRecord:
-        """Read our entities and ViUR's alike; missing fields get safe defaults."""
-        lastseen = entity.get("lastseen")
+        """Read our entities and ViUR's alike; missing fields get safe defaults.
+
+        ViUR's layout (no ``seen``) is read as seen at ``lastseen`` with the
+        global life time; one written by session_core 0.1/0.2 (``expires`` but
+        no ``seen``) keeps the life time it was written with.
+        """
+        lastseen = _number(entity.get("lastseen")) or 0.0
+        seen, lifetime = _number(entity.get("seen")), _number(entity.get("lifetime"))
+        if seen is None or lifetime is None:
+            seen, expires = lastseen, entity.get("expires")
+            lifetime = expires.timestamp() - lastseen if isinstance(expires, datetime) else None
         return SessionRecord(
             key_name=str(entity.key.name),
             data=values.decode(entity.get("data")),
             user=str(entity.get("user") or GUEST_USER),
             static_security_key=str(entity.get("static_security_key") or ""),
-            lastseen=float(lastseen) if isinstance(lastseen, (int, float)) else 0.0,
+            seen=seen,
+            lifetime=lifetime,
         )
 
     def lookup(self, cookie_key: str) -> SessionRecord | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,36 @@ def test_a_bool_is_not_a_number_and_a_number_is_not_a_duration() -> None:
         Settings(batch_size=True)
     with pytest.raises(ConfigError, match=r"^life_time: "):
         Settings(life_time=3600)  # type: ignore[arg-type]
+
+
+def test_from_file_reads_the_one_settings_file_the_functions_get(tmp_path: Path) -> None:
+    path = tmp_path / "session-settings.json"
+    path.write_text('{"GOOGLE_CLOUD_PROJECT": "shop", "SESSION_PERSISTENT_FIELDS_ON_LOGIN": "language,cart"}')
+    settings = Settings.from_file(path, {"SESSION_KIND": "from-env", "GOOGLE_CLOUD_PROJECT": "ignored"})
+    assert settings.project == "shop" and settings.kind == "from-env"
+    assert settings.persistent_fields_on_login == ("language", "cart")  # a comma is just a character here
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[]", "a flat JSON object"),
+        ('{"SESSION_BATCH_SIZE": 500}', "a flat JSON object"),
+        ('{"SESSION_TYPO": "1"}', "SESSION_TYPO"),
+        ("{", "invalid JSON"),
+    ],
+)
+def test_a_bad_settings_file_is_named(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=expected) as raised:
+        Settings.from_file(path, EMULATOR)
+    assert raised.value.setting == str(path)
+
+
+def test_a_bad_value_in_the_file_names_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text('{"SESSION_LIFE_TIME": "59"}')
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_file(path, EMULATOR)
+    assert raised.value.setting == "SESSION_LIFE_TIME"

@@ -36,7 +36,8 @@ def test_set_cookie_flags(secure: bool, same_site: str | None, session_cookie: b
         cookie_name="sid",
     )
     key = new_key()
-    parts = set_cookie_header(settings, key).split("; ")
+    max_age = None if session_cookie else settings.life_time
+    parts = set_cookie_header(settings, key, max_age=max_age).split("; ")
     assert parts[0] == f"sid={key}"
     expected = {"Path=/", "HttpOnly"}
     if secure:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flask
 import pytest
 from google.cloud import datastore
+from markupsafe import Markup
 
 from session_core import Settings
 from session_core.flask import DatastoreSessionInterface
@@ -24,6 +25,15 @@ def app(client: datastore.Client, settings: Settings) -> flask.Flask:
     @app.get("/cart")
     def show() -> dict[str, object]:
         return {"cart": flask.session.get("cart", [])}
+
+    @app.post("/flash/<category>/<message>")
+    def flash(category: str, message: str) -> flask.Response:
+        flask.flash(Markup(f"<b>{message}</b>") if category == "markup" else message, category)
+        return flask.redirect("/messages")
+
+    @app.get("/messages")
+    def messages() -> list[list[str]]:
+        return [[category, str(message)] for category, message in flask.get_flashed_messages(with_categories=True)]
 
     @app.post("/login/<user>")
     def login(user: str) -> str:
@@ -59,3 +69,12 @@ def test_flask_login_rotates_the_cookie(app: flask.Flask, settings: Settings) ->
     after = browser.get_cookie(settings.cookie_name)
     assert before is not None and after is not None and before.value != after.value
     assert browser.get("/cart").json == {"cart": []}
+
+
+def test_flash_messages_survive_a_redirect_and_are_shown_once(app: flask.Flask) -> None:
+    browser = app.test_client()
+    browser.post("/flash/error/bad")
+    redirected = browser.post("/flash/markup/saved", follow_redirects=True)
+    assert redirected.status_code == 200
+    assert redirected.json == [["error", "bad"], ["markup", "<b>saved</b>"]]
+    assert browser.get("/messages").json == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -67,8 +68,9 @@ def run(*argv: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout
 def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_another_directory(
     tmp_path: Path, datastore_emulator: Emulator
 ) -> None:
-    dist = tmp_path / "dist"
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, ROOT, cwd=tmp_path)
+    source, dist = tmp_path / "source", tmp_path / "dist"  # build from a copy: setuptools writes build/ beside it
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, source, cwd=tmp_path)
     [wheel] = dist.glob("session_core-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import replace
@@ -13,6 +14,7 @@ from google.cloud import datastore
 from session_core import Session, Settings, killSessionByUser
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.rules import cutoff_for, hash_key
+from session_core.store import SessionStore
 from tests.conftest import Ctx
 from tests.test_cleanup import remaining
 from tests.test_session import cookie_from
@@ -105,6 +107,13 @@ def test_old_key_never_becomes_valid_again_after_login_rotation(client: datastor
         assert client.get(client.key(settings.kind, hash_key(old), namespace=settings.namespace)) is None
 
 
+def backdate(client: datastore.Client, settings: Settings, cookie: str, seen: float) -> None:
+    """Rewrite a stored session as if its last request had come at ``seen``."""
+    store = SessionStore(client, settings)
+    record = store.lookup(cookie)
+    assert record is not None and store.update(dataclasses.replace(record, seen=seen))
+
+
 @pytest.mark.parametrize("skew", [-300.0, -120.0, 0.0, 120.0, 300.0])
 def test_grace_window_protects_a_session_refreshed_at_the_boundary(
     client: datastore.Client, settings: Settings, skew: float
@@ -116,11 +125,8 @@ def test_grace_window_protects_a_session_refreshed_at_the_boundary(
     life = settings.life_time.total_seconds()
     # The app refreshed one session just now, and saw another alive at the very edge of its life time.
     [refreshed, at_edge] = logged_in(client, settings, "edge", 2)
-    for cookie, lastseen in ((refreshed, app_now), (at_edge, app_now - life)):
-        entity = client.get(client.key(settings.kind, hash_key(cookie), namespace=settings.namespace))
-        assert entity is not None
-        entity["lastseen"] = lastseen
-        client.put(entity)
+    for cookie, seen in ((refreshed, app_now), (at_edge, app_now - life)):
+        backdate(client, settings, cookie, seen)
     assert holding(client, settings, at_edge, clock=lambda: app_now).cookie_key == at_edge  # alive for the app
     start_clear_sessions(client, settings, now=worker_now)
     assert remaining(client, settings) == {hash_key(refreshed), hash_key(at_edge)}
@@ -131,10 +137,9 @@ def test_without_grace_clock_skew_would_delete_a_live_session(client: datastore.
     worker_now = 2_000_000_000.0
     app_now = worker_now - 120
     [at_edge] = logged_in(client, settings, "edge", 1)
+    backdate(client, settings, at_edge, app_now - settings.life_time.total_seconds() + 1)
     entity = client.get(client.key(settings.kind, hash_key(at_edge), namespace=settings.namespace))
     assert entity is not None
-    entity["lastseen"] = app_now - settings.life_time.total_seconds() + 1
-    client.put(entity)
     assert holding(client, settings, at_edge, clock=lambda: app_now).cookie_key == at_edge
     no_grace = replace(settings, clear_grace=timedelta(0))
     assert cutoff_for(worker_now, no_grace) > entity["lastseen"]

@@ -32,7 +32,7 @@ def get(client: datastore.Client, settings: Settings, name: str) -> datastore.En
 
 
 def record(name: str) -> SessionRecord:
-    return SessionRecord(key_name=name, data={"a": 1}, user="u", static_security_key="k" * 13, lastseen=time.time())
+    return SessionRecord(key_name=name, data={"a": 1}, user="u", static_security_key="k" * 13, seen=time.time())
 
 
 def test_update_mutation_fails_for_a_missing_entity(client: datastore.Client, settings: Settings) -> None:
@@ -81,15 +81,16 @@ def test_other_datastore_errors_become_store_errors(client: datastore.Client, se
     assert raised.value.operation == "insert"
 
 
-def test_schema_matches_viur_plus_expires(client: datastore.Client, settings: Settings) -> None:
+def test_schema_is_viurs_plus_unindexed_expiry_fields(client: datastore.Client, settings: Settings) -> None:
     store = SessionStore(client, settings)
     store.insert(record("s"))
     entity = get(client, settings, "s")
     assert entity is not None
-    assert set(entity) == {"data", "static_security_key", "lastseen", "user", "expires"}
+    assert set(entity) == {"data", "static_security_key", "lastseen", "user", "expires", "seen", "lifetime"}
     assert isinstance(entity["lastseen"], float) and isinstance(entity["data"], datastore.Entity)
-    assert entity.exclude_from_indexes == {"data", "expires"}
+    assert entity.exclude_from_indexes == {"data", "expires", "seen", "lifetime"}
     assert entity["expires"].timestamp() == pytest.approx(entity["lastseen"] + 3600)
+    assert entity["lastseen"] == pytest.approx(entity["seen"]) and entity["lifetime"] == 3600  # the default lifetime
 
 
 def test_session_written_by_viur_loads(client: datastore.Client, plain_settings: Settings) -> None:

@@ -244,13 +244,13 @@ def list_user_sessions(
             entities = list(iterator)
         for entity in entities:
             record = SessionStore.from_entity(entity)
-            if is_expired(record.lastseen, now, settings.life_time):
+            if is_expired(record.expires(settings.life_time), now):
                 continue
             agent, ip = record.data.get("user_agent"), record.data.get("ip")
             infos.append(
                 SessionInfo(
                     session_id=record.session_id,
-                    lastseen=record.lastseen,
+                    lastseen=record.seen,
                     user_agent=agent if isinstance(agent, str) else None,
                     ip=ip if isinstance(ip, str) else None,
                 )

@@ -1,0 +1,129 @@
+"""viur-core's own Session.load, in a Python 3.12 venv of its own, agrees with our readers and our cleanup.
+
+viur-core 3.9 needs Python 3.12 or newer; the suite builds its venv once (``.local/viur-venv``)
+from PyPI. Each session lives its own lifetime through the shifted ``lastseen``, which is all
+viur-core reads: it must see each one alive exactly until its own expiry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.cloud import datastore
+
+from session_core import Settings
+from session_core.clients import datastore_client
+from session_core.maintenance.cleanup import start_clear_sessions
+from session_core.maintenance.sweep import session_names
+from session_core.testing import Emulator
+from tests.conftest import ROOT
+from tests.test_lifetimes import DAY, HOUR, MINUTE, T0, alive_for_the_reader, saved, viur_saved
+
+pytestmark = pytest.mark.slow
+VIUR_CORE = "viur-core==3.9.3"
+VENV = ROOT / ".local" / "viur-venv"
+PROJECT = "viur-agreement"  # a project of its own: viur-core reads the default namespace
+
+
+def python312() -> Path | None:
+    found = sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3"))
+    on_path = shutil.which("python3.12")
+    return found[-1] if found else Path(on_path) if on_path else None
+
+
+@pytest.fixture(scope="module")
+def viur_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    marker = VENV / f".installed-{VIUR_CORE}"
+    if not marker.exists():
+        base = python312()
+        if base is None:
+            if os.environ.get("CI"):
+                pytest.fail("CI needs Python 3.12 (pyenv) to check viur-core's own reader")
+            pytest.skip("no Python 3.12 here: viur-core 3.9 needs it")
+        shutil.rmtree(VENV, ignore_errors=True)
+        subprocess.run([str(base), "-m", "venv", str(VENV)], check=True, timeout=120)
+        pip = [str(VENV / "bin" / "pip"), "install", "--quiet", VIUR_CORE]
+        subprocess.run(pip, check=True, timeout=900, capture_output=True)
+        marker.touch()
+    return VENV / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A well-formed service-account file signed by a throwaway key: viur-core asks for one at import."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path = tmp_path_factory.mktemp("viur") / "service-account.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": PROJECT,
+                "private_key_id": "throwaway",
+                "private_key": pem.decode(),
+                "client_email": f"viur@{PROJECT}.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    return path
+
+
+def viur_core_says_alive(
+    python: Path, credentials: Path, emulator: Emulator, pairs: list[tuple[str, float]]
+) -> list[bool]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "DATASTORE_EMULATOR_HOST": emulator.host,
+    }
+    done = subprocess.run(
+        [str(python), str(ROOT / "tests" / "viur" / "load.py")],
+        input=json.dumps(pairs),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers: list[bool] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answers
+
+
+def test_viur_cores_reader_agrees_with_ours_and_with_cleanup_at_every_boundary(
+    viur_python: Path, credentials: Path, datastore_emulator: Emulator
+) -> None:
+    settings = Settings(
+        project=PROJECT,
+        emulator_host=datastore_emulator.host,
+        cookie_name=f"viur_cookie_{PROJECT}",
+        key_storage="plain",  # the names viur-core looks up
+    )
+    client: datastore.Client = datastore_client(settings)
+    lifetimes = {"1 minute": MINUTE, "1 hour": HOUR, "30 days": 30 * DAY, "ViUR layout": HOUR}
+    cookies = {name: saved(client, settings, life) for name, life in lifetimes.items() if name != "ViUR layout"}
+    cookies["ViUR layout"] = viur_saved(client, settings)
+    grace = settings.clear_grace.total_seconds()
+    steps = sorted({T0 + life + extra + d for life in lifetimes.values() for extra in (0, grace) for d in (-1, 0, 1)})
+    moments = sorted({now - shift for now in steps for shift in (0, grace)})
+    pairs = [(cookie, now) for now in moments for cookie in cookies.values()]
+    viur = dict(zip(pairs, viur_core_says_alive(viur_python, credentials, datastore_emulator, pairs), strict=True))
+    ours = {pair: alive_for_the_reader(client, settings, *pair) for pair in pairs}
+    assert viur == ours
+    assert {
+        pair: T0 + lifetimes[name] >= pair[1] for name, cookie in cookies.items() for pair in pairs if pair[0] == cookie
+    } == ours
+    for now in steps:
+        start_clear_sessions(client, settings, now=now)
+        present = set(session_names(client, settings))
+        for cookie in cookies.values():
+            assert (cookie in present) == viur[(cookie, now - grace)], (now - T0, cookie)
