@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PYTHON313 ?= $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3)))
 VENV313 := .venv-313
 
-.PHONY: venv run test test-py313 lint bench clean
+.PHONY: venv run test test-py313 lint browser bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,22 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy session_core main.py devstack
 
-test: lint
+# The browser tests need Debian's chromium and chromium-driver: installed here when we are root.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium and chromium-driver for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: chromium/chromedriver are missing and we are not root: the browser tests will skip (CI=true fails them)"; \
+	  fi; \
+	fi
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 # The fast part of the suite (no fault, load or whole-stack tests) under Python 3.13.
-test-py313: $(VENV313)/.installed $(TASKS_VENV)/.installed
+test-py313: $(VENV313)/.installed $(TASKS_VENV)/.installed browser
 	$(VENV313)/bin/python -m pytest -m "not slow"
 
 bench: venv

@@ -12,11 +12,14 @@ commands to try, and keeps the stack up until Ctrl-C (or exits at once with
 from __future__ import annotations
 
 import base64
+import http.cookiejar
 import json
+import os
 import shutil
 import signal
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,7 +43,7 @@ from session_core.config import Settings
 from session_core.maintenance.sweep import session_names
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.store import SessionRecord, SessionStore
-from session_core.testing import EmulatorError, firestore_datastore_mode, free_port
+from session_core.testing import Emulator, EmulatorError, firestore_datastore_mode, free_port, port_open
 
 PROJECT = "session-core-local"
 LOCATION = "local"
@@ -60,6 +63,7 @@ class Stack:
     clear_url: str
     kill_url: str
     task_url: str
+    demo_url: str
     env: dict[str, str]
 
 
@@ -101,6 +105,17 @@ def running_stack(log_dir: Path) -> Iterator[Stack]:
                     target, ROOT / "main.py", log_dir, env, port=port, cloudevent=target == "kill_user_sessions"
                 )
             )
+        demo_port = free_port()
+        stack.enter_context(
+            Emulator(
+                "flask demo app",
+                [sys.executable, "-m", "devstack.demo_app", "--port", str(demo_port)],
+                demo_port,
+                port_open(demo_port),
+                log_dir / f"demo-app-{demo_port}.log",
+                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            )
+        )
         pubsub_push_subscription(ps.host, TOPIC, SUBSCRIPTION, f"http://127.0.0.1:{ports['kill_user_sessions']}/")
         yield Stack(
             datastore=ds.host,
@@ -109,6 +124,7 @@ def running_stack(log_dir: Path) -> Iterator[Stack]:
             clear_url=f"http://127.0.0.1:{ports['clear_sessions']}/",
             kill_url=f"http://127.0.0.1:{ports['kill_user_sessions']}/",
             task_url=task_url,
+            demo_url=f"http://127.0.0.1:{demo_port}/",
             env=env,
         )
 
@@ -196,13 +212,31 @@ def run_demo(stack: Stack) -> dict[str, object]:
         f"  kill-user {MANY!r} (Pub/Sub push -> function -> Cloud Tasks): {len(targets):,} sessions gone in "
         f"{kill_s:.2f} s ({len(targets) / kill_s:,.0f}/s)\n"
     )
+    print(f"  Flask demo page {stack.demo_url}: {visit_demo_page(stack.demo_url)}\n")
     return {"before": before, "after": after, "cleared": cleared, "clear_s": clear_s, "kill_s": kill_s}
+
+
+def visit_demo_page(url: str) -> str:
+    """Sign in on the demo page as a browser would (cookies kept); say what the page then showed."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"user": "carol", "remember": "on"}).encode()
+    request = urllib.request.Request(f"{url}login", data=form, method="POST")  # noqa: S310 - the loopback demo
+    with opener.open(request, timeout=30) as response:
+        page = response.read().decode()  # the redirect back to / was followed with the new session cookie
+    signed_in = "signed in as carol" in page
+    flashed = "Welcome, carol" in page
+    if not (signed_in and flashed):
+        raise EmulatorError(f"the Flask demo page did not sign carol in: {page[:300]!r}")
+    return "signed in as 'carol' (Flask-Login, session key rotated), the flash message shown after the redirect"
 
 
 def print_commands(stack: Stack) -> None:
     env = " ".join(f"{k}={v}" for k, v in stack.env.items())
     data = base64.b64encode(b'{"user": "bob"}').decode()
     print(f"""Try it (the stack stays up until Ctrl-C):
+
+  # the Flask demo page: sign in, sign out, flash messages; sessions in the emulator
+  open {stack.demo_url}
 
   # the cleanup, exactly as Cloud Scheduler calls it
   curl -s -X POST -H 'Content-Type: application/json' -d '{{"dry_run": true}}' {stack.clear_url}

@@ -1,62 +1,214 @@
-"""Flask integration: ``app.session_interface = DatastoreSessionInterface(...)``.
+"""Flask integration: ``app.session_interface = DatastoreSessionInterface(client=..., settings=...)``.
 
-Works for any Flask app and for functions-framework (which is Flask). The
-session is loaded when Flask opens it and saved when Flask finishes the
-response; changes made while a streamed body is generated are not saved.
+``flask.session`` then behaves as Flask's own session does (its documented
+contract and its own tests), stored server-side in Datastore:
+
+- Flask's config drives the cookie, read on each save as Flask's interface
+  does: ``SESSION_COOKIE_NAME``, ``_DOMAIN``, ``_PATH`` (falling back to
+  ``APPLICATION_ROOT``), ``_HTTPONLY``, ``_SECURE``, ``_SAMESITE`` (a bad
+  value raises ValueError), ``_PARTITIONED``, ``PERMANENT_SESSION_LIFETIME``
+  and ``SESSION_REFRESH_EACH_REQUEST``. The settings keep the storage (kind,
+  namespace, database, key storage).
+- ``modified`` is the one change flag (ViUR's ``changed``): setting it forces
+  a save. ``accessed`` gives ``Vary: Cookie``. An emptied guest session is
+  deleted with its cookie.
+- ``session.permanent`` sends ``Expires``/``Max-Age`` of
+  ``PERMANENT_SESSION_LIFETIME``; a non-permanent session has a browser
+  cookie. On the server every session lives ``PERMANENT_SESSION_LIFETIME``
+  idle, as with Flask-Session.
+- No ``SECRET_KEY`` is needed: nothing is signed, the store is server-side.
+- Flask-Login works out of the box, through its signals: ``login_user`` rotates
+  the session key (keeping Flask-Login's own keys), sets the session's user and
+  records the login; ``logout_user`` makes it a guest; a remember-me cookie
+  cannot log in a user killed since their last interactive login.
+
+The session loads on first use and is saved when Flask finishes the response;
+changes made while a streamed body is generated are not saved.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
+import flask
+import structlog
 from flask.sessions import SessionInterface, SessionMixin
 from google.cloud import datastore
 
+from session_core import logins
 from session_core.config import Settings
-from session_core.session import Session
+from session_core.session import Saved, Session
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
 
+# What Flask-Login keeps in the session; a login or logout rotation keeps them.
+FLASK_LOGIN_KEYS = ("_user_id", "_fresh", "_id", "_remember", "_remember_seconds")
+_SAME_SITE = {"Strict", "Lax", "None"}
+log = structlog.get_logger("session_core.flask")
+
 
 class FlaskSession(Session, SessionMixin):
-    """A :class:`Session` that is also what Flask expects of ``flask.session``."""
+    """``flask.session``: a :class:`Session` that is also Flask's ``SessionMixin``.
+
+    ``modified`` is the session's one change flag (ViUR's ``changed``);
+    ``permanent`` is Flask's ``_permanent`` key; ``new`` is True until it is
+    stored.
+    """
+
+    @property
+    def modified(self) -> bool:
+        """True once the session's data changed in this request; setting it forces a save."""
+        self._ensure_loaded()
+        return self.changed
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._ensure_loaded()
+        self.changed = bool(value)
+
+    @property
+    def new(self) -> bool:
+        return Session.new.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    @new.setter
+    def new(self, value: bool) -> None:
+        raise AttributeError("new is known from the store; it cannot be set")
 
 
 class WerkzeugContext:
-    """:class:`~session_core.cookies.RequestContext` over a Werkzeug request/response."""
+    """:class:`~session_core.cookies.RequestContext` over a Werkzeug request."""
 
-    def __init__(self, request: Request | None = None, response: Response | None = None) -> None:
+    def __init__(self, request: Request) -> None:
         self.request = request
-        self.response = response
 
     def get_cookie(self, name: str) -> str | None:
-        return None if self.request is None else self.request.cookies.get(name)
+        return self.request.cookies.get(name)
 
     def add_header(self, name: str, value: str) -> None:
-        if self.response is None:
-            raise RuntimeError("no response to add a header to")
-        self.response.headers.add(name, value)
-        if name.lower() == "set-cookie":
-            self.response.vary.add("Cookie")
+        raise RuntimeError("the Flask integration sets its cookie through the response")
 
 
 class DatastoreSessionInterface(SessionInterface):
     """Flask ``SessionInterface`` storing sessions in Datastore.
 
     ``client`` is the only Datastore client it uses. A bad or expired cookie
-    gives a fresh session, never an error.
+    gives a fresh session, never an error. RPCs: a request that sends a
+    well-formed cookie costs one lookup; a save costs at most one commit.
     """
 
     def __init__(self, *, client: datastore.Client, settings: Settings) -> None:
         self.client = client
         self.settings = settings
+        _connect_flask_login()
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
-        session = FlaskSession(self.client, self.settings)
-        session.load(WerkzeugContext(request=request))
+        session = FlaskSession(
+            self.client,
+            self.settings,
+            cookie_name=self.get_cookie_name(app),
+            lifetime=app.permanent_session_lifetime,
+        )
+        session.defer_load(WerkzeugContext(request))
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if isinstance(session, Session):
-            session.save(WerkzeugContext(response=response))
+        if not isinstance(session, FlaskSession):
+            return
+        name, domain, path = self.get_cookie_name(app), self.get_cookie_domain(app), self.get_cookie_path(app)
+        secure, httponly = self.get_cookie_secure(app), self.get_cookie_httponly(app)
+        partitioned, same_site = self.get_cookie_partitioned(app), self.get_cookie_samesite(app)
+        if same_site is not None and same_site.title() not in _SAME_SITE:
+            raise ValueError("SameSite must be 'Strict', 'Lax', or 'None'.")  # as Flask, before anything is stored
+        if session.accessed:
+            response.vary.add("Cookie")
+        modified = session.modified  # loads it if the view did not: a due refresh keeps an active user alive
+        permanent = bool(session.peek("_permanent", False))
+        saved = session.commit(drop_empty=True)
+        attributes: dict[str, Any] = {
+            "domain": domain,
+            "path": path,
+            "secure": secure,
+            "partitioned": partitioned,
+            "samesite": same_site,
+            "httponly": httponly,
+        }
+        if saved in (Saved.GONE, Saved.DELETED):
+            response.delete_cookie(name, **attributes)
+            response.vary.add("Cookie")
+            return
+        if session.new or not (modified or (permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])):
+            return
+        max_age = app.permanent_session_lifetime if permanent else None
+        response.set_cookie(name, session.cookie_key or "", max_age=_seconds(max_age), **attributes)
+        response.vary.add("Cookie")
+
+
+def _seconds(value: timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
+
+
+# -- Flask-Login, through its signals ------------------------------------------------
+
+_connected = False
+
+
+def _connect_flask_login() -> None:
+    """Listen to Flask-Login's signals, once per process, if the app uses Flask-Login."""
+    global _connected
+    if _connected:
+        return
+    try:
+        import flask_login
+    except ImportError:
+        return
+    flask_login.user_logged_in.connect(_on_login, weak=False)
+    flask_login.user_logged_out.connect(_on_logout, weak=False)
+    flask_login.user_loaded_from_cookie.connect(_on_remembered, weak=False)
+    _connected = True
+
+
+def _ours(app: Flask) -> tuple[DatastoreSessionInterface, FlaskSession] | None:
+    interface, session = app.session_interface, flask.session._get_current_object()  # type: ignore[attr-defined]
+    if isinstance(interface, DatastoreSessionInterface) and isinstance(session, FlaskSession):
+        return interface, session
+    return None
+
+
+def _rotate_into(session: FlaskSession, user: Any) -> str:
+    user_id = str(user.get_id())
+    session.login(user_id, keep=(*FLASK_LOGIN_KEYS, "_permanent"))
+    return user_id
+
+
+def _on_login(app: Flask, user: Any, **extra: Any) -> None:
+    """``login_user``: Flask-Login wrote its keys; rotate the key (no fixation) and record the login."""
+    if (ours := _ours(app)) is None:
+        return
+    interface, session = ours
+    user_id = _rotate_into(session, user)
+    logins.record_login(interface.client, interface.settings, user_id, time.time())
+
+
+def _on_logout(app: Flask, user: Any, **extra: Any) -> None:
+    """``logout_user``: back to a guest session under a new key, keeping ``_remember`` for Flask-Login."""
+    if (ours := _ours(app)) is not None:
+        ours[1].logout(keep=("_remember",))
+
+
+def _on_remembered(app: Flask, user: Any, **extra: Any) -> None:
+    """A login from Flask-Login's remember-me cookie: refused while a kill is newer than the last login."""
+    if (ours := _ours(app)) is None:
+        return
+    interface, session = ours
+    user_id = str(user.get_id())
+    if logins.remembered_login_allowed(interface.client, interface.settings, user_id):
+        _rotate_into(session, user)
+        return
+    for key in ("_user_id", "_fresh", "_id"):
+        session.pop(key, None)
+    session["_remember"] = "clear"  # Flask-Login deletes its cookie on the way out
+    log.info("remembered_login_refused", reason="killed since the last interactive login")
+    flask.abort(app.login_manager.unauthorized())  # type: ignore[attr-defined]

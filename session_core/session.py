@@ -1,9 +1,14 @@
-"""The Session: dict semantics, change tracking, expiry and refresh rules.
+"""The Session: dict semantics, one change flag, lifetimes, login and logout.
 
 This is the API of ViUR's ``core.session.Session`` (``load``, ``save``,
 ``markChanged``, ``reset``, the mapping methods), backed by
 :class:`~session_core.store.SessionStore`. The rules it follows are the pure
-functions of :mod:`session_core.rules`.
+functions of :mod:`session_core.rules`; the framework adapters map their own
+session contract onto it (Flask's ``modified`` is ViUR's ``changed``).
+
+A session is loaded from the request's cookie, either at once (:meth:`load`)
+or on first use (:meth:`defer_load`), and written by :meth:`commit` (what the
+adapters call) or :meth:`save` (ViUR's: commit and send the cookie).
 
 Concurrency contract: two requests holding the same session write last-wins
 (as ViUR and Flask-Session do). A request never re-creates a session that was
@@ -13,6 +18,7 @@ warning is logged.
 
 from __future__ import annotations
 
+import enum
 import hmac
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -42,12 +48,23 @@ _REGISTERED: list[DeleteObserver] = []  # only Session.on_delete writes here (Vi
 log = structlog.get_logger("session_core.session")
 
 
+class Saved(enum.Enum):
+    """What :meth:`Session.commit` did, which decides what the browser's cookie needs."""
+
+    NOTHING = "nothing"  # no write was needed: the cookie stays as it is
+    WRITTEN = "written"  # stored under ``cookie_key``: send that cookie
+    GONE = "gone"  # deleted meanwhile (killed, cleared): the changes are dropped, clear the cookie
+    DELETED = "deleted"  # an emptied guest session was deleted (``drop_empty``): clear the cookie
+
+
 class Session(MutableMapping[str, Any]):
     """Store sessions inside the Datastore.
 
     Construct one per request with the client and settings, then ``load(req)``
     at the start and ``save(req)`` at the end. The class attributes below are
-    ViUR's; an instance takes them from its :class:`Settings`.
+    ViUR's; an instance takes them from its :class:`Settings`. ``cookie_name``
+    and ``lifetime`` override the settings' (adapters pass their framework's:
+    with ``lifetime`` every session this object loads gets that lifetime).
     """
 
     kindName: str = "viur-session"  # noqa: N815 - ViUR's name
@@ -62,6 +79,8 @@ class Session(MutableMapping[str, Any]):
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        cookie_name: str | None = None,
+        lifetime: timedelta | None = None,
     ) -> None:
         self.settings = settings
         self.store = SessionStore(client, settings)
@@ -69,19 +88,26 @@ class Session(MutableMapping[str, Any]):
         self.kindName = settings.kind
         self.same_site = settings.same_site
         self.use_session_cookie = settings.use_session_cookie
-        self.cookie_name = settings.cookie_name
+        self.cookie_name = cookie_name or settings.cookie_name
+        self.default_lifetime = lifetime or settings.life_time
+        if not valid_lifetime(self.default_lifetime.total_seconds()):
+            raise MisuseError("a session lifetime must be positive and at most ten years")
+        self._lifetime_is_fixed = lifetime is not None
+        self.accessed = False
         self._obsolete: list[str] = []
+        self._pending: RequestContext | None = None
         self._start_fresh()
 
     def _start_fresh(self) -> None:
         self._data: dict[str, Any] = {}
-        self._cookie_key: str | None = None  # the secret the browser holds
-        self._stored_name: str | None = None  # entity name it was loaded from
-        self.user: str = GUEST_USER
-        self.static_security_key: str = rules.new_security_key()
+        self._cookie_key: str | None = None  # the secret the browser holds (or will)
+        self._stored_name: str | None = None  # entity name it was loaded from / written to
+        self._user: str = GUEST_USER
+        self._security_key: str = rules.new_security_key()
         self.lastseen: float | None = None  # the real time it was last written
-        self.lifetime: timedelta = self.settings.life_time
-        self.changed = False
+        self.lifetime: timedelta = self.default_lifetime
+        self.changed = False  # the one change flag: the data (or the user) changed
+        self._write_due = False  # a stored session must be rewritten though unchanged
 
     # -- observers (ViUR's registration) -------------------------------------
 
@@ -107,29 +133,62 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def cookie_key(self) -> str | None:
-        """The cookie value (a credential: never log it). None until first saved."""
+        """The cookie value (a credential: never log it). None for a new session until it is saved."""
+        self._ensure_loaded()
         return self._cookie_key
 
     @property
     def session_id(self) -> str | None:
-        """Opaque id of the stored session (its hashed name); safe to show and log."""
-        return hash_key(self._cookie_key) if self._cookie_key else None
+        """Opaque id of the session (its hashed name); safe to show and log.
+
+        Known once the session was loaded, or as soon as ``login``, ``logout``
+        or ``reset`` picked its new key (it is written on save); None for a
+        new session until it is saved.
+        """
+        key = self.cookie_key
+        return hash_key(key) if key else None
+
+    @property
+    def user(self) -> str:
+        """The logged-in user key, or ``"__guest__"``."""
+        self._ensure_loaded()
+        return self._user
+
+    @property
+    def static_security_key(self) -> str:
+        """ViUR's per-session security key (a credential: never log it)."""
+        self._ensure_loaded()
+        return self._security_key
+
+    @property
+    def new(self) -> bool:
+        """True until the session has been stored (or while it was not loaded from the store)."""
+        self._ensure_loaded()
+        return self._stored_name is None
+
+    @property
+    def is_empty(self) -> bool:
+        """A guest session with no data: adapters never store one (their frameworks do not)."""
+        self._ensure_loaded()
+        return not self._data and self._user == GUEST_USER
 
     def validate_security_key(self, value: object) -> bool:
         """Constant-time check of the per-session static security key."""
-        if not isinstance(value, str) or not self.static_security_key:
+        key = self.static_security_key
+        if not isinstance(value, str) or not key:
             return False
-        return hmac.compare_digest(value.encode("utf-8"), self.static_security_key.encode("utf-8"))
+        return hmac.compare_digest(value.encode("utf-8"), key.encode("utf-8"))
 
     # -- load / save ---------------------------------------------------------
 
     def load(self, req: RequestContext) -> bool:
-        """Initialise from the request's cookie; True if a stored session was found.
+        """Initialise from the request's cookie now; True if a stored session was found.
 
         No cookie, or one not of the exact format we issue: a fresh session,
         no RPC. A valid cookie: one lookup RPC. An unknown or expired session
         gives a fresh one that gets a new server-chosen key when saved.
         """
+        self._pending = None
         self._obsolete = []
         self._start_fresh()
         cookie = req.get_cookie(self.cookie_name)
@@ -145,103 +204,152 @@ class Session(MutableMapping[str, Any]):
         self._cookie_key = cookie
         self._stored_name = record.key_name
         self._data = dict(record.data)
-        self.user = record.user
+        self._user = record.user
         self.lastseen = record.seen
-        if record.lifetime is not None:
-            self.lifetime = timedelta(seconds=record.lifetime)
+        self.lifetime = self.settings.life_time if record.lifetime is None else timedelta(seconds=record.lifetime)
+        if self._lifetime_is_fixed and self.lifetime != self.default_lifetime:
+            self.lifetime = self.default_lifetime  # the adapter's framework decides every session's lifetime
+            self._write_due = True
         if record.static_security_key:
-            self.static_security_key = record.static_security_key
+            self._security_key = record.static_security_key
         else:
-            self.changed = True
+            self._write_due = True
         if needs_refresh(record.seen, now, self.lifetime.total_seconds()):
-            self.changed = True
+            self._write_due = True
         return True
 
-    def save(self, req: RequestContext) -> None:
-        """Write the session if it changed: exactly one commit RPC, else none.
+    def defer_load(self, req: RequestContext) -> None:
+        """Load from the request's cookie on first use instead of now.
 
-        A new session is inserted under a fresh key; a loaded one is updated in
-        place and never upserted. If the stored session was deleted meanwhile,
-        the changes are dropped, the cookie is cleared and a warning logged.
-        A ViUR plain-key session is moved to its hashed name in one
-        transaction (once, on its first save with ``hashed`` storage).
+        A Datastore error then rises where the session is first used (in the
+        view), where an adapter can answer it, rather than before routing.
         """
-        if not self.changed:
-            return
+        self._start_fresh()
+        self._obsolete = []
+        self._pending = req
+
+    def _ensure_loaded(self) -> None:
+        if self._pending is not None:
+            req, self._pending = self._pending, None
+            self.load(req)
+
+    @property
+    def loaded(self) -> bool:
+        """False while a deferred load has not happened (nothing has used the session)."""
+        return self._pending is None
+
+    def commit(self, *, drop_empty: bool = False) -> Saved:
+        """Write the session if it must be: at most one commit RPC (a move: one transaction).
+
+        A new session is written only if it changed: inserted under its key. A
+        stored one is written when it changed, or its lifetime, or when its
+        refresh is due: with an ``update``, never an upsert, so a session that
+        was deleted meanwhile is not re-created (``GONE``, and a warning is
+        logged). A ViUR plain-key session moves to its hashed name in one
+        transaction. With ``drop_empty`` an emptied guest session is deleted
+        instead (``DELETED``), as Flask, Starlette and Django drop theirs.
+        """
+        if self._pending is not None:
+            return Saved.NOTHING  # never used: nothing can have changed
+        if drop_empty and self.is_empty:
+            return self._drop() if self.changed else Saved.NOTHING
         now = self.clock()
-        if self._stored_name is None or self._cookie_key is None:
-            self._insert(req, now)
-            return
+        if self._stored_name is None:
+            if not self.changed:
+                return Saved.NOTHING
+            self._insert(now)
+            return Saved.WRITTEN
+        if not (self.changed or self._write_due):
+            return Saved.NOTHING
+        assert self._cookie_key is not None
         target = self._stored_name
         if self.settings.key_storage == "hashed" and self._stored_name == self._cookie_key:
             target = hash_key(self._cookie_key)
         record = self._record(target, now)
-        if target == self._stored_name:
-            written = self.store.update(record)
-        else:
-            written = self.store.move(record, self._stored_name)
+        moving = target != self._stored_name
+        written = self.store.move(record, self._stored_name) if moving else self.store.update(record)
         if not written:
-            self._gone(req)
-            return
+            self._gone()
+            return Saved.GONE
         self._stored_name = target
-        self._written(req, self._cookie_key, now)
+        self._written(now)
+        return Saved.WRITTEN
+
+    def save(self, req: RequestContext) -> None:
+        """ViUR's save: :meth:`commit`, then send the cookie it needs (``Set-Cookie`` through ``req``).
+
+        Does nothing when the session has not changed (and no refresh is due).
+        """
+        saved = self.commit()
+        if saved is Saved.WRITTEN:
+            assert self._cookie_key is not None
+            max_age = None if self.settings.use_session_cookie else self.lifetime
+            req.add_header("Set-Cookie", set_cookie_header(self.settings, self._cookie_key, max_age=max_age))
+        elif saved is not Saved.NOTHING:
+            req.add_header("Set-Cookie", clear_cookie_header(self.settings))
 
     def _record(self, name: str, now: float) -> SessionRecord:
         return SessionRecord(
             key_name=name,
             data=self._data,
-            user=self.user,
-            static_security_key=self.static_security_key,
+            user=self._user,
+            static_security_key=self._security_key,
             seen=now,
             lifetime=self.lifetime.total_seconds(),
         )
 
-    def _insert(self, req: RequestContext, now: float) -> None:
+    def _insert(self, now: float) -> None:
+        key = self._cookie_key or rules.new_key()
         for _ in range(_INSERT_ATTEMPTS):
-            key = rules.new_key()
             name = storage_name(key, self.settings)
             if self.store.insert(self._record(name, now), delete=self._obsolete):
                 self._obsolete = []
                 self._cookie_key, self._stored_name = key, name
-                self._written(req, key, now)
+                self._written(now)
                 return
+            key = rules.new_key()  # taken (about 2^-250 likely): another one
         raise StoreError("insert", RuntimeError("no free session key after several attempts"))
 
-    def _written(self, req: RequestContext, key: str, now: float) -> None:
+    def _written(self, now: float) -> None:
         self.lastseen = now
-        self.changed = False
-        max_age = None if self.settings.use_session_cookie else self.lifetime
-        req.add_header("Set-Cookie", set_cookie_header(self.settings, key, max_age=max_age))
+        self._write_due = False  # ``changed`` stays: it tells what happened in this request (as Flask's does)
 
-    def _gone(self, req: RequestContext) -> None:
+    def _drop(self) -> Saved:
+        names = [*self._obsolete, *([self._stored_name] if self._stored_name else [])]
+        self.store.delete(names)
+        self._obsolete = []
+        self._start_fresh()
+        return Saved.DELETED
+
+    def _gone(self) -> None:
         log.warning(
             "session_gone_on_save",
             kind=self.settings.kind,
             dropped_fields=len(self._data),
-            user_is_guest=self.user == GUEST_USER,
+            user_is_guest=self._user == GUEST_USER,
         )
         self._obsolete = []
         self._start_fresh()
-        req.add_header("Set-Cookie", clear_cookie_header(self.settings))
 
     # -- lifetime ------------------------------------------------------------
 
     @property
     def expires(self) -> float | None:
         """When the stored session dies (epoch seconds) if no request comes first; None until saved."""
+        self._ensure_loaded()
         return None if self.lastseen is None else self.lastseen + self.lifetime.total_seconds()
 
     def set_expiry(self, lifetime: float | timedelta | None) -> None:
-        """Give this session its own idle lifetime: seconds or a timedelta; None for SESSION_LIFE_TIME.
+        """Give this session its own idle lifetime: seconds or a timedelta; None for the default.
 
         Any positive lifetime up to ten years (one second included, as Flask
-        allows); anything else raises MisuseError. The session is written on
-        save only if the lifetime really changed. ``login``, ``logout`` and
-        ``reset`` start a new session with the default lifetime: call this
-        after them.
+        allows); anything else raises MisuseError. A stored session is
+        rewritten on save only if the lifetime really changed; a new one is
+        written only if its data changed. ``login``, ``logout`` and ``reset``
+        start a new session with the default lifetime: call this after them.
         """
         if lifetime is None:
-            wanted = self.settings.life_time
+            wanted = self.default_lifetime
         elif isinstance(lifetime, timedelta):
             wanted = lifetime
         elif isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
@@ -250,31 +358,36 @@ class Session(MutableMapping[str, Any]):
             raise MisuseError("set_expiry takes seconds, a timedelta, or None")
         if not valid_lifetime(wanted.total_seconds()):
             raise MisuseError("a session lifetime must be positive and at most ten years")
+        self._ensure_loaded()
         if wanted != self.lifetime:
             self.lifetime = wanted
-            self.changed = True
+            self._write_due = True
 
     # -- life-cycle ----------------------------------------------------------
 
     def markChanged(self) -> None:  # noqa: N802 - ViUR's name
         """Force the next :meth:`save` to write."""
+        self._ensure_loaded()
         self.changed = True
 
     def reset(self) -> None:
-        """Start over: new random key, empty data; the old entity is deleted on save."""
+        """Start over: a new random key (and ``session_id``) at once, empty data; the old entity goes on save."""
+        self._ensure_loaded()
         if self._stored_name is not None:
             self._obsolete.append(self._stored_name)
         self._start_fresh()
+        self._cookie_key = rules.new_key()
         self.changed = True
 
     def _reset_keeping(self, fields: Iterable[str], user: str) -> None:
-        kept = {name: self._data[name] for name in fields if name in self._data}
+        self._ensure_loaded()
+        kept = {name: self._data[name] for name in dict.fromkeys(fields) if name in self._data}
         self.reset()
         self._data.update(kept)
-        self.user = user
+        self._user = user
 
-    def login(self, user_key: str) -> None:
-        """Full reset for a login, keeping only ``persistent_fields_on_login``.
+    def login(self, user_key: str, *, keep: Iterable[str] = ()) -> None:
+        """Full reset for a login: a new key, keeping ``persistent_fields_on_login`` and ``keep``.
 
         ``user_key`` must be a user key that kill-by-user can name: a non-empty
         printable string of at most 1,500 bytes, not ``"__guest__"``. Anything
@@ -283,63 +396,76 @@ class Session(MutableMapping[str, Any]):
         """
         if not rules.valid_login(user_key):
             raise MisuseError("login needs a user key: a non-empty printable string of at most 1500 bytes")
-        self._reset_keeping(self.settings.persistent_fields_on_login, user_key)
+        self._reset_keeping([*self.settings.persistent_fields_on_login, *keep], user_key)
 
-    def logout(self) -> None:
-        """Full reset for a logout, keeping only ``persistent_fields_on_logout``."""
-        self._reset_keeping(self.settings.persistent_fields_on_logout, GUEST_USER)
+    def logout(self, *, keep: Iterable[str] = ()) -> None:
+        """Full reset for a logout: a new key, keeping ``persistent_fields_on_logout`` and ``keep``."""
+        self._reset_keeping([*self.settings.persistent_fields_on_logout, *keep], GUEST_USER)
 
     # -- mapping -------------------------------------------------------------
 
+    def _read(self) -> dict[str, Any]:
+        self._ensure_loaded()
+        self.accessed = True
+        return self._data
+
+    def _changed(self, result: Any) -> Any:
+        """Mark the session changed once a mutation succeeded (as Flask's CallbackDict does)."""
+        self.changed = True
+        return result
+
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return self._read()[key]
 
     def __setitem__(self, key: str, item: Any) -> None:
-        self._data[key] = item
+        self._read()[key] = item
         self.changed = True
 
     def __delitem__(self, key: str) -> None:
-        del self._data[key]
+        del self._read()[key]
         self.changed = True
 
     def __contains__(self, key: object) -> bool:
-        return key in self._data
+        return key in self._read()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
+        return iter(self._read())
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._read())
 
     def __ior__(self, other: Mapping[str, Any]) -> Session:
         """Merge a dict into the session."""
-        self._data.update(other)
-        self.changed = True
+        self.update(other)
         return self
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
-        self._data.update(other, **kwargs)
+        self._read().update(other, **kwargs)
         self.changed = True
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Marks the session changed: the returned value may be mutated in place."""
-        self.changed = True
-        return self._data.setdefault(key, default)
+        return self._changed(self._read().setdefault(key, default))
 
     def pop(self, key: str, *default: Any) -> Any:
-        self.changed = True
-        return self._data.pop(key, *default)
+        return self._changed(self._read().pop(key, *default))
 
     def popitem(self) -> tuple[str, Any]:
-        self.changed = True
-        return self._data.popitem()
+        return self._changed(self._read().popitem())  # type: ignore[no-any-return]
 
     def clear(self) -> None:
-        self._data.clear()
+        self._read().clear()
         self.changed = True
 
+    def peek(self, key: str, default: Any = None) -> Any:
+        """A value, without counting as an access (adapters use it to read their own flags)."""
+        self._ensure_loaded()
+        return self._data.get(key, default)
+
     def __repr__(self) -> str:
-        return f"<Session user={self.user!r} fields={len(self._data)} changed={self.changed}>"
+        if self._pending is not None:
+            return "<Session not loaded yet>"
+        return f"<Session user={self._user!r} fields={len(self._data)} changed={self.changed}>"
 
 
 def registered_delete_observer() -> DeleteObserver | None:

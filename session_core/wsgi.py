@@ -57,7 +57,7 @@ class SessionMiddleware:
             if exc_info is None:
                 session.save(context)
                 headers = [*headers, *context.headers]
-                if context.headers:
+                if context.headers or session.accessed:  # a shared cache must not serve one user's page to another
                     headers.append(("Vary", "Cookie"))
             return start_response(status, headers, exc_info)
 

@@ -78,6 +78,9 @@ COOKIES = st.one_of(
 @pytest.fixture
 def app(client: datastore.Client, settings: Settings) -> flask.Flask:
     app = flask.Flask(__name__)
+    app.config.update(
+        SESSION_COOKIE_NAME=settings.cookie_name, SESSION_COOKIE_SECURE=True, SESSION_COOKIE_SAMESITE="Lax"
+    )
     app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
 
     @app.get("/")
@@ -96,7 +99,7 @@ def test_ten_thousand_generated_cookies(
     app: flask.Flask, client: datastore.Client, settings: Settings, rpcs: RpcCounter
 ) -> None:
     browser = app.test_client(use_cookies=False)  # only the generated cookie is sent
-    ours = re.compile(rf"{re.escape(settings.cookie_name)}=[A-Za-z0-9]{{42}}; Path=/; HttpOnly; Secure; SameSite=Lax")
+    ours = re.compile(rf"{re.escape(settings.cookie_name)}=[A-Za-z0-9]{{42}}; Secure; HttpOnly; Path=/; SameSite=Lax")
     seen: Counter[str] = Counter()
 
     @hsettings(GENERATED, max_examples=10_000)

@@ -1,20 +1,38 @@
-"""A Flask app with DatastoreSessionInterface, through Flask's test client."""
+"""Flask's own session contract, point by point from Flask's documentation, through Flask's test client.
+
+What Flask documents (flask.sessions, the configuration page, "Sessions" in the
+quickstart) and tests: the cookie comes from ``app.config``; ``modified`` is the
+flag that makes a save; ``accessed`` gives ``Vary: Cookie``; an emptied session
+loses its cookie; ``permanent`` and ``PERMANENT_SESSION_LIFETIME`` give the
+cookie an expiry; ``SESSION_REFRESH_EACH_REQUEST`` re-sends it. Where we differ
+on purpose: no ``SECRET_KEY`` is needed (nothing is signed).
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import flask
+import flask_login
 import pytest
 from google.cloud import datastore
 from markupsafe import Markup
+from werkzeug.http import parse_date
 
-from session_core import Settings
+from session_core import Settings, killSessionByUser
 from session_core.flask import DatastoreSessionInterface
 from session_core.rules import hash_key
+from tests.conftest import RpcCounter
 
 
-@pytest.fixture
-def app(client: datastore.Client, settings: Settings) -> flask.Flask:
+def stored(client: datastore.Client, settings: Settings, cookie: str | None) -> datastore.Entity | None:
+    assert cookie is not None
+    return client.get(client.key(settings.kind, hash_key(cookie), namespace=settings.namespace))
+
+
+def make_app(client: datastore.Client, settings: Settings, **config: object) -> flask.Flask:
     app = flask.Flask(__name__)
+    app.config.update(config)
     app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
 
     @app.post("/cart/<item>")
@@ -25,6 +43,27 @@ def app(client: datastore.Client, settings: Settings) -> flask.Flask:
     @app.get("/cart")
     def show() -> dict[str, object]:
         return {"cart": flask.session.get("cart", [])}
+
+    @app.get("/nothing")
+    def nothing() -> str:
+        return ""
+
+    @app.post("/permanent/<int:on>")
+    def permanent(on: int) -> str:
+        flask.session["n"] = 1
+        flask.session.permanent = bool(on)
+        return ""
+
+    @app.post("/in-place")
+    def in_place() -> str:
+        flask.session["cart"].append("in place")  # not seen by the session ...
+        flask.session.modified = True  # ... until the app says so, as Flask documents
+        return ""
+
+    @app.post("/clear")
+    def clear() -> str:
+        flask.session.clear()
+        return ""
 
     @app.post("/flash/<category>/<message>")
     def flash(category: str, message: str) -> flask.Response:
@@ -43,38 +82,283 @@ def app(client: datastore.Client, settings: Settings) -> flask.Flask:
     return app
 
 
-def test_flask_app_keeps_a_cart_across_requests(app: flask.Flask, client: datastore.Client, settings: Settings) -> None:
+@pytest.fixture
+def app(client: datastore.Client, settings: Settings) -> flask.Flask:
+    return make_app(client, settings)
+
+
+def cookie_header(response: flask.Response | object, name: str = "session") -> str:
+    headers = [h for h in response.headers.getlist("Set-Cookie") if h.startswith(f"{name}=")]  # type: ignore[attr-defined]
+    assert len(headers) == 1, headers
+    return headers[0]
+
+
+# -- the basics -------------------------------------------------------------------------
+
+
+def test_a_cart_lives_across_requests_in_the_store_under_the_hashed_cookie(
+    app: flask.Flask, client: datastore.Client, settings: Settings
+) -> None:
     browser = app.test_client()
     assert browser.get("/cart").json == {"cart": []}
-    first = browser.post("/cart/book")
-    assert first.headers.getlist("Set-Cookie")[0].startswith(f"{settings.cookie_name}=")
-    assert "Cookie" in first.headers.get("Vary", "")
+    assert browser.post("/cart/book").json == {"cart": ["book"]}
     assert browser.post("/cart/pen").json == {"cart": ["book", "pen"]}
+    cookie = browser.get_cookie("session")
+    assert cookie is not None and stored(client, settings, cookie.value) is not None
     assert browser.get("/cart").json == {"cart": ["book", "pen"]}
-    cookie = browser.get_cookie(settings.cookie_name)
-    assert cookie is not None
-    assert client.get(client.key(settings.kind, hash_key(cookie.value), namespace=settings.namespace)) is not None
 
 
-def test_flask_read_only_request_sets_no_cookie(app: flask.Flask) -> None:
-    response = app.test_client().get("/cart")
-    assert response.headers.getlist("Set-Cookie") == []
+def test_no_secret_key_is_needed_where_flask_cookie_sessions_need_one(app: flask.Flask) -> None:
+    assert app.secret_key is None
+    browser = app.test_client()
+    browser.post("/flash/error/bad")
+    assert browser.post("/flash/markup/saved", follow_redirects=True).json == [
+        ["error", "bad"],
+        ["markup", "<b>saved</b>"],
+    ]
+    assert browser.get("/messages").json == []  # shown once
 
 
-def test_flask_login_rotates_the_cookie(app: flask.Flask, settings: Settings) -> None:
+def test_session_login_rotates_the_cookie(app: flask.Flask) -> None:
     browser = app.test_client()
     browser.post("/cart/book")
-    before = browser.get_cookie(settings.cookie_name)
+    before = browser.get_cookie("session")
     browser.post("/login/alice")
-    after = browser.get_cookie(settings.cookie_name)
+    after = browser.get_cookie("session")
     assert before is not None and after is not None and before.value != after.value
     assert browser.get("/cart").json == {"cart": []}
 
 
-def test_flash_messages_survive_a_redirect_and_are_shown_once(app: flask.Flask) -> None:
+# -- app.config drives the cookie ----------------------------------------------------
+
+
+def test_flask_config_drives_every_cookie_attribute(client: datastore.Client, settings: Settings) -> None:
+    app = make_app(
+        client,
+        settings,
+        SESSION_COOKIE_NAME="__Host-sid",
+        SESSION_COOKIE_DOMAIN=".example.com",
+        SESSION_COOKIE_PATH="/shop",
+        SESSION_COOKIE_HTTPONLY=False,
+        SESSION_COOKIE_SECURE=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_PARTITIONED=True,
+    )
     browser = app.test_client()
-    browser.post("/flash/error/bad")
-    redirected = browser.post("/flash/markup/saved", follow_redirects=True)
-    assert redirected.status_code == 200
-    assert redirected.json == [["error", "bad"], ["markup", "<b>saved</b>"]]
-    assert browser.get("/messages").json == []
+    header = cookie_header(browser.post("/cart/book", base_url="https://www.example.com"), "__Host-sid").lower()
+    for attribute in ("domain=example.com", "path=/shop", "secure", "samesite=strict", "partitioned"):
+        assert attribute in header
+    assert "httponly" not in header and "expires" not in header  # not permanent: a browser-session cookie
+    cleared = cookie_header(browser.post("/clear", base_url="https://www.example.com"), "__Host-sid").lower()
+    assert cleared.startswith("__host-sid=;") and "max-age=0" in cleared
+    for attribute in ("domain=example.com", "path=/shop", "secure", "samesite=strict", "partitioned"):
+        assert attribute in cleared
+
+
+def test_the_cookie_path_falls_back_to_application_root(client: datastore.Client, settings: Settings) -> None:
+    app = make_app(client, settings, APPLICATION_ROOT="/app")
+    assert "Path=/app" in cookie_header(app.test_client().post("/cart/book"))
+
+
+def test_a_bad_samesite_raises_value_error_as_flask_does_and_stores_nothing(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    app = make_app(client, settings, SESSION_COOKIE_SAMESITE="sometimes", TESTING=True)
+    with pytest.raises(ValueError, match="SameSite"):
+        app.test_client().post("/cart/book")
+    assert rpcs.calls["commit"] == 0
+
+
+# -- modified, accessed, Vary ---------------------------------------------------------
+
+
+def test_modified_starts_false_and_setting_it_saves_an_in_place_change(app: flask.Flask) -> None:
+    with app.test_request_context():
+        assert flask.session.modified is False  # a fresh session
+    browser = app.test_client()
+    browser.post("/cart/book")
+    with browser:
+        browser.get("/cart")
+        assert flask.session.modified is False  # a loaded one
+        assert flask.session.accessed is True
+    browser.post("/in-place")
+    assert browser.get("/cart").json == {"cart": ["book", "in place"]}
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/cart"), ("POST", "/cart/x"), ("POST", "/clear")])
+def test_vary_cookie_on_every_response_that_accessed_the_session(app: flask.Flask, method: str, path: str) -> None:
+    browser = app.test_client()
+    browser.post("/cart/book")
+    response = browser.open(path, method=method)
+    assert response.headers.getlist("Vary") == ["Cookie"]
+
+
+def test_no_vary_and_no_cookie_when_the_session_was_not_used(app: flask.Flask, rpcs: RpcCounter) -> None:
+    response = app.test_client().get("/nothing")
+    assert "Vary" not in response.headers and "Set-Cookie" not in response.headers
+    assert rpcs.total == 0  # no cookie, no RPC
+
+
+def test_a_read_only_request_writes_nothing_and_sets_no_cookie(app: flask.Flask, rpcs: RpcCounter) -> None:
+    browser = app.test_client()
+    browser.post("/cart/book")
+    rpcs.reset()
+    response = browser.get("/cart")
+    assert response.headers.getlist("Set-Cookie") == [] and rpcs.calls == {"lookup": 1}
+
+
+def test_an_emptied_guest_session_is_deleted_with_its_cookie(
+    app: flask.Flask, client: datastore.Client, settings: Settings
+) -> None:
+    browser = app.test_client()
+    browser.post("/cart/book")
+    cookie = browser.get_cookie("session")
+    assert cookie is not None
+    response = browser.post("/clear")
+    assert cookie_header(response).startswith("session=;") and "Max-Age=0" in cookie_header(response)
+    assert stored(client, settings, cookie.value) is None and browser.get_cookie("session") is None
+
+
+# -- permanent sessions and lifetimes -------------------------------------------------
+
+
+def test_a_permanent_session_gets_expires_and_max_age_and_lives_that_long_on_the_server(
+    client: datastore.Client, settings: Settings
+) -> None:
+    app = make_app(client, settings, PERMANENT_SESSION_LIFETIME=timedelta(days=14))
+    browser = app.test_client()
+    header = cookie_header(browser.post("/permanent/1"))
+    assert "Max-Age=1209600" in header
+    expires = parse_date(header.split("Expires=")[1].split(";")[0])
+    assert expires is not None
+    cookie = browser.get_cookie("session")
+    entity = stored(client, settings, cookie.value if cookie else None)
+    assert entity is not None and entity["lifetime"] == 14 * 86400
+    assert abs(expires.timestamp() - entity["expires"].timestamp()) < 2
+
+
+def test_a_non_permanent_session_has_a_browser_cookie_and_lives_the_permanent_lifetime_idle(
+    client: datastore.Client, settings: Settings
+) -> None:
+    app = make_app(client, settings, PERMANENT_SESSION_LIFETIME=timedelta(hours=2))
+    browser = app.test_client()
+    header = cookie_header(browser.post("/permanent/0"))
+    assert "Expires" not in header and "Max-Age" not in header
+    cookie = browser.get_cookie("session")
+    entity = stored(client, settings, cookie.value if cookie else None)
+    assert entity is not None and entity["lifetime"] == 2 * 3600  # as Flask-Session does
+
+
+@pytest.mark.parametrize(("refresh", "permanent", "resent"), [(True, 1, True), (False, 1, False), (True, 0, False)])
+def test_refresh_each_request_resends_a_permanent_cookie_without_an_extra_write(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter, refresh: bool, permanent: int, resent: bool
+) -> None:
+    app = make_app(client, settings, SESSION_REFRESH_EACH_REQUEST=refresh)
+    browser = app.test_client()
+    browser.post(f"/permanent/{permanent}")
+    rpcs.reset()
+    response = browser.get("/nothing")  # a page that does not even use the session
+    assert ("Set-Cookie" in response.headers) is resent
+    assert rpcs.calls == {"lookup": 1}  # inside the refresh window: no write
+
+
+# -- Flask-Login ------------------------------------------------------------------------
+
+
+class User(flask_login.UserMixin):
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
+@pytest.fixture
+def login_app(client: datastore.Client, settings: Settings) -> flask.Flask:
+    settings_with_fields = Settings(
+        **{**settings.__dict__, "persistent_fields_on_login": ("language",), "persistent_fields_on_logout": ()}
+    )
+    app = make_app(client, settings_with_fields, SECRET_KEY="flask-login signs its remember cookie")
+    manager = flask_login.LoginManager(app)
+    manager.user_loader(User)
+
+    @app.post("/set/<key>/<value>")
+    def set_value(key: str, value: str) -> str:
+        flask.session[key] = value
+        return ""
+
+    @app.post("/sign-in/<user>")
+    def sign_in(user: str) -> str:
+        flask_login.login_user(User(user), remember=flask.request.args.get("remember") == "1")
+        return ""
+
+    @app.post("/sign-out")
+    def sign_out() -> str:
+        flask_login.logout_user()
+        return ""
+
+    @app.get("/me")
+    def me() -> str:
+        return str(flask_login.current_user.get_id() or "anonymous")
+
+    return app
+
+
+def test_login_user_stores_the_user_rotates_the_key_and_keeps_flask_logins_keys(
+    login_app: flask.Flask, client: datastore.Client, settings: Settings
+) -> None:
+    browser = login_app.test_client()
+    browser.post("/set/language/de")
+    browser.post("/set/cart/full")
+    guest = browser.get_cookie("session")
+    browser.post("/sign-in/alice?remember=1")
+    signed_in = browser.get_cookie("session")
+    assert guest is not None and signed_in is not None and guest.value != signed_in.value
+    assert stored(client, settings, guest.value) is None  # the old key is gone: no fixation
+    entity = stored(client, settings, signed_in.value)
+    assert entity is not None and entity["user"] == "alice"
+    assert {"_user_id", "_fresh", "_id", "language"} <= set(entity["data"]) and "cart" not in entity["data"]
+    assert browser.get("/me").text == "alice"
+
+
+def test_logout_user_makes_a_guest_and_lets_flask_login_clear_its_remember_cookie(
+    login_app: flask.Flask, client: datastore.Client, settings: Settings
+) -> None:
+    browser = login_app.test_client()
+    browser.post("/sign-in/alice?remember=1")
+    assert browser.get_cookie("remember_token") is not None
+    signed_in = browser.get_cookie("session")
+    response = browser.post("/sign-out")
+    assert any(h.startswith("remember_token=;") for h in response.headers.getlist("Set-Cookie"))
+    assert browser.get_cookie("remember_token") is None
+    assert signed_in is not None and stored(client, settings, signed_in.value) is None
+    assert browser.get("/me").text == "anonymous"
+
+
+def test_a_kill_logs_the_browser_out_on_its_next_request(
+    login_app: flask.Flask, client: datastore.Client, settings: Settings
+) -> None:
+    browser = login_app.test_client()
+    browser.post("/sign-in/alice")
+    assert browser.get("/me").text == "alice"
+    killSessionByUser("alice", client=client, settings=settings)
+    assert browser.get("/me").text == "anonymous"
+
+
+def test_a_remember_me_cookie_cannot_undo_a_kill_until_the_next_interactive_login(
+    login_app: flask.Flask, client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    browser = login_app.test_client()
+    browser.post("/sign-in/alice?remember=1")
+    browser.delete_cookie("session")  # the browser was closed: only the remember-me cookie is left
+    rpcs.reset()
+    assert browser.get("/me").text == "alice"  # Flask-Login's remember-me works ...
+    assert rpcs.calls["lookup"] == 1  # ... for one lookup: the kill record (no session cookie, no session lookup)
+    rpcs.reset()
+    assert browser.get("/me").text == "alice"  # the remembered login became a session: no kill-record lookup
+    assert rpcs.calls["lookup"] == 1
+    killSessionByUser("alice", client=client, settings=settings)
+    response = browser.get("/me")
+    assert response.status_code == 401  # refused; Flask-Login's unauthorized() answers (no login view here)
+    assert browser.get_cookie("remember_token") is None  # and its cookie is gone
+    assert browser.get("/me").text == "anonymous"
+    browser.post("/sign-in/alice?remember=1")  # an interactive login
+    browser.delete_cookie("session")
+    assert browser.get("/me").text == "alice"  # remember-me works again

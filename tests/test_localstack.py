@@ -13,7 +13,14 @@ import pytest
 pytestmark = pytest.mark.slow  # fault and whole-stack runs: make test runs them, the 3.13 pass does not
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK_PROCESSES = ("java", "gcloud_tasks_emulator", "functions-framework", "cloud_firestore_emulator", "pubsub")
+STACK_PROCESSES = (
+    "java",
+    "gcloud_tasks_emulator",
+    "functions-framework",
+    "cloud_firestore_emulator",
+    "pubsub",
+    "devstack.demo_app",
+)
 
 
 def stack_processes() -> set[int]:
@@ -55,6 +62,7 @@ def test_make_run_once_tells_the_story_and_stops_everything(attempt: str) -> Non
     }
     assert re.search(r"clear_sessions \(HTTP POST, as Cloud Scheduler\): deleted 5,000 in [\d.]+ s", done.stdout)
     assert re.search(r"kill-user 'alice' .*: 1,200 sessions gone in [\d.]+ s", done.stdout)
+    assert re.search(r"Flask demo page http://127.0.0.1:\d+/: signed in as 'carol'", done.stdout)
     assert stack_processes() <= before  # every emulator and function process it started is gone
 
 

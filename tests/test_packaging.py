@@ -86,7 +86,7 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
 
     app_dir = tmp_path / "someone-elses-app"
     app_dir.mkdir()
-    [flask_example] = readme_python_blocks("### Flask (and functions-framework, which is Flask)")
+    [flask_example] = readme_python_blocks("### Flask")
     (app_dir / "app.py").write_text(flask_example)
     (app_dir / "drive.py").write_text(
         "import session_core, sys\n"

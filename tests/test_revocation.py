@@ -75,7 +75,7 @@ def test_first_batch_goes_at_once_and_the_rest_continues_as_tasks(
     queued: list[Step] = []
     rpcs.reset()
     result = killSessionByUser("alice", client=client, settings=settings, enqueue=queued.append)
-    assert rpcs.calls == {"run_query": 1, "commit": 1}  # one keys-only page, one commit
+    assert rpcs.calls == {"run_query": 1, "commit": 2}  # the kill record, one keys-only page, one delete commit
     assert result.deleted == 500 and result.continued and len(queued) == 1
     assert len(remaining(client, settings)) == sum(map(len, population.values())) - 500
     assert drain(client, settings, queued) == 700

@@ -24,6 +24,7 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import MisuseError
+from session_core.logins import record_kill
 from session_core.maintenance.shards import plan_shards
 from session_core.maintenance.steps import Enqueue, KillStep
 from session_core.maintenance.sweep import (
@@ -167,7 +168,9 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     ``except_session`` (an opaque session id) survives. One user: the first
     batch is deleted before this returns; the rest goes to ``enqueue`` (or
     runs inline without a queue). Guests and everyone: one chain per shard,
-    each enqueued (or run inline). ``observer`` is told of each session
+    each enqueued (or run inline). A kill of a user or of everyone is
+    recorded first (:mod:`session_core.logins`), so that a remember-me
+    cookie cannot log them back in. ``observer`` is told of each session
     deleted here (steps run later by Cloud Tasks tell the observer of the
     process that runs them). Idempotent; a repeated ``run_id`` names the
     same tasks, so Cloud Tasks drops the duplicates. A bad ``user`` or
@@ -178,6 +181,8 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     if except_session is not None and not valid_session_id(except_session):
         raise MisuseError("except_session must be a session id (64 hex digits)")
     run_id = run_id or uuid.uuid4().hex
+    if user != GUEST_USER:  # so that no remember-me cookie logs a killed user back in
+        record_kill(client, settings, user, time.time())
     if user is not None and user != GUEST_USER:
         step = KillStep(run_id, user, except_session)
         return run_kill_step(
