@@ -13,7 +13,8 @@
 #   --destroy                    remove what this script created; keep the database and the sessions,
 #                                pause and purge the queue (its name cannot be reused for days)
 #   --dry-run[=again]            print every command in order and run none: as for a first deploy,
-#                                or (=again) as for a project where everything is in place
+#                                or (=again, and always with --destroy) as for a project where
+#                                everything is in place
 #   --work-dir DIR               where the files gcloud reads are written (default: a new temporary
 #                                directory, kept after a dry run)
 set -euo pipefail
@@ -44,6 +45,8 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown argument: $1" >&2; usage 2 ;;
   esac
 done
+# A dry run of --destroy shows what it would remove from a project where everything is in place.
+[ "$DESTROY$DRY_RUN" != 1first ] || DRY_RUN=again
 [ -n "$PROJECT" ] || die "--project is required"
 [ -n "$REGION" ] || die "--region is required"
 [ -n "$SETTINGS" ] || [ "$DESTROY" = 1 ] || die "--settings FILE is required (the settings file your app loads too)"
@@ -70,6 +73,7 @@ TASKS_SA="$(sa session-tasks)"
 BUILDER_SA="$(sa session-builder)"
 RUNTIME_ROLES=(roles/datastore.user roles/cloudtasks.enqueuer)
 BUILDER_ROLES=(roles/cloudbuild.builds.builder)
+roles_of() { case "$1" in session-functions) printf '%s\n' "${RUNTIME_ROLES[@]}" ;; session-builder) printf '%s\n' "${BUILDER_ROLES[@]}" ;; esac; }
 METRICS=()
 for file in "$HERE"/metrics/*.json; do METRICS+=("$(basename "$file" .json)"); done
 POLICIES=(no-cleanup failed-runs dead-letters task-errors)
@@ -218,13 +222,15 @@ destroy() {
   fi
 
   step "service accounts"
-  for role in "${RUNTIME_ROLES[@]}"; do
-    run gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$RUNTIME_SA" --role "$role" \
-      --condition None --quiet
-  done
-  for role in "${BUILDER_ROLES[@]}"; do
-    run gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$BUILDER_SA" --role "$role" \
-      --condition None --quiet
+  local held role
+  for account in session-functions session-builder; do
+    lookup held "$(roles_of "$account")" -- gcloud projects get-iam-policy "$PROJECT" --flatten 'bindings[].members' \
+      --filter "bindings.members=serviceAccount:$(sa "$account")" --format 'value(bindings.role)'
+    for role in $(roles_of "$account"); do
+      grep -qx "$role" <<< "$held" || continue
+      run gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$(sa "$account")" \
+        --role "$role" --condition None --quiet
+    done
   done
   for account in "${ACCOUNTS[@]}"; do
     lookup name "$(sa "$account")" -- gcloud iam service-accounts describe "$(sa "$account")" "${AT[@]}" --format 'value(email)'

@@ -28,7 +28,7 @@ NUMBERS = {"SESSION_TIME_BUDGET": 300, "SESSION_SHARDS": 16, "SESSION_CLEAR_SHAR
 NAME = re.compile(r"SESSION_[A-Z0-9_]+|GOOGLE_CLOUD_PROJECT")
 
 
-class Refused(Exception):
+class RefusedError(Exception):
     """What deploy.sh prints as ``error: ...`` before it changes anything."""
 
 
@@ -37,21 +37,22 @@ def load_settings(path: str, project: str) -> dict[str, str]:
     try:
         loaded = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise Refused(f"--settings {path}: cannot read it ({exc.strerror})") from None
+        raise RefusedError(f"--settings {path}: cannot read it ({exc.strerror})") from None
     except ValueError as exc:
-        raise Refused(f"--settings {path}: not JSON ({exc})") from None
+        raise RefusedError(f"--settings {path}: not JSON ({exc})") from None
     if not isinstance(loaded, dict) or not all(isinstance(value, str) for value in loaded.values()):
-        raise Refused(f"--settings {path}: must be a flat JSON object whose values are all strings")
+        raise RefusedError(f"--settings {path}: must be a flat JSON object whose values are all strings")
     for name in sorted(loaded):
         if not NAME.fullmatch(name):
-            raise Refused(f"--settings {path}: {name} is not a setting the functions read (SESSION_* only)")
+            raise RefusedError(f"--settings {path}: {name} is not a setting the functions read (SESSION_* only)")
         if name in DERIVED:
-            raise Refused(f"--settings {path}: {name} is set by deploy.sh from the project; remove it")
-    if loaded.get("GOOGLE_CLOUD_PROJECT", project) != project:
-        raise Refused(f"--settings {path}: GOOGLE_CLOUD_PROJECT is {loaded['GOOGLE_CLOUD_PROJECT']}, not {project}")
+            raise RefusedError(f"--settings {path}: {name} is set by deploy.sh from the project; remove it")
+    named = loaded.get("GOOGLE_CLOUD_PROJECT", project)
+    if named != project:
+        raise RefusedError(f"--settings {path}: GOOGLE_CLOUD_PROJECT is {named}, not {project}")
     for name in NUMBERS:
         if name in loaded and not loaded[name].strip().isdigit():
-            raise Refused(f"--settings {path}: {name} must be a whole number, not {loaded[name]!r}")
+            raise RefusedError(f"--settings {path}: {name} must be a whole number, not {loaded[name]!r}")
     return loaded
 
 
@@ -92,7 +93,7 @@ def period(args: argparse.Namespace) -> None:
         if fixed.fullmatch(minute) and fixed.fullmatch(hour):
             print(86400)
             return
-    raise Refused(
+    raise RefusedError(
         f"--schedule {args.cron!r}: use '*/N * * * *' (N divides 60), 'M * * * *', 'M */H * * *' (H divides 24) "
         "or 'M H * * *', so that the alerts know how often a run is due"
     )
@@ -170,7 +171,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except Refused as exc:
+    except RefusedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
