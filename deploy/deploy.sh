@@ -1,160 +1,428 @@
 #!/usr/bin/env bash
 # Deploy session_core to a Google Cloud project: idempotent, safe to re-run.
 #
-#   deploy/deploy.sh --project P --region R [--schedule CRON] [--ttl] [--dry-run]
+#   deploy/deploy.sh --project P --region R --settings FILE [options]
 #
-# Settings: any SESSION_* variable in the environment is passed to the functions
-# (see the README's settings table); PROJECT and REGION may also come from the
-# environment. --dry-run prints every command, in order, and runs none.
+#   --settings FILE              the settings file your app loads too (Settings.from_file): a flat JSON
+#                                object of strings; exactly it, plus what this script derives, reaches
+#                                the functions (the shell's SESSION_* variables are ignored)
+#   --schedule CRON              cleanup schedule, UTC (default '*/15 * * * *')
+#   --database-location LOC      where to create the database if it is missing (default: the region)
+#   --notification-channel NAME  projects/P/notificationChannels/ID that the alerts notify; repeatable
+#   --ttl                        also add a Datastore TTL policy on `expires` (a backstop)
+#   --destroy                    remove what this script created; keep the database and the sessions,
+#                                pause and purge the queue (its name cannot be reused for days)
+#   --dry-run[=again]            print every command in order and run none: as for a first deploy,
+#                                or (=again, and always with --destroy) as for a project where
+#                                everything is in place
+#   --work-dir DIR               where the files gcloud reads are written (default: a new temporary
+#                                directory, kept after a dry run)
 set -euo pipefail
 
-PROJECT="${PROJECT:-}"
-REGION="${REGION:-}"
-SCHEDULE="${SCHEDULE:-*/15 * * * *}"
-TTL=0
-DRY_RUN=0
-RUNTIME="${RUNTIME:-python312}"
-SOURCE_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+SOURCE_DIR="$(dirname "$HERE")"
+PROJECT="" REGION="" SETTINGS="" SCHEDULE="*/15 * * * *" DB_LOCATION="" TTL=0 DESTROY=0 DRY_RUN="" WORK=""
+CHANNELS=()
+RUNTIME=python312
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "error: $*" >&2; exit 2; }
+need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --project) PROJECT="$2"; shift 2 ;;
-    --region) REGION="$2"; shift 2 ;;
-    --schedule) SCHEDULE="$2"; shift 2 ;;
+    --project) need "$@"; PROJECT="$2"; shift 2 ;;
+    --region) need "$@"; REGION="$2"; shift 2 ;;
+    --settings) need "$@"; SETTINGS="$2"; shift 2 ;;
+    --schedule) need "$@"; SCHEDULE="$2"; shift 2 ;;
+    --database-location) need "$@"; DB_LOCATION="$2"; shift 2 ;;
+    --notification-channel) need "$@"; CHANNELS+=("$2"); shift 2 ;;
+    --work-dir) need "$@"; WORK="$2"; shift 2 ;;
     --ttl) TTL=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
+    --destroy) DESTROY=1; shift ;;
+    --dry-run) DRY_RUN=first; shift ;;
+    --dry-run=again) DRY_RUN=again; shift ;;
     -h|--help) usage 0 ;;
-    *) echo "unknown argument: $1" >&2; usage 2 ;;
+    *) echo "error: unknown argument: $1" >&2; usage 2 ;;
   esac
 done
-[ -n "$PROJECT" ] || { echo "error: --project (or PROJECT) is required" >&2; exit 2; }
-[ -n "$REGION" ] || { echo "error: --region (or REGION) is required" >&2; exit 2; }
+# A dry run of --destroy shows what it would remove from a project where everything is in place.
+[ "$DESTROY$DRY_RUN" != 1first ] || DRY_RUN=again
+[ -n "$PROJECT" ] || die "--project is required"
+[ -n "$REGION" ] || die "--region is required"
+[ -n "$SETTINGS" ] || [ "$DESTROY" = 1 ] || die "--settings FILE is required (the settings file your app loads too)"
+command -v python3 >/dev/null || die "python3 is required (it checks the settings file and writes the files gcloud reads)"
+for channel in ${CHANNELS[@]+"${CHANNELS[@]}"}; do
+  [[ "$channel" =~ ^projects/[^/]+/notificationChannels/[^/]+$ ]] ||
+    die "--notification-channel $channel: expected projects/P/notificationChannels/ID"
+done
 
-KIND="${SESSION_KIND:-viur-session}"
-BUDGET="${SESSION_TIME_BUDGET:-300}"
+render() { python3 "$HERE/render.py" "$@"; }
+
+# -- names ------------------------------------------------------------------------------------------
 QUEUE=session-tasks
 QUEUE_PATH="projects/$PROJECT/locations/$REGION/queues/$QUEUE"
 TOPIC=kill-user
-DEAD_LETTER=kill-user-dead-letter
-RUNTIME_SA="session-functions@$PROJECT.iam.gserviceaccount.com"
-SCHEDULER_SA="session-scheduler@$PROJECT.iam.gserviceaccount.com"
-TASKS_SA="session-tasks@$PROJECT.iam.gserviceaccount.com"
-URL_BASE="https://$REGION-$PROJECT.cloudfunctions.net"
-TASK_URL="$URL_BASE/session_task"
-CLEAR_URL="$URL_BASE/clear_sessions"
-# HTTP functions may run 3600 s, event-driven ones 540 s; each step stops at the budget.
-HTTP_TIMEOUT=$(( BUDGET + 240 ))
-[ "$HTTP_TIMEOUT" -le 3600 ] || HTTP_TIMEOUT=3600
-EVENT_TIMEOUT=540
+DEAD_LETTER=kill-user-dead-letter   # the topic, and the subscription that keeps what reaches it
+JOB=clear-sessions
+FUNCTIONS=(clear_sessions session_task kill_user_sessions)
+ACCOUNTS=(session-functions session-scheduler session-tasks session-builder)
+sa() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
+RUNTIME_SA="$(sa session-functions)"
+SCHEDULER_SA="$(sa session-scheduler)"
+TASKS_SA="$(sa session-tasks)"
+BUILDER_SA="$(sa session-builder)"
+RUNTIME_ROLES=(roles/datastore.user roles/cloudtasks.enqueuer)
+BUILDER_ROLES=(roles/cloudbuild.builds.builder)
+roles_of() { case "$1" in session-functions) printf '%s\n' "${RUNTIME_ROLES[@]}" ;; session-builder) printf '%s\n' "${BUILDER_ROLES[@]}" ;; esac; }
+METRICS=()
+for file in "$HERE"/metrics/*.json; do METRICS+=("$(basename "$file" .json)"); done
+POLICIES=(no-cleanup failed-runs dead-letters task-errors)
 
-# Every command goes through run (or ensure): --dry-run prints instead of running.
+if [ -z "$WORK" ]; then
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/session-core-deploy.XXXXXX")"
+  [ -n "$DRY_RUN" ] || trap 'rm -rf "$WORK"' EXIT
+fi
+mkdir -p "$WORK"
+
+# -- one runner for every command ---------------------------------------------------------------------
+# Every gcloud command goes through run, lookup or value, which print it ("+ ...") before running it;
+# with --dry-run they only print. A failing command stops the script with a message naming the step.
+STEP=""
+step() { STEP="$1"; echo "== $1"; }
+show() {
+  local word out="+"
+  for word in "$@"; do
+    if [[ "$word" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then out+=" $word"; else out+=" '${word//\'/\'\\\'\'}'"; fi
+  done
+  echo "$out"
+}
+fail() { echo "error: step \"$STEP\" failed: $*" >&2; exit 1; }
 run() {
-  if [ "$DRY_RUN" = 1 ]; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi
+  show "$@"
+  [ -n "$DRY_RUN" ] && return 0
+  "$@" || fail "$(show "$@" | cut -c3-)"
 }
-# ensure "<check command>" -- <create command...>: create only what is missing.
-ensure() {
-  local check="$1"; shift; [ "$1" = "--" ] && shift
-  if [ "$DRY_RUN" = 1 ]; then
-    printf '+ %s || ' "$check"; printf '%q ' "$@"; printf '\n'
-  elif ! eval "$check" >/dev/null 2>&1; then
-    "$@"
+# New service accounts reach IAM a little after they are created: retry a binding that names one.
+run_retrying() {
+  show "$@"
+  [ -n "$DRY_RUN" ] && return 0
+  local attempt delay=5
+  for attempt in 1 2 3 4 5 6; do
+    "$@" && return 0
+    [ "$attempt" = 6 ] && break
+    echo "   retrying in ${delay}s (new service accounts take a while to reach IAM)" >&2
+    sleep "$delay"; delay=$(( delay * 2 ))
+  done
+  fail "$(show "$@" | cut -c3-) (6 attempts)"
+}
+# lookup VAR ANSWER -- CMD: VAR gets CMD's output, or "" when what it describes does not exist; any
+# other failure stops the script. A dry run answers "" as for a first deploy, ANSWER with =again.
+lookup() {
+  local var="$1" answer="$2" out err status=0; shift 3
+  show "$@"
+  if [ -n "$DRY_RUN" ]; then
+    [ "$DRY_RUN" = again ] || answer=""
+    printf -v "$var" '%s' "$answer"; return 0
   fi
+  err="$WORK/stderr"
+  out="$("$@" 2>"$err")" || status=$?
+  if [ "$status" != 0 ]; then
+    grep -qiE 'NOT_FOUND|not found|does not exist|404' "$err" || { cat "$err" >&2; fail "$(show "$@" | cut -c3-)"; }
+    out=""
+  fi
+  printf -v "$var" '%s' "$out"
+}
+# value VAR ANSWER -- CMD: VAR gets CMD's output, which must not be empty (a dry run answers ANSWER).
+value() {
+  local var="$1" answer="$2"; shift 3
+  lookup "$var" "$answer" -- "$@"
+  [ "$DRY_RUN" = first ] && printf -v "$var" '%s' "$answer"
+  [ -n "${!var}" ] || fail "$(show "$@" | cut -c3-) printed nothing"
 }
 
-ENV_VARS="GOOGLE_CLOUD_PROJECT=$PROJECT,SESSION_TASKS_QUEUE=$QUEUE_PATH,SESSION_TASK_URL=$TASK_URL"
-ENV_VARS="$ENV_VARS,SESSION_TASKS_SERVICE_ACCOUNT=$TASKS_SA,SESSION_TASK_AUDIENCE=$TASK_URL"
-while IFS='=' read -r name value; do
-  case "$name" in
-    SESSION_TASKS_QUEUE|SESSION_TASK_URL|SESSION_TASKS_SERVICE_ACCOUNT|SESSION_TASK_AUDIENCE) ;;
-    SESSION_*) ENV_VARS="$ENV_VARS,$name=$value" ;;
-  esac
-done < <(env | sort)
+AT=(--project "$PROJECT")
+IN=(--location "$REGION" --project "$PROJECT")
+FN=(--gen2 --region "$REGION" --project "$PROJECT")
+uri_placeholder() { echo "https://${1//_/-}-dryrun-${REGION}.a.run.app"; }
 
-# 1. APIs
-run gcloud services enable --project "$PROJECT" \
-  cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
-  eventarc.googleapis.com pubsub.googleapis.com cloudtasks.googleapis.com cloudscheduler.googleapis.com \
-  datastore.googleapis.com
+# -- settings and what follows from them -------------------------------------------------------------
+KIND=viur-session DATABASE="(default)" BUDGET=300 SHARDS=16
+if [ -n "$SETTINGS" ]; then
+  SETTINGS_OUT="$(render settings "$SETTINGS" "$PROJECT")" || exit 2
+  while IFS=$'\t' read -r name val; do
+    case "$name" in
+      kind) KIND="$val" ;; database) DATABASE="$val" ;; budget) BUDGET="$val" ;; shards) SHARDS="$val" ;;
+    esac
+  done <<< "$SETTINGS_OUT"
+fi
+PERIOD="$(render period "$SCHEDULE")" || exit 2
+# HTTP functions may run 3600 s, event-driven ones 540 s; each step stops at the budget.
+HTTP_TIMEOUT=$(( BUDGET + 240 )); [ "$HTTP_TIMEOUT" -le 3600 ] || HTTP_TIMEOUT=3600
+EVENT_TIMEOUT=540
+# Cloud Scheduler waits at most 30 minutes for an answer.
+DEADLINE=$HTTP_TIMEOUT; [ "$DEADLINE" -le 1800 ] || DEADLINE=1800
+# A run that answers 5xx (main.py's 503) is retried within its own period, before the next one is due.
+RETRY_MAX_BACKOFF=$(( PERIOD / 4 )); [ "$RETRY_MAX_BACKOFF" -ge 30 ] || RETRY_MAX_BACKOFF=30
+# The alerts: no cleanup within 3 periods; 3 failures within 3 periods.
+WINDOW=$(( PERIOD * 3 )); [ "$WINDOW" -le 86400 ] || WINDOW=86400
+# A kill-all or parallel cleanup runs one task per shard at once: never throttle it below that.
+CONCURRENCY=$SHARDS; [ "$CONCURRENCY" -ge 4 ] || CONCURRENCY=4
+DB_LOCATION="${DB_LOCATION:-$REGION}"
 
-# 2. Service accounts, least privilege
-for sa in session-functions session-scheduler session-tasks; do
-  ensure "gcloud iam service-accounts describe $sa@$PROJECT.iam.gserviceaccount.com --project $PROJECT" -- \
-    gcloud iam service-accounts create "$sa" --project "$PROJECT" --display-name "session_core $sa"
-done
-for role in roles/datastore.user roles/cloudtasks.enqueuer; do
-  run gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$RUNTIME_SA" --role "$role" \
-    --condition None --quiet
-done
-# The functions enqueue tasks that carry the tasks account's OIDC token: act-as on that account only.
-run gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" --project "$PROJECT" \
-  --member "serviceAccount:$RUNTIME_SA" --role roles/iam.serviceAccountUser
+# =====================================================================================================
+destroy() {
+  step "dashboard and alert policies"
+  local name
+  lookup name "projects/$PROJECT/dashboards/dry-run" -- gcloud monitoring dashboards list "${AT[@]}" \
+    --filter "displayName=\"$(render display-name "$HERE/dashboard.json")\"" --format 'value(name)'
+  [ -z "$name" ] || run gcloud monitoring dashboards delete "$name" "${AT[@]}" --quiet
+  for policy in "${POLICIES[@]}"; do
+    lookup name "projects/$PROJECT/alertPolicies/dry-run-$policy" -- gcloud alpha monitoring policies list "${AT[@]}" \
+      --filter "displayName=\"$(render display-name "$HERE/alerts/$policy.json")\"" --format 'value(name)'
+    while read -r found; do
+      [ -z "$found" ] || run gcloud alpha monitoring policies delete "$found" "${AT[@]}" --quiet
+    done <<< "$name"
+  done
 
-# 3. The Cloud Tasks queue: explicit rates, well below Datastore's 500/50/5 ramp-up
-#    (each step runs SESSION_DELETES_IN_FLIGHT commits of <= 500 keys at a time).
-ensure "gcloud tasks queues describe $QUEUE --location $REGION --project $PROJECT" -- \
-  gcloud tasks queues create "$QUEUE" --location "$REGION" --project "$PROJECT"
-run gcloud tasks queues update "$QUEUE" --location "$REGION" --project "$PROJECT" \
-  --max-dispatches-per-second 5 --max-concurrent-dispatches 4 \
-  --max-attempts 20 --min-backoff 10s --max-backoff 600s --max-doublings 5
+  step "log-based metrics"
+  for metric in "${METRICS[@]}"; do
+    lookup name "$metric" -- gcloud logging metrics describe "$metric" "${AT[@]}" --format 'value(name)'
+    [ -z "$name" ] || run gcloud logging metrics delete "$metric" "${AT[@]}" --quiet
+  done
 
-# 4. The kill-user topic and its dead-letter topic
-ensure "gcloud pubsub topics describe $TOPIC --project $PROJECT" -- \
-  gcloud pubsub topics create "$TOPIC" --project "$PROJECT"
-ensure "gcloud pubsub topics describe $DEAD_LETTER --project $PROJECT" -- \
-  gcloud pubsub topics create "$DEAD_LETTER" --project "$PROJECT"
+  step "scheduler job"
+  lookup name "$JOB" -- gcloud scheduler jobs describe "$JOB" "${IN[@]}" --format 'value(name)'
+  [ -z "$name" ] || run gcloud scheduler jobs delete "$JOB" "${IN[@]}" --quiet
 
-# 5. The three gen2 functions, all private
-COMMON=(--gen2 --runtime "$RUNTIME" --region "$REGION" --project "$PROJECT" --source "$SOURCE_DIR"
-        --service-account "$RUNTIME_SA" --no-allow-unauthenticated --set-env-vars "$ENV_VARS" --quiet)
-run gcloud functions deploy clear_sessions "${COMMON[@]}" --entry-point clear_sessions \
-  --trigger-http --timeout "${HTTP_TIMEOUT}s"
-run gcloud functions deploy session_task "${COMMON[@]}" --entry-point session_task \
-  --trigger-http --timeout "${HTTP_TIMEOUT}s"
-run gcloud functions deploy kill_user_sessions "${COMMON[@]}" --entry-point kill_user_sessions \
-  --trigger-topic "$TOPIC" --trigger-service-account "$RUNTIME_SA" --retry --timeout "${EVENT_TIMEOUT}s"
+  step "TTL policy"
+  lookup name "expires" -- gcloud firestore fields ttls list --collection-group "$KIND" --database "$DATABASE" \
+    "${AT[@]}" --format 'value(name)'
+  [ -z "$name" ] || run gcloud firestore fields ttls update expires --collection-group "$KIND" --disable-ttl \
+    --database "$DATABASE" "${AT[@]}" --async
 
-# 6. Who may call what: run.invoker on one function each
-run gcloud functions add-invoker-policy-binding clear_sessions --region "$REGION" --project "$PROJECT" \
-  --member "serviceAccount:$SCHEDULER_SA"
-run gcloud functions add-invoker-policy-binding session_task --region "$REGION" --project "$PROJECT" \
-  --member "serviceAccount:$TASKS_SA"
-run gcloud functions add-invoker-policy-binding kill_user_sessions --region "$REGION" --project "$PROJECT" \
-  --member "serviceAccount:$RUNTIME_SA"
+  step "functions"
+  for function in "${FUNCTIONS[@]}"; do
+    lookup name "$function" -- gcloud functions describe "$function" "${FN[@]}" --format 'value(name)'
+    [ -z "$name" ] || run gcloud functions delete "$function" "${FN[@]}" --quiet
+  done
 
-# 7. Dead-lettering on the trigger's subscription (Eventarc creates it)
-PUBSUB_AGENT="serviceAccount:service-\$(gcloud projects describe $PROJECT --format='value(projectNumber)')@gcp-sa-pubsub.iam.gserviceaccount.com"
-SUBSCRIPTION="\$(gcloud eventarc triggers list --location $REGION --project $PROJECT --filter='destination.cloudFunction~kill_user_sessions OR name~kill-user' --format='value(transport.pubsub.subscription)' | head -n 1)"
-if [ "$DRY_RUN" = 1 ]; then
-  echo "+ gcloud pubsub subscriptions update $SUBSCRIPTION --project $PROJECT --dead-letter-topic $DEAD_LETTER --max-delivery-attempts 10"
-  echo "+ gcloud pubsub topics add-iam-policy-binding $DEAD_LETTER --project $PROJECT --member $PUBSUB_AGENT --role roles/pubsub.publisher"
-  echo "+ gcloud pubsub subscriptions add-iam-policy-binding $SUBSCRIPTION --project $PROJECT --member $PUBSUB_AGENT --role roles/pubsub.subscriber"
-else
-  agent=$(eval "echo $PUBSUB_AGENT"); subscription=$(eval "echo $SUBSCRIPTION")
-  gcloud pubsub subscriptions update "$subscription" --project "$PROJECT" \
-    --dead-letter-topic "$DEAD_LETTER" --max-delivery-attempts 10
-  gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER" --project "$PROJECT" --member "$agent" \
+  step "topics"
+  lookup name "$DEAD_LETTER" -- gcloud pubsub subscriptions describe "$DEAD_LETTER" "${AT[@]}" --format 'value(name)'
+  [ -z "$name" ] || run gcloud pubsub subscriptions delete "$DEAD_LETTER" "${AT[@]}" --quiet
+  for topic in "$TOPIC" "$DEAD_LETTER"; do
+    lookup name "$topic" -- gcloud pubsub topics describe "$topic" "${AT[@]}" --format 'value(name)'
+    [ -z "$name" ] || run gcloud pubsub topics delete "$topic" "${AT[@]}" --quiet
+  done
+
+  step "queue (paused and purged, not deleted: its name could not be reused for days)"
+  lookup name "RUNNING" -- gcloud tasks queues describe "$QUEUE" "${IN[@]}" --format 'value(state)'
+  if [ -n "$name" ]; then
+    [ "$name" = PAUSED ] || run gcloud tasks queues pause "$QUEUE" "${IN[@]}"
+    run gcloud tasks queues purge "$QUEUE" "${IN[@]}" --quiet
+  fi
+
+  step "service accounts"
+  local held role
+  for account in session-functions session-builder; do
+    lookup held "$(roles_of "$account")" -- gcloud projects get-iam-policy "$PROJECT" --flatten 'bindings[].members' \
+      --filter "bindings.members=serviceAccount:$(sa "$account")" --format 'value(bindings.role)'
+    for role in $(roles_of "$account"); do
+      grep -qx "$role" <<< "$held" || continue
+      run gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$(sa "$account")" \
+        --role "$role" --condition None --quiet
+    done
+  done
+  for account in "${ACCOUNTS[@]}"; do
+    lookup name "$(sa "$account")" -- gcloud iam service-accounts describe "$(sa "$account")" "${AT[@]}" --format 'value(email)'
+    [ -z "$name" ] || run gcloud iam service-accounts delete "$(sa "$account")" "${AT[@]}" --quiet
+  done
+
+  echo "kept: database $DATABASE and its sessions; queue $QUEUE (paused and purged); the enabled APIs"
+}
+
+# =====================================================================================================
+deploy() {
+  local found state uri_task uri_clear trigger subscription number name file
+  step "APIs"
+  run gcloud services enable "${AT[@]}" \
+    cloudfunctions.googleapis.com run.googleapis.com cloudbuild.googleapis.com artifactregistry.googleapis.com \
+    eventarc.googleapis.com pubsub.googleapis.com cloudtasks.googleapis.com cloudscheduler.googleapis.com \
+    datastore.googleapis.com firestore.googleapis.com iam.googleapis.com cloudresourcemanager.googleapis.com \
+    logging.googleapis.com monitoring.googleapis.com
+
+  step "database"
+  lookup found $'DATASTORE_MODE\tPESSIMISTIC' -- gcloud firestore databases describe --database "$DATABASE" "${AT[@]}" \
+    --format 'value(type,concurrencyMode)'
+  if [ -z "$found" ]; then
+    run gcloud firestore databases create --database "$DATABASE" --location "$DB_LOCATION" --type datastore-mode "${AT[@]}"
+  else
+    case "$found" in
+      DATASTORE_MODE*) ;;
+      *) fail "database $DATABASE is in Native mode ($found); session_core needs Firestore in Datastore mode:" \
+              "name another database with SESSION_DATABASE in the settings file" ;;
+    esac
+    if [ "$TTL" = 1 ] && [[ "$found" == *OPTIMISTIC_WITH_ENTITY_GROUPS* ]]; then
+      fail "database $DATABASE uses the concurrency mode 'optimistic with entity groups', which has no TTL" \
+           "policies: deploy without --ttl (the scheduled cleanup does the work)"
+    fi
+  fi
+
+  step "service accounts"
+  for account in "${ACCOUNTS[@]}"; do
+    lookup found "$(sa "$account")" -- gcloud iam service-accounts describe "$(sa "$account")" "${AT[@]}" --format 'value(email)'
+    [ -n "$found" ] || run gcloud iam service-accounts create "$account" "${AT[@]}" --display-name "session_core $account"
+  done
+  for role in "${RUNTIME_ROLES[@]}"; do
+    run_retrying gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$RUNTIME_SA" --role "$role" \
+      --condition None --quiet
+  done
+  # Builds the functions (projects since mid-2024 may have a default build account that cannot).
+  for role in "${BUILDER_ROLES[@]}"; do
+    run_retrying gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$BUILDER_SA" --role "$role" \
+      --condition None --quiet
+  done
+  # The functions enqueue tasks that carry the tasks account's OIDC token: act-as on that account only.
+  run_retrying gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" "${AT[@]}" \
+    --member "serviceAccount:$RUNTIME_SA" --role roles/iam.serviceAccountUser
+
+  step "queue"
+  lookup state RUNNING -- gcloud tasks queues describe "$QUEUE" "${IN[@]}" --format 'value(state)'
+  if [ -z "$state" ]; then
+    run gcloud tasks queues create "$QUEUE" "${IN[@]}"
+  elif [ "$state" = PAUSED ]; then
+    run gcloud tasks queues resume "$QUEUE" "${IN[@]}"   # paused by --destroy
+  fi
+  run gcloud tasks queues update "$QUEUE" "${IN[@]}" \
+    --max-dispatches-per-second 5 --max-concurrent-dispatches "$CONCURRENCY" \
+    --max-attempts 20 --min-backoff 10s --max-backoff 600s --max-doublings 5
+
+  step "topics"
+  for topic in "$TOPIC" "$DEAD_LETTER"; do
+    lookup found "projects/$PROJECT/topics/$topic" -- gcloud pubsub topics describe "$topic" "${AT[@]}" --format 'value(name)'
+    [ -n "$found" ] || run gcloud pubsub topics create "$topic" "${AT[@]}"
+  done
+  # Pub/Sub drops what reaches a topic without subscriptions: keep dead letters for a week.
+  lookup found "projects/$PROJECT/subscriptions/$DEAD_LETTER" -- gcloud pubsub subscriptions describe "$DEAD_LETTER" \
+    "${AT[@]}" --format 'value(name)'
+  [ -n "$found" ] || run gcloud pubsub subscriptions create "$DEAD_LETTER" "${AT[@]}" --topic "$DEAD_LETTER" \
+    --message-retention-duration 7d --expiration-period never
+
+  step "functions"
+  local common=("${FN[@]}" --runtime "$RUNTIME" --source "$SOURCE_DIR" --ignore-file deploy/functions.gcloudignore
+    --service-account "$RUNTIME_SA" --build-service-account "projects/$PROJECT/serviceAccounts/$BUILDER_SA"
+    --no-allow-unauthenticated --quiet)
+  local http=(--trigger-http --timeout "${HTTP_TIMEOUT}s")
+  # The task URL and audience are session_task's own URL, known once it exists: a first deploy
+  # deploys it once without them, then all three with them.
+  lookup uri_task "$(uri_placeholder session_task)" -- gcloud functions describe session_task "${FN[@]}" \
+    --format 'value(serviceConfig.uri)'
+  if [ -z "$uri_task" ]; then
+    render env "$SETTINGS" "$WORK/env-first-pass.json" "$PROJECT"
+    run gcloud functions deploy session_task "${common[@]}" --env-vars-file "$WORK/env-first-pass.json" \
+      --entry-point session_task "${http[@]}"
+    value uri_task "$(uri_placeholder session_task)" -- gcloud functions describe session_task "${FN[@]}" \
+      --format 'value(serviceConfig.uri)'
+  fi
+  render env "$SETTINGS" "$WORK/env.json" "$PROJECT" "SESSION_TASKS_QUEUE=$QUEUE_PATH" "SESSION_TASK_URL=$uri_task" \
+    "SESSION_TASK_AUDIENCE=$uri_task" "SESSION_TASKS_SERVICE_ACCOUNT=$TASKS_SA"
+  common+=(--env-vars-file "$WORK/env.json")
+  run gcloud functions deploy clear_sessions "${common[@]}" --entry-point clear_sessions "${http[@]}"
+  run gcloud functions deploy session_task "${common[@]}" --entry-point session_task "${http[@]}"
+  run gcloud functions deploy kill_user_sessions "${common[@]}" --entry-point kill_user_sessions \
+    --trigger-topic "$TOPIC" --trigger-service-account "$RUNTIME_SA" --retry --timeout "${EVENT_TIMEOUT}s"
+  value uri_clear "$(uri_placeholder clear_sessions)" -- gcloud functions describe clear_sessions "${FN[@]}" \
+    --format 'value(serviceConfig.uri)'
+
+  step "invokers"   # run.invoker on one function each
+  run_retrying gcloud functions add-invoker-policy-binding clear_sessions --region "$REGION" "${AT[@]}" \
+    --member "serviceAccount:$SCHEDULER_SA"
+  run_retrying gcloud functions add-invoker-policy-binding session_task --region "$REGION" "${AT[@]}" \
+    --member "serviceAccount:$TASKS_SA"
+  run_retrying gcloud functions add-invoker-policy-binding kill_user_sessions --region "$REGION" "${AT[@]}" \
+    --member "serviceAccount:$RUNTIME_SA"
+
+  step "dead letters"   # on the subscription Eventarc made for kill_user_sessions' trigger
+  value trigger "projects/$PROJECT/locations/$REGION/triggers/kill-user-sessions-dryrun" -- \
+    gcloud functions describe kill_user_sessions "${FN[@]}" --format 'value(eventTrigger.trigger)'
+  value subscription "projects/$PROJECT/subscriptions/eventarc-$REGION-kill-user-sessions-dryrun-sub" -- \
+    gcloud eventarc triggers describe "$trigger" --location "$REGION" "${AT[@]}" \
+    --format 'value(transport.pubsub.subscription)'
+  value number 123456789012 -- gcloud projects describe "$PROJECT" --format 'value(projectNumber)'
+  local agent="serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com"
+  run gcloud pubsub subscriptions update "$subscription" "${AT[@]}" --dead-letter-topic "$DEAD_LETTER" \
+    --max-delivery-attempts 10
+  run_retrying gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER" "${AT[@]}" --member "$agent" \
     --role roles/pubsub.publisher
-  gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project "$PROJECT" --member "$agent" \
+  run_retrying gcloud pubsub subscriptions add-iam-policy-binding "$subscription" "${AT[@]}" --member "$agent" \
     --role roles/pubsub.subscriber
-fi
 
-# 8. The scheduler job: OIDC token for the function URL, deadline matching the budget
-SCHEDULER_ARGS=(--location "$REGION" --project "$PROJECT" --schedule "$SCHEDULE" --uri "$CLEAR_URL"
-  --http-method POST --headers Content-Type=application/json --message-body '{}'
-  --oidc-service-account-email "$SCHEDULER_SA" --oidc-token-audience "$CLEAR_URL"
-  --attempt-deadline "${HTTP_TIMEOUT}s")
-ensure "gcloud scheduler jobs describe clear-sessions --location $REGION --project $PROJECT" -- \
-  gcloud scheduler jobs create http clear-sessions "${SCHEDULER_ARGS[@]}"
-run gcloud scheduler jobs update http clear-sessions "${SCHEDULER_ARGS[@]}"
+  step "scheduler job"   # OIDC token for clear_sessions' own URL; retries fit within one period
+  local job=(--schedule "$SCHEDULE" --time-zone Etc/UTC --uri "$uri_clear" --http-method POST --message-body '{}'
+    --oidc-service-account-email "$SCHEDULER_SA" --oidc-token-audience "$uri_clear" --attempt-deadline "${DEADLINE}s"
+    --max-retry-attempts 3 --max-retry-duration "${PERIOD}s" --min-backoff 30s --max-backoff "${RETRY_MAX_BACKOFF}s"
+    --max-doublings 2)
+  lookup found "$JOB" -- gcloud scheduler jobs describe "$JOB" "${IN[@]}" --format 'value(name)'
+  if [ -z "$found" ]; then
+    run gcloud scheduler jobs create http "$JOB" "${IN[@]}" "${job[@]}" --headers Content-Type=application/json
+  else
+    run gcloud scheduler jobs update http "$JOB" "${IN[@]}" "${job[@]}" --update-headers Content-Type=application/json
+  fi
 
-# 9. Optional: the Datastore TTL policy on `expires`, a backstop behind the cleanup
-if [ "$TTL" = 1 ]; then
-  run gcloud firestore fields ttls update expires --collection-group "$KIND" --enable-ttl \
-    --database "${SESSION_DATABASE:-(default)}" --project "$PROJECT"
-fi
-if [ "$DRY_RUN" = 1 ]; then
-  echo "dry run: nothing was changed"
-else
-  echo "deployed: $CLEAR_URL (scheduled '$SCHEDULE'), kill-user topic $TOPIC, tasks queue $QUEUE_PATH"
+  if [ "$TTL" = 1 ]; then
+    step "TTL policy"   # a backstop behind the cleanup: Datastore deletes past `expires` within a day or so
+    run gcloud firestore fields ttls update expires --collection-group "$KIND" --enable-ttl \
+      --database "$DATABASE" "${AT[@]}" --async
+  fi
+
+  step "log-based metrics"
+  for metric in "${METRICS[@]}"; do
+    lookup found "$metric" -- gcloud logging metrics describe "$metric" "${AT[@]}" --format 'value(name)'
+    [ -n "$found" ] && verb=update || verb=create
+    run gcloud logging metrics "$verb" "$metric" "${AT[@]}" --config-from-file "$HERE/metrics/$metric.json"
+  done
+
+  step "alert policies"
+  local channels=()
+  for channel in ${CHANNELS[@]+"${CHANNELS[@]}"}; do channels+=(--channel "$channel"); done
+  [ ${#CHANNELS[@]} -gt 0 ] || echo "   note: no --notification-channel: alerts open incidents in the console only"
+  for policy in "${POLICIES[@]}"; do
+    file="$WORK/alert-$policy.json"
+    case "$policy" in
+      no-cleanup) render policy "$HERE/alerts/$policy.json" "$file" --duration "$WINDOW" ${channels[@]+"${channels[@]}"} ;;
+      failed-runs) render policy "$HERE/alerts/$policy.json" "$file" --alignment "$WINDOW" ${channels[@]+"${channels[@]}"} ;;
+      *) render policy "$HERE/alerts/$policy.json" "$file" ${channels[@]+"${channels[@]}"} ;;
+    esac
+    name="$(render display-name "$file")"
+    lookup found "projects/$PROJECT/alertPolicies/dry-run-$policy" -- gcloud alpha monitoring policies list "${AT[@]}" \
+      --filter "displayName=\"$name\"" --format 'value(name)'
+    [[ "$found" != *$'\n'* ]] || fail "several alert policies are named '$name': delete all but one"
+    if [ -z "$found" ]; then
+      run gcloud alpha monitoring policies create "${AT[@]}" --policy-from-file "$file"
+    else
+      run gcloud alpha monitoring policies update "$found" "${AT[@]}" --policy-from-file "$file"
+    fi
+  done
+
+  step "dashboard"
+  name="$(render display-name "$HERE/dashboard.json")"
+  lookup found $'projects/'"$PROJECT"$'/dashboards/dry-run\tdry-run-etag' -- gcloud monitoring dashboards list "${AT[@]}" \
+    --filter "displayName=\"$name\"" --format 'value(name,etag)'
+  [[ "$found" != *$'\n'* ]] || fail "several dashboards are named '$name': delete all but one"
+  if [ -z "$found" ]; then
+    render dashboard "$HERE/dashboard.json" "$WORK/dashboard.json"
+    run gcloud monitoring dashboards create "${AT[@]}" --config-from-file "$WORK/dashboard.json"
+  else
+    render dashboard "$HERE/dashboard.json" "$WORK/dashboard.json" --etag "${found#*$'\t'}"
+    run gcloud monitoring dashboards update "${found%%$'\t'*}" "${AT[@]}" --config-from-file "$WORK/dashboard.json"
+  fi
+
+  [ -z "$DRY_RUN" ] || return 0
+  echo "deployed: clear_sessions $uri_clear (scheduled '$SCHEDULE' UTC), session_task $uri_task,"
+  echo "  kill-user topic $TOPIC (dead letters kept in subscription $DEAD_LETTER), tasks queue $QUEUE_PATH"
+  echo "check it: gcloud scheduler jobs run $JOB --location $REGION --project $PROJECT"
+}
+
+if [ "$DESTROY" = 1 ]; then destroy; else deploy; fi
+if [ -n "$DRY_RUN" ]; then
+  echo "dry run: nothing was changed; the files gcloud reads are in $WORK"
 fi
