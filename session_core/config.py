@@ -60,6 +60,7 @@ VARIABLES: dict[str, str] = {
     "tasks_emulator_host": "CLOUD_TASKS_EMULATOR_HOST",
     "task_audience": "SESSION_TASK_AUDIENCE",
     "task_certs_url": "SESSION_TASK_CERTS_URL",
+    "request_timeout": "SESSION_REQUEST_TIMEOUT",
 }
 # Inclusive bounds: whole numbers, and durations in seconds.
 _NUMBERS: dict[str, tuple[int, int]] = {
@@ -73,6 +74,7 @@ _DURATIONS: dict[str, tuple[int, int]] = {
     "clear_grace": (0, 86400),
     "time_budget": (0, 1500),
     "lease_ttl": (1, 3600),
+    "request_timeout": (1, 60),
 }
 _CHOICES: dict[str, tuple[str | None, ...]] = {
     "same_site": ("lax", "strict", "none", None),
@@ -102,6 +104,8 @@ class Settings:
     persistent_fields_on_logout: tuple[str, ...] = ("language",)
     cookie_secure: bool = True
     key_storage: KeyStorage = "hashed"
+    # A web request's Datastore deadline for a load, and for a save, retries included.
+    request_timeout: timedelta = timedelta(seconds=5)
     # Maintenance (cleanup and kill-by-user).
     clear_grace: timedelta = timedelta(seconds=300)
     batch_size: int = 500

@@ -23,7 +23,10 @@ contract and its own tests), stored server-side in Datastore:
   cannot log in a user killed since their last interactive login.
 
 The session loads on first use and is saved when Flask finishes the response;
-changes made while a streamed body is generated are not saved.
+changes made while a streamed body is generated are not saved. A store that
+does not answer within ``SESSION_REQUEST_TIMEOUT`` gives a 503 with
+``Retry-After``: raised where the view first uses the session, or written over
+the response when the save fails; never a fresh session in place of the user's.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ import flask
 import structlog
 from flask.sessions import SessionInterface, SessionMixin
 from google.cloud import datastore
+from werkzeug.exceptions import ServiceUnavailable
 
 from session_core import logins
 from session_core.config import Settings
+from session_core.errors import StoreError
 from session_core.session import Saved, Session
 
 if TYPE_CHECKING:
@@ -50,13 +55,30 @@ _SAME_SITE = {"Strict", "Lax", "None"}
 log = structlog.get_logger("session_core.flask")
 
 
+class SessionUnavailable(ServiceUnavailable):
+    """503 with ``Retry-After``: the session store did not answer within ``SESSION_REQUEST_TIMEOUT``.
+
+    A werkzeug HTTP exception, so Flask answers it (and an app's own
+    ``errorhandler(503)`` can restyle it).
+    """
+
+    description = "The session store did not answer in time. Please retry shortly."
+
+
 class FlaskSession(Session, SessionMixin):
     """``flask.session``: a :class:`Session` that is also Flask's ``SessionMixin``.
 
     ``modified`` is the session's one change flag (ViUR's ``changed``);
     ``permanent`` is Flask's ``_permanent`` key; ``new`` is True until it is
-    stored.
+    stored. If the store does not answer the load in time, the first use
+    raises :class:`SessionUnavailable` (503).
     """
+
+    def _ensure_loaded(self) -> None:
+        try:
+            super()._ensure_loaded()
+        except StoreError as exc:
+            raise SessionUnavailable(retry_after=_retry_after(self.settings)) from exc
 
     @property
     def modified(self) -> bool:
@@ -124,9 +146,13 @@ class DatastoreSessionInterface(SessionInterface):
             raise ValueError("SameSite must be 'Strict', 'Lax', or 'None'.")  # as Flask, before anything is stored
         if session.accessed:
             response.vary.add("Cookie")
-        modified = session.modified  # loads it if the view did not: a due refresh keeps an active user alive
-        permanent = bool(session.peek("_permanent", False))
-        saved = session.commit(drop_empty=True)
+        try:
+            modified = session.modified  # loads it if the view did not: a due refresh keeps an active user alive
+            permanent = bool(session.peek("_permanent", False))
+            saved = session.commit(drop_empty=True)
+        except (StoreError, SessionUnavailable) as exc:
+            _unavailable(response, self.settings, exc)
+            return
         attributes: dict[str, Any] = {
             "domain": domain,
             "path": path,
@@ -148,6 +174,20 @@ class DatastoreSessionInterface(SessionInterface):
 
 def _seconds(value: timedelta | None) -> int | None:
     return None if value is None else int(value.total_seconds())
+
+
+def _retry_after(settings: Settings) -> int:
+    return max(1, int(settings.request_timeout.total_seconds()))
+
+
+def _unavailable(response: Response, settings: Settings, exc: Exception) -> None:
+    """Rewrite the response into a 503 (the save failed: the page must not claim it worked)."""
+    log.warning("session_unavailable", operation=getattr(exc.__cause__ or exc, "operation", "load"))
+    response.status_code = 503
+    response.set_data(SessionUnavailable.description)
+    response.mimetype = "text/plain"
+    response.headers["Retry-After"] = str(_retry_after(settings))
+    response.headers.pop("Location", None)
 
 
 # -- Flask-Login, through its signals ------------------------------------------------

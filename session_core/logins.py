@@ -10,7 +10,7 @@ Two small entities per user, kind ``session_core-login``, in the settings'
 namespace: ``kill:<sha256(user)>`` and ``login:<sha256(user)>`` with an
 ``at`` epoch time; a kill of everyone writes ``kill:*``. Costs: one commit
 per kill and per interactive login, one lookup per remember-me login, none
-per request.
+per request; each within the request deadline (``SESSION_REQUEST_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import hashlib
 from google.cloud import datastore
 
 from session_core.config import Settings
-from session_core.store import FAIL_FAST, settings_key, translated
+from session_core.store import settings_key, within
 
 KIND = "session_core-login"
 EVERYONE = "*"
@@ -34,8 +34,7 @@ def _name(event: str, user: str) -> str:
 def _put(client: datastore.Client, settings: Settings, name: str, at: float) -> None:
     entity = datastore.Entity(settings_key(client, settings, KIND, name), exclude_from_indexes=("at",))
     entity["at"] = float(at)
-    with translated("login record"):
-        client.put(entity, **FAIL_FAST)
+    within(settings.request_timeout.total_seconds(), "login record", lambda rpc: client.put(entity, **rpc))
 
 
 def record_kill(client: datastore.Client, settings: Settings, user: str | None, at: float) -> None:
@@ -55,7 +54,9 @@ def remembered_login_allowed(client: datastore.Client, settings: Settings, user:
     """
     names = [_name("kill", user), _name("kill", EVERYONE), _name("login", user)]
     keys = [settings_key(client, settings, KIND, name) for name in names]
-    with translated("login record"):
-        found = {entity.key.name: float(entity["at"]) for entity in client.get_multi(keys, **FAIL_FAST)}
+    entities = within(
+        settings.request_timeout.total_seconds(), "login record", lambda rpc: client.get_multi(keys, **rpc)
+    )
+    found = {entity.key.name: float(entity["at"]) for entity in entities}
     killed = max(found.get(names[0], 0.0), found.get(names[1], 0.0))
     return killed <= found.get(names[2], 0.0)

@@ -96,6 +96,7 @@ class Session(MutableMapping[str, Any]):
         self.accessed = False
         self._obsolete: list[str] = []
         self._pending: RequestContext | None = None
+        self._unavailable: StoreError | None = None  # a deferred load failed: the session is unknown
         self._start_fresh()
 
     def _start_fresh(self) -> None:
@@ -221,17 +222,25 @@ class Session(MutableMapping[str, Any]):
     def defer_load(self, req: RequestContext) -> None:
         """Load from the request's cookie on first use instead of now.
 
-        A Datastore error then rises where the session is first used (in the
-        view), where an adapter can answer it, rather than before routing.
+        A Datastore error (StoreError, past ``SESSION_REQUEST_TIMEOUT``) then
+        rises where the session is first used (in the view), where an adapter
+        can answer 503; every later use raises it again, so a session that
+        could not be loaded never acts as a fresh one.
         """
         self._start_fresh()
         self._obsolete = []
         self._pending = req
 
     def _ensure_loaded(self) -> None:
+        if self._unavailable is not None:
+            raise self._unavailable  # never act as a fresh session: that would log the user out
         if self._pending is not None:
             req, self._pending = self._pending, None
-            self.load(req)
+            try:
+                self.load(req)
+            except StoreError as exc:
+                self._unavailable = exc
+                raise
 
     @property
     def loaded(self) -> bool:
@@ -249,8 +258,8 @@ class Session(MutableMapping[str, Any]):
         transaction. With ``drop_empty`` an emptied guest session is deleted
         instead (``DELETED``), as Flask, Starlette and Django drop theirs.
         """
-        if self._pending is not None:
-            return Saved.NOTHING  # never used: nothing can have changed
+        if self._pending is not None or self._unavailable is not None:
+            return Saved.NOTHING  # never used, or never loaded: nothing to write, nothing to overwrite
         if drop_empty and self.is_empty:
             return self._drop() if self.changed else Saved.NOTHING
         now = self.clock()

@@ -21,11 +21,13 @@ cleared while it held it. Every Google API exception is translated here.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -38,10 +40,42 @@ from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
 from session_core.rules import GUEST_USER, expires_at, hash_key, session_id_of, stored_lastseen
 
-# Maintenance RPCs fail fast and are retried by the sweep's ``with_retries`` (bounded):
-# the client library's own policy would retry a read for up to 60 s on UNAVAILABLE.
-FAIL_FAST: dict[str, Any] = {"retry": Retry(predicate=lambda exc: False), "timeout": 60.0}
+# The client library's own policy would retry a read for up to 60 s on UNAVAILABLE. Maintenance
+# RPCs fail fast and are retried by the sweep's ``with_retries`` (bounded); request-path RPCs
+# retry within the request's deadline (:func:`within`).
+NO_RETRY = Retry(predicate=lambda exc: False)
+FAIL_FAST: dict[str, Any] = {"retry": NO_RETRY, "timeout": 60.0}
 TRANSIENT = (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError)
+_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)
+T = TypeVar("T")
+
+
+def within(
+    seconds: float,
+    operation: str,
+    call: Callable[[dict[str, Any]], T],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``call(rpc)`` (``rpc``: retry and timeout arguments) within ``seconds``, retries included.
+
+    A transient failure is retried with a short backoff while time is left;
+    each attempt gets only the time that is left. Past the deadline the last
+    failure is raised as TransientStoreError: a request answers 503, it never
+    hangs on the client library's 60 s of retries.
+    """
+    deadline = clock() + seconds
+    for attempt in itertools.count():
+        try:
+            with translated(operation):
+                return call({"retry": NO_RETRY, "timeout": max(deadline - clock(), 0.01)})
+        except TransientStoreError:
+            delay = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
+            if clock() + delay >= deadline:
+                raise
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -78,10 +112,6 @@ DeleteObserver = Callable[[SessionRecord], None]
 
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-class _GoneError(Exception):
-    """Internal: the entity a transaction depends on no longer exists."""
 
 
 @contextmanager
@@ -188,11 +218,14 @@ class SessionStore:
             lifetime=lifetime,
         )
 
+    def _within(self, operation: str, call: Callable[[dict[str, Any]], T]) -> T:
+        return within(self.settings.request_timeout.total_seconds(), operation, call)
+
     def lookup(self, cookie_key: str) -> SessionRecord | None:
-        """Find a session by cookie value under its hashed or plain name: one RPC."""
+        """Find a session by cookie value under its hashed or plain name: one RPC (within the deadline)."""
         names = (hash_key(cookie_key), cookie_key)
-        with translated("lookup"):
-            found = self.client.get_multi([self.key(name) for name in names])
+        keys = [self.key(name) for name in names]
+        found: list[datastore.Entity] = self._within("lookup", lambda rpc: self.client.get_multi(keys, **rpc))
         by_name = {entity.key.name: entity for entity in found}
         for name in names:
             if name in by_name:
@@ -201,13 +234,10 @@ class SessionStore:
 
     def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
         """Create a session (and drop ``delete``) in one commit; False if the name is taken."""
+        entity = self.to_entity(record)
+        gone = [self.key(name) for name in delete]
         try:
-            with translated("insert"):
-                commit(
-                    self.client,
-                    insert=[self.to_entity(record)],
-                    delete=[self.key(name) for name in delete],
-                )
+            self._within("insert", lambda rpc: commit(self.client, insert=[entity], delete=gone, rpc=rpc))
         except StoreError as exc:
             if isinstance(exc.cause, gexc.AlreadyExists):
                 return False
@@ -216,9 +246,9 @@ class SessionStore:
 
     def update(self, record: SessionRecord) -> bool:
         """Overwrite an existing session in one commit; False if it is gone."""
+        entity = self.to_entity(record)
         try:
-            with translated("update"):
-                commit(self.client, update=[self.to_entity(record)])
+            self._within("update", lambda rpc: commit(self.client, update=[entity], rpc=rpc))
         except StoreError as exc:
             if isinstance(exc.cause, gexc.NotFound):
                 return False
@@ -226,23 +256,45 @@ class SessionStore:
         return True
 
     def move(self, record: SessionRecord, old_name: str) -> bool:
-        """Re-home a session from ``old_name`` to ``record.key_name``.
+        """Re-home a session from ``old_name`` to ``record.key_name`` (a ViUR plain name to its hash).
 
-        One transaction: it first checks the old entity still exists, so the
-        move cannot resurrect a session killed meanwhile. False if it is gone.
+        One transaction that reads both names first, so a move never
+        resurrects a session killed meanwhile: False only when both are gone.
+        When a concurrent request has moved it already, the change is written
+        under the new name with the update rule, not dropped. A transaction
+        that loses a race is retried within the deadline.
         """
-        old_key = self.key(old_name)
-        try:
-            with translated("move"), self.client.transaction() as transaction:
-                if self.client.get(old_key) is None:
-                    raise _GoneError  # rolls the transaction back
-                commit(self.client, insert=[self.to_entity(record)], delete=[old_key], transaction=transaction)
-        except _GoneError:
-            return False
-        return True
+        entity = self.to_entity(record)
+        old_key, new_key = self.key(old_name), entity.key
+
+        def attempt(rpc: dict[str, Any]) -> bool:
+            transaction = self.client.transaction()
+            transaction.begin(**rpc)
+            try:
+                found = {e.key.name for e in self.client.get_multi([old_key, new_key], transaction=transaction, **rpc)}
+                if not found:
+                    transaction.rollback(**rpc)
+                    return False
+                moved_already = new_key.name in found
+                commit(
+                    self.client,
+                    insert=[] if moved_already else [entity],
+                    update=[entity] if moved_already else [],
+                    delete=[old_key] if old_key.name in found else [],
+                    transaction=transaction,
+                )
+                transaction.commit(**rpc)
+            except BaseException:
+                if transaction.id is not None:
+                    transaction.rollback(**rpc)
+                raise
+            return True
+
+        written: bool = self._within("move", attempt)
+        return written
 
     def delete(self, names: Sequence[str]) -> None:
-        """Delete sessions by entity name in one commit (absent names are fine)."""
+        """Delete sessions by entity name in one commit (absent names are fine), within the deadline."""
         if names:
-            with translated("delete"):
-                commit(self.client, delete=[self.key(name) for name in names])
+            keys = [self.key(name) for name in names]
+            self._within("delete", lambda rpc: commit(self.client, delete=keys, rpc=rpc))

@@ -4,7 +4,10 @@
 calling ``app`` and puts it in ``environ["session_core.session"]``. It saves
 the session when ``app`` calls ``start_response`` (that is when the
 ``Set-Cookie`` header can still be added), so changes made while the body is
-being generated are not saved.
+being generated are not saved. ``Vary: Cookie`` goes on every response whose
+session was used. A store that does not answer within
+``SESSION_REQUEST_TIMEOUT`` gives a 503 with ``Retry-After`` (the app is not
+called when the load fails, and its answer is replaced when the save fails).
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+import structlog
 from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.cookies import parse_cookie_header
+from session_core.errors import StoreError
 from session_core.session import Session
 
 ENVIRON_KEY = "session_core.session"
+UNAVAILABLE = b"The session store did not answer in time. Please retry shortly."
+log = structlog.get_logger("session_core.wsgi")
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -50,15 +57,36 @@ class SessionMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         context = WSGIContext(environ)
         session = Session(self.client, self.settings)
-        session.load(context)
+        try:
+            session.load(context)
+        except StoreError as exc:
+            return self._unavailable(start_response, exc)
         environ[ENVIRON_KEY] = session
+        failed: list[StoreError] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None) -> Any:
             if exc_info is None:
-                session.save(context)
+                try:
+                    session.save(context)
+                except StoreError as exc:
+                    failed.append(exc)
+                    self._unavailable(start_response, exc)
+                    return lambda data: None  # the app's own body is dropped below
                 headers = [*headers, *context.headers]
                 if context.headers or session.accessed:  # a shared cache must not serve one user's page to another
                     headers.append(("Vary", "Cookie"))
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, start)
+        body = self.app(environ, start)
+        if failed:
+            if hasattr(body, "close"):
+                body.close()
+            return [UNAVAILABLE]
+        return body
+
+    def _unavailable(self, start_response: StartResponse, exc: StoreError) -> list[bytes]:
+        log.warning("session_unavailable", operation=exc.operation)
+        retry_after = str(max(1, int(self.settings.request_timeout.total_seconds())))
+        headers = [("Content-Type", "text/plain"), ("Retry-After", retry_after), ("Vary", "Cookie")]
+        start_response("503 Service Unavailable", headers)
+        return [UNAVAILABLE]
