@@ -195,10 +195,12 @@ destroy() {
   [ -z "$name" ] || run gcloud scheduler jobs delete "$JOB" "${IN[@]}" --quiet
 
   step "TTL policy"
-  lookup name "expires" -- gcloud firestore fields ttls list --collection-group "$KIND" --database "$DATABASE" \
-    "${AT[@]}" --format 'value(name)'
-  [ -z "$name" ] || run gcloud firestore fields ttls update expires --collection-group "$KIND" --disable-ttl \
-    --database "$DATABASE" "${AT[@]}" --async
+  for group in "$KIND" session_core-run; do
+    lookup name "expires" -- gcloud firestore fields ttls list --collection-group "$group" --database "$DATABASE" \
+      "${AT[@]}" --format 'value(name)'
+    [ -z "$name" ] || run gcloud firestore fields ttls update expires --collection-group "$group" --disable-ttl \
+      --database "$DATABASE" "${AT[@]}" --async
+  done
 
   step "functions"
   for function in "${FUNCTIONS[@]}"; do
@@ -370,8 +372,10 @@ deploy() {
 
   if [ "$TTL" = 1 ]; then
     step "TTL policy"   # a backstop behind the cleanup: Datastore deletes past `expires` within a day or so
-    run gcloud firestore fields ttls update expires --collection-group "$KIND" --enable-ttl \
-      --database "$DATABASE" "${AT[@]}" --async
+    for group in "$KIND" session_core-run; do   # the sessions, and the run receipts (kept seven days)
+      run gcloud firestore fields ttls update expires --collection-group "$group" --enable-ttl \
+        --database "$DATABASE" "${AT[@]}" --async
+    done
   fi
 
   step "log-based metrics"

@@ -47,6 +47,10 @@ def load_settings(path: str, project: str) -> dict[str, str]:
             raise RefusedError(f"--settings {path}: {name} is not a setting the functions read (SESSION_* only)")
         if name in DERIVED:
             raise RefusedError(f"--settings {path}: {name} is set by deploy.sh from the project; remove it")
+    if loaded.get("SESSION_TASK_AUTH", "oidc").strip().lower() != "oidc":
+        raise RefusedError(
+            f"--settings {path}: SESSION_TASK_AUTH must be oidc in a deployment: 'none' opens session_task to anyone"
+        )
     named = loaded.get("GOOGLE_CLOUD_PROJECT", project)
     if named != project:
         raise RefusedError(f"--settings {path}: GOOGLE_CLOUD_PROJECT is {named}, not {project}")

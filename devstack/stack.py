@@ -40,6 +40,7 @@ from devstack.emulators import (
 )
 from session_core.clients import datastore_client
 from session_core.config import Settings
+from session_core.maintenance.runs import list_runs
 from session_core.maintenance.sweep import session_names
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.store import SessionRecord, SessionStore
@@ -98,6 +99,7 @@ def running_stack(log_dir: Path) -> Iterator[Stack]:
             "SESSION_TASK_URL": task_url,
             "CLOUD_TASKS_EMULATOR_HOST": tq.host,
             "SESSION_COOKIE_SECURE": "false",
+            "SESSION_TASK_AUTH": "none",  # the explicit, emulator-only opt-out: the tasks emulator sends no token
         }
         for target, port in ports.items():
             stack.enter_context(
@@ -212,7 +214,12 @@ def run_demo(stack: Stack) -> dict[str, object]:
         f"  kill-user {MANY!r} (Pub/Sub push -> function -> Cloud Tasks): {len(targets):,} sessions gone in "
         f"{kill_s:.2f} s ({len(targets) / kill_s:,.0f}/s)\n"
     )
-    print(f"  Flask demo page {stack.demo_url}: {visit_demo_page(stack.demo_url)}\n")
+    print(f"  Flask demo page {stack.demo_url}: {visit_demo_page(stack.demo_url)}")
+    print("\n  runs (session-core runs: the receipts every run leaves):")
+    for run in list_runs(client, settings, limit=5):
+        subject = run.params.get("user", "") if run.kind == "kill" else f"cutoff {run.params['cutoff']:.0f}"
+        print(f"    {run.kind:<5} {run.run_id}  {run.status:<7} deleted {run.deleted:>6,}  {subject}")
+    print()
     return {"before": before, "after": after, "cleared": cleared, "clear_s": clear_s, "kill_s": kill_s}
 
 
@@ -246,6 +253,7 @@ def print_commands(stack: Stack) -> None:
     -d '{{"messages": [{{"data": "{data}"}}]}}' http://{stack.pubsub}/v1/{TOPIC}:publish
 
   # the command line, against this stack
+  {env} {ROOT}/.venv/bin/python -m session_core runs
   {env} {ROOT}/.venv/bin/python -m session_core clear --dry-run
   {env} {ROOT}/.venv/bin/python -m session_core kill-user bob
 """)
@@ -269,7 +277,11 @@ def run_stack(*, once: bool) -> int:
             )
             print(
                 f"  clear_sessions {stack.clear_url}  kill_user_sessions {stack.kill_url}  "
-                f"session_task {stack.task_url}",
+                f"session_task {stack.task_url}"
+            )
+            print(
+                "  note: session_task runs steps without a token here (SESSION_TASK_AUTH=none, the explicit"
+                " opt-out that only an emulator allows; a deployment always checks Cloud Tasks' OIDC token)",
                 flush=True,
             )
             run_demo(stack)

@@ -22,6 +22,7 @@ from session_core.errors import SessionCoreError
 from session_core.logging import configure_logging
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.maintenance.kill import killSessionByUser
+from session_core.maintenance.runs import list_runs
 from session_core.rules import GUEST_USER
 from session_core.session import registered_delete_observer
 
@@ -44,6 +45,8 @@ def _progress(verb: str) -> Callable[[int, float], None]:
 
 def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
     client = datastore_client(settings)
+    if args.command == "runs":
+        return {"runs": [run.to_json() for run in list_runs(client, settings, args.limit)]}
     observer = registered_delete_observer()
     if args.command == "clear":
         verb = "counted" if args.dry_run else "deleted"
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     who.add_argument("--guest", action="store_true", help="every guest session")
     who.add_argument("--all", action="store_true", help="every session")
     kill.add_argument("--except", dest="except_session", metavar="SESSION", help="a session id to keep")
+    runs = commands.add_parser("runs", help="the recent cleanup and kill runs, with their status and counts")
+    runs.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
     args = parser.parse_args(argv)
     configure_logging()
     try:

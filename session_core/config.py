@@ -21,6 +21,7 @@ from session_core.errors import ConfigError
 
 SameSite = Literal["lax", "strict", "none"]
 KeyStorage = Literal["hashed", "plain"]
+TaskAuth = Literal["oidc", "none"]
 
 DEFAULT_KIND = "viur-session"
 LOCAL_PROJECT = "session-core-local"
@@ -61,6 +62,7 @@ VARIABLES: dict[str, str] = {
     "task_audience": "SESSION_TASK_AUDIENCE",
     "task_certs_url": "SESSION_TASK_CERTS_URL",
     "request_timeout": "SESSION_REQUEST_TIMEOUT",
+    "task_auth": "SESSION_TASK_AUTH",
 }
 # Inclusive bounds: whole numbers, and durations in seconds.
 _NUMBERS: dict[str, tuple[int, int]] = {
@@ -79,6 +81,7 @@ _DURATIONS: dict[str, tuple[int, int]] = {
 _CHOICES: dict[str, tuple[str | None, ...]] = {
     "same_site": ("lax", "strict", "none", None),
     "key_storage": ("hashed", "plain"),
+    "task_auth": ("oidc", "none"),
 }
 
 
@@ -121,6 +124,7 @@ class Settings:
     tasks_emulator_host: str | None = None
     task_audience: str | None = None
     task_certs_url: str = GOOGLE_CERTS_URL
+    task_auth: TaskAuth = "oidc"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -241,6 +245,10 @@ def _validate(settings: Settings) -> None:
             raise ConfigError("tasks_queue", "projects/P/locations/L/queues/Q", settings.tasks_queue)
         if settings.task_url is None:
             raise ConfigError("task_url", "the URL of the session_task function when a queue is set")
+    if settings.task_auth == "none" and settings.emulator_host is None:
+        raise ConfigError(
+            "task_auth", "'oidc' (the default): 'none' opens session_task and is only for an emulator", "none"
+        )
     if settings.task_audience is not None and settings.tasks_service_account is None:
         raise ConfigError(
             "tasks_service_account",

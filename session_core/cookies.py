@@ -23,7 +23,11 @@ class RequestContext(Protocol):
     """
 
     def get_cookie(self, name: str) -> str | None:
-        """The value of the named request cookie, or None."""
+        """The value of the named request cookie, or None.
+
+        A context may also offer ``get_cookies(name) -> list[str]`` (every
+        value sent under the name); the session then tries each of them.
+        """
 
     def add_header(self, name: str, value: str) -> None:
         """Append a response header (``Set-Cookie`` may be sent more than once)."""
@@ -64,8 +68,19 @@ def parse_cookie_header(header: str, name: str) -> str | None:
     Lenient on purpose (browsers send odd neighbours); the value is checked by
     :func:`is_valid_key` before it is used for anything.
     """
+    values = parse_cookie_values(header, name)
+    return values[0] if values else None
+
+
+def parse_cookie_values(header: str, name: str) -> list[str]:
+    """Every value of cookie ``name`` in a raw ``Cookie`` header, in the order sent.
+
+    Browsers send one cookie per (name, domain, path): a sibling subdomain can
+    add a second cookie of our name. The session tries them all.
+    """
+    values = []
     for part in header.split(";"):
         key, sep, value = part.strip().partition("=")
         if sep and key.strip() == name:
-            return value.strip().strip('"')
-    return None
+            values.append(value.strip().strip('"'))
+    return values

@@ -8,13 +8,15 @@ The tree, which entry points map to answers with one table (``main.py``)::
     │   ├── SessionDataError   a session value Datastore cannot hold
     │   ├── PoisonMessageError a kill-user message that is not one
     │   ├── PayloadError       a task payload that is not one of ours
+    │   ├── BodyTooLargeError  a request body over the cap (413)
     │   └── MisuseError        an API call that makes no sense (login without a user)
     ├── AuthError              the caller may not do this (no HTTP status here)
     │   ├── UnauthenticatedError   no valid credential
     │   └── ForbiddenError         a valid credential of someone else
     ├── StoreError             Datastore refused or failed (503: retry)
     │   └── TransientStoreError    ... and retrying may help
-    └── DispatchError          Cloud Tasks refused or failed (503: retry)
+    ├── DispatchError          Cloud Tasks refused or failed (503: retry)
+    └── DependencyUnavailableError  another service we need did not answer (503: retry)
 
 Google API exceptions never leave :mod:`session_core.store` and the Cloud
 Tasks dispatcher: they are translated there into these types.
@@ -80,6 +82,10 @@ class PayloadError(BadInputError):
         return f"bad task payload: {self.reason}"
 
 
+class BodyTooLargeError(BadInputError):
+    """A request body over the cap: refused (413) without reading the rest."""
+
+
 class MisuseError(BadInputError):
     """An API call that cannot make sense, such as a login without a user key."""
 
@@ -120,3 +126,12 @@ class DispatchError(SessionCoreError):
         self.operation = operation
         self.cause = cause
         super().__init__(f"cloud tasks {operation} failed: {type(cause).__name__}: {cause}")
+
+
+class DependencyUnavailableError(SessionCoreError):
+    """A service we need (Google's token certificates) did not answer: retry, do not refuse."""
+
+    def __init__(self, operation: str, cause: BaseException) -> None:
+        self.operation = operation
+        self.cause = cause
+        super().__init__(f"{operation} unavailable: {type(cause).__name__}: {cause}")

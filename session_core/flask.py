@@ -109,6 +109,9 @@ class WerkzeugContext:
     def get_cookie(self, name: str) -> str | None:
         return self.request.cookies.get(name)
 
+    def get_cookies(self, name: str) -> list[str]:
+        return self.request.cookies.getlist(name)
+
     def add_header(self, name: str, value: str) -> None:
         raise RuntimeError("the Flask integration sets its cookie through the response")
 

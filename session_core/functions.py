@@ -8,10 +8,8 @@ Tasks deliver at least once, and a repeated delivery ends in the same state.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from google.auth.transport import requests as auth_requests
@@ -19,12 +17,13 @@ from google.cloud import datastore
 
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.errors import BadInputError
-from session_core.maintenance.auth import verify_task_caller
+from session_core.errors import BadInputError, BodyTooLargeError
+from session_core.maintenance.auth import CertificateCache, verify_task_caller
 from session_core.maintenance.cleanup import ClearResult, run_clear_step, start_clear_sessions
 from session_core.maintenance.dispatch import queue_for
 from session_core.maintenance.kill import KillResult, killSessionByUser, run_kill_step
-from session_core.maintenance.messages import parse_pubsub_event, run_id_for
+from session_core.maintenance.messages import parse_pubsub_event, run_id_for, strict_json
+from session_core.maintenance.runs import RunRecorder, check_step
 from session_core.maintenance.steps import ClearStep, Enqueue, Step, parse_step
 from session_core.session import registered_delete_observer
 from session_core.store import DeleteObserver
@@ -38,12 +37,13 @@ class Runtime:
     datastore: datastore.Client
     enqueue: Enqueue | None
     auth_request: auth_requests.Request
+    certificates: CertificateCache
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Runtime:
-        """Settings from the environment (ConfigError names a bad variable), then the clients."""
-        settings = Settings.from_env(environ)
-        return cls(settings, datastore_client(settings), queue_for(settings), auth_requests.Request())
+    def for_settings(cls, settings: Settings) -> Runtime:
+        """The clients for these settings (built once per instance, on first use)."""
+        certificates = CertificateCache(settings.task_certs_url)
+        return cls(settings, datastore_client(settings), queue_for(settings), auth_requests.Request(), certificates)
 
     @property
     def observer(self) -> DeleteObserver | None:
@@ -51,10 +51,32 @@ class Runtime:
         return registered_delete_observer()
 
 
+MAX_BODY_BYTES = 16 * 1024  # every body our own code sends is far smaller
+
+
+def read_body(stream: IO[bytes], content_length: int | None) -> bytes:
+    """At most MAX_BODY_BYTES of a request body; BodyTooLargeError (413) beyond, reading no more than that.
+
+    A declared ``Content-Length`` over the cap is refused without reading;
+    a chunked body is read only up to the cap.
+    """
+    if content_length is not None and content_length > MAX_BODY_BYTES:
+        raise BodyTooLargeError(f"body over {MAX_BODY_BYTES} bytes")
+    body = stream.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyTooLargeError(f"body over {MAX_BODY_BYTES} bytes")
+    return body
+
+
+log = structlog.get_logger("session_core.functions")
+
+
 def clear_sessions(rt: Runtime, body: bytes) -> dict[str, Any]:
     """Start a cleanup run; ``body`` is empty, ``{}`` or ``{"dry_run": bool}`` (else BadInputError)."""
     try:
-        options = json.loads(body) if body.strip() else {}
+        options = strict_json(body) if body.strip() else {}
+    except RecursionError:
+        raise BadInputError("body is nested too deeply") from None
     except ValueError:
         raise BadInputError("body is not JSON") from None
     if (
@@ -90,10 +112,18 @@ def kill_user_sessions(rt: Runtime, data: object, message_id: str) -> dict[str, 
 
 
 def session_task(rt: Runtime, body: bytes, authorization: str | None) -> dict[str, Any]:
-    """Check the caller, parse the step, run it. Answers only once the step's work is durable."""
-    verify_task_caller(authorization, rt.settings, rt.auth_request)
+    """Check the caller, parse the step, check it belongs to its run, run it.
+
+    Answers only once the step's work is durable. A step of a run that
+    finished is acknowledged without work (a late redelivery, or a replay).
+    """
+    verify_task_caller(authorization, rt.settings, rt.auth_request, rt.certificates)
     step = parse_step(body)
     structlog.contextvars.bind_contextvars(run_id=step.run_id)
+    run = check_step(RunRecorder(rt.datastore, rt.settings), step)
+    if run.status == "done":
+        log.info("session_task_skipped", reason="its run has finished", kind=run.kind)
+        return {"run_id": run.run_id, "skipped": True, "reason": "its run has finished"}
     return run_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue, observer=rt.observer).to_json()
 
 

@@ -15,6 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+import structlog.tracebacks
 
 # Field names whose values are credentials or session contents.
 SECRET_FIELDS = frozenset(
@@ -43,8 +44,10 @@ SECRET_VALUES = re.compile(r"(?<![A-Za-z0-9])(?:[A-Za-z0-9]{42}|[0-9a-f]{64})(?!
 class Redact:
     """structlog processor: no credential or session content reaches a log line.
 
-    Replaces the values of :data:`SECRET_FIELDS`, and every substring of any
-    other string value that looks like a cookie or a hashed session key.
+    Replaces the values of :data:`SECRET_FIELDS`, at any depth, and every
+    substring of any other string (at any depth: a rendered exception is a
+    list of dicts) that looks like a cookie or a hashed session key. Runs
+    first and again after exceptions are rendered.
     """
 
     def __init__(self, fields: frozenset[str] = SECRET_FIELDS) -> None:
@@ -52,11 +55,17 @@ class Redact:
 
     def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for field, value in event_dict.items():
-            if field in self.fields:
-                event_dict[field] = REDACTED
-            elif isinstance(value, str):
-                event_dict[field] = SECRET_VALUES.sub(REDACTED, value)
+            event_dict[field] = REDACTED if field in self.fields else self._scrub(value)
         return event_dict
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return SECRET_VALUES.sub(REDACTED, value)
+        if isinstance(value, dict):
+            return {k: REDACTED if k in self.fields else self._scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._scrub(item) for item in value]
+        return value
 
 
 def _cloud_severity(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -84,10 +93,14 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks never carry local variables: a frame of Session.load holds the cookie.
+    tracebacks = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    )
     renderer: list[Any] = (
-        [_cloud_severity, structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        [_cloud_severity, tracebacks, Redact(), structlog.processors.JSONRenderer()]
         if json
-        else [structlog.dev.ConsoleRenderer()]
+        else [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
     )
     structlog.configure(
         processors=shared + renderer,

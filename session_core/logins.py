@@ -31,20 +31,21 @@ def _name(event: str, user: str) -> str:
     return f"{event}:{who}"
 
 
-def _put(client: datastore.Client, settings: Settings, name: str, at: float) -> None:
+def _entity(client: datastore.Client, settings: Settings, name: str, at: float) -> datastore.Entity:
     entity = datastore.Entity(settings_key(client, settings, KIND, name), exclude_from_indexes=("at",))
     entity["at"] = float(at)
-    within(settings.request_timeout.total_seconds(), "login record", lambda rpc: client.put(entity, **rpc))
+    return entity
 
 
-def record_kill(client: datastore.Client, settings: Settings, user: str | None, at: float) -> None:
-    """Remember that ``user`` (None: everyone) was killed at ``at``. One commit."""
-    _put(client, settings, _name("kill", EVERYONE if user is None else user), at)
+def kill_record(client: datastore.Client, settings: Settings, user: str | None, at: float) -> datastore.Entity:
+    """The entity recording that ``user`` (None: everyone) was killed at ``at``; upsert it with the kill."""
+    return _entity(client, settings, _name("kill", EVERYONE if user is None else user), at)
 
 
 def record_login(client: datastore.Client, settings: Settings, user: str, at: float) -> None:
     """Remember that ``user`` logged in interactively at ``at``. One commit."""
-    _put(client, settings, _name("login", user), at)
+    entity = _entity(client, settings, _name("login", user), at)
+    within(settings.request_timeout.total_seconds(), "login record", lambda rpc: client.put(entity, **rpc))
 
 
 def remembered_login_allowed(client: datastore.Client, settings: Settings, user: str) -> bool:

@@ -44,6 +44,7 @@ from session_core.rules import (
 from session_core.store import DeleteObserver, SessionRecord, SessionStore
 
 _INSERT_ATTEMPTS = 3
+MAX_DUPLICATE_COOKIES = 4  # cookies of our name looked up in one request, at most
 _REGISTERED: list[DeleteObserver] = []  # only Session.on_delete writes here (ViUR's API)
 log = structlog.get_logger("session_core.session")
 
@@ -187,21 +188,25 @@ class Session(MutableMapping[str, Any]):
 
         No cookie, or one not of the exact format we issue: a fresh session,
         no RPC. A valid cookie: one lookup RPC. An unknown or expired session
-        gives a fresh one that gets a new server-chosen key when saved.
+        gives a fresh one that gets a new server-chosen key when saved. When
+        the request carries several cookies of our name (one planted by a
+        sibling subdomain, say), they are looked up together and the first
+        that loads a live session wins.
         """
         self._pending = None
         self._obsolete = []
         self._start_fresh()
-        cookie = req.get_cookie(self.cookie_name)
-        if cookie is None or not is_valid_key(cookie):
+        cookies = [value for value in dict.fromkeys(_cookies(req, self.cookie_name)) if is_valid_key(value)]
+        if not cookies:
             return False
-        record = self.store.lookup(cookie)
-        if record is None:
-            return False
+        records = self.store.lookup_all(cookies[:MAX_DUPLICATE_COOKIES])
         now = self.clock()
-        if is_expired(record.expires(self.settings.life_time), now):
-            self._obsolete = [record.key_name]  # removed if a new session is saved
+        live = [cookie for cookie in cookies if cookie in records and not self._expired(records[cookie], now)]
+        if not live:
+            self._obsolete = [record.key_name for record in records.values()]  # removed if a new session is saved
             return False
+        cookie = live[0]  # of several cookies of our name (a sibling subdomain may plant one), the live one
+        record = records[cookie]
         self._cookie_key = cookie
         self._stored_name = record.key_name
         self._data = dict(record.data)
@@ -218,6 +223,9 @@ class Session(MutableMapping[str, Any]):
         if needs_refresh(record.seen, now, self.lifetime.total_seconds()):
             self._write_due = True
         return True
+
+    def _expired(self, record: SessionRecord, now: float) -> bool:
+        return is_expired(record.expires(self.settings.life_time), now)
 
     def defer_load(self, req: RequestContext) -> None:
         """Load from the request's cookie on first use instead of now.
@@ -475,6 +483,15 @@ class Session(MutableMapping[str, Any]):
         if self._pending is not None:
             return "<Session not loaded yet>"
         return f"<Session user={self._user!r} fields={len(self._data)} changed={self.changed}>"
+
+
+def _cookies(req: RequestContext, name: str) -> list[str]:
+    """Every value of our cookie in the request (contexts that can tell several), in the order sent."""
+    every = getattr(req, "get_cookies", None)
+    if every is not None:
+        return list(every(name))
+    one = req.get_cookie(name)
+    return [] if one is None else [one]
 
 
 def registered_delete_observer() -> DeleteObserver | None:

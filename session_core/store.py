@@ -25,7 +25,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
@@ -130,11 +130,12 @@ def commit(
     *,
     insert: Sequence[datastore.Entity] = (),
     update: Sequence[datastore.Entity] = (),
+    upsert: Sequence[datastore.Entity] = (),
     delete: Sequence[datastore.Key] = (),
     transaction: datastore.Transaction | None = None,
     rpc: dict[str, Any] | None = None,
 ) -> None:
-    """Send insert/update/delete mutations in one commit RPC.
+    """Send insert/update/upsert/delete mutations in one commit RPC.
 
     The python client's ``put`` always upserts; this builds the mutations the
     Datastore API also offers. ``insert`` fails with AlreadyExists when the
@@ -145,9 +146,10 @@ def commit(
     batch = transaction if transaction is not None else client.batch()
     if transaction is None:
         batch.begin()
-    ops: list[tuple[Literal["insert", "update"], datastore.Entity]] = [
+    ops: list[tuple[Literal["insert", "update", "upsert"], datastore.Entity]] = [
         *(("insert", e) for e in insert),
         *(("update", e) for e in update),
+        *(("upsert", e) for e in upsert),
     ]
     for op, entity in ops:
         batch.mutations.append(Mutation(**{op: entity_to_protobuf(entity)}))
@@ -223,14 +225,20 @@ class SessionStore:
 
     def lookup(self, cookie_key: str) -> SessionRecord | None:
         """Find a session by cookie value under its hashed or plain name: one RPC (within the deadline)."""
-        names = (hash_key(cookie_key), cookie_key)
-        keys = [self.key(name) for name in names]
+        return self.lookup_all([cookie_key]).get(cookie_key)
+
+    def lookup_all(self, cookie_keys: Sequence[str]) -> dict[str, SessionRecord]:
+        """The stored sessions of several cookie values, each under its hashed or plain name: one RPC."""
+        names = {cookie: (hash_key(cookie), cookie) for cookie in cookie_keys}
+        keys = [self.key(name) for pair in names.values() for name in pair]
         found: list[datastore.Entity] = self._within("lookup", lambda rpc: self.client.get_multi(keys, **rpc))
         by_name = {entity.key.name: entity for entity in found}
-        for name in names:
-            if name in by_name:
-                return self.from_entity(by_name[name])
-        return None
+        records: dict[str, SessionRecord] = {}
+        for cookie, pair in names.items():
+            entity = next((by_name[name] for name in pair if name in by_name), None)
+            if entity is not None:
+                records[cookie] = self.from_entity(entity)
+        return records
 
     def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
         """Create a session (and drop ``delete``) in one commit; False if the name is taken."""
@@ -258,40 +266,39 @@ class SessionStore:
     def move(self, record: SessionRecord, old_name: str) -> bool:
         """Re-home a session from ``old_name`` to ``record.key_name`` (a ViUR plain name to its hash).
 
-        One transaction that reads both names first, so a move never
-        resurrects a session killed meanwhile: False only when both are gone.
-        When a concurrent request has moved it already, the change is written
-        under the new name with the update rule, not dropped. A transaction
-        that loses a race is retried within the deadline.
+        First one transaction that updates the old entity and inserts the new
+        one, all or none (a non-transactional commit may apply only some of
+        its mutations): it fails if the old one is gone (killed, or moved by a
+        concurrent request) or the new one exists (moved already). Then the
+        old name is deleted. When that first commit fails, the change is
+        written under the new name with the update rule, so a concurrent move
+        is not a logout and a killed session is not resurrected: False only
+        when neither name exists. The transaction reads nothing, so
+        concurrent requests do not wait on each other's locks. Three RPCs
+        (begin, commit, and the delete's commit).
         """
-        entity = self.to_entity(record)
-        old_key, new_key = self.key(old_name), entity.key
+        new = self.to_entity(record)
+        old = self.to_entity(replace(record, key_name=old_name))
 
-        def attempt(rpc: dict[str, Any]) -> bool:
+        def atomically(rpc: dict[str, Any]) -> None:  # a transaction makes the mutations all or none; it reads nothing
             transaction = self.client.transaction()
             transaction.begin(**rpc)
             try:
-                found = {e.key.name for e in self.client.get_multi([old_key, new_key], transaction=transaction, **rpc)}
-                if not found:
-                    transaction.rollback(**rpc)
-                    return False
-                moved_already = new_key.name in found
-                commit(
-                    self.client,
-                    insert=[] if moved_already else [entity],
-                    update=[entity] if moved_already else [],
-                    delete=[old_key] if old_key.name in found else [],
-                    transaction=transaction,
-                )
+                commit(self.client, update=[old], insert=[new], transaction=transaction)
                 transaction.commit(**rpc)
             except BaseException:
                 if transaction.id is not None:
                     transaction.rollback(**rpc)
                 raise
-            return True
 
-        written: bool = self._within("move", attempt)
-        return written
+        try:
+            self._within("move", atomically)
+        except StoreError as exc:
+            if not isinstance(exc.cause, (gexc.NotFound, gexc.AlreadyExists)):
+                raise
+            return self.update(record)  # moved already (or killed: then False)
+        self.delete([old_name])
+        return True
 
     def delete(self, names: Sequence[str]) -> None:
         """Delete sessions by entity name in one commit (absent names are fine), within the deadline."""

@@ -20,7 +20,7 @@ import structlog
 from google.cloud import datastore
 
 from session_core.config import Settings
-from session_core.cookies import parse_cookie_header
+from session_core.cookies import parse_cookie_header, parse_cookie_values
 from session_core.errors import StoreError
 from session_core.session import Session
 
@@ -41,6 +41,9 @@ class WSGIContext:
 
     def get_cookie(self, name: str) -> str | None:
         return parse_cookie_header(self.environ.get("HTTP_COOKIE", ""), name)
+
+    def get_cookies(self, name: str) -> list[str]:
+        return parse_cookie_values(self.environ.get("HTTP_COOKIE", ""), name)
 
     def add_header(self, name: str, value: str) -> None:
         self.headers.append((name, value))

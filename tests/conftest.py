@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import re
 import shutil
 import signal
 import sys
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 from functions_framework import create_app
+from google.auth import crypt, jwt
 from google.cloud import datastore
 
 from devstack.emulators import cloud_tasks, functions_framework
@@ -194,6 +204,7 @@ def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> FunctionCli
     monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
     monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    monkeypatch.setenv("SESSION_TASK_AUTH", "none")  # the emulator-only opt-out; test_auth.py turns OIDC on
     monkeypatch.delenv("SESSION_TASKS_QUEUE", raising=False)
 
     def make(target: str, **env: str) -> FlaskClient:
@@ -215,6 +226,7 @@ def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **ex
         "SESSION_TASKS_QUEUE": QUEUE,
         "SESSION_TASK_URL": f"http://127.0.0.1:{task_port}/",
         "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
+        "SESSION_TASK_AUTH": "none",  # the tasks emulator sends no OIDC token
         **extra,
     }
 
@@ -225,3 +237,101 @@ def readme_python_blocks(heading: str) -> list[str]:
     section = text.split(f"\n{heading}\n", 1)[1]
     section = re.split(r"\n#{1,6} ", section, maxsplit=1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def record_run(client: datastore.Client, settings: Settings, step: dict[str, Any]) -> None:
+    """Write the run a step payload belongs to, as its starter would have, so that session_task accepts it."""
+    from session_core.maintenance.runs import Run, RunRecorder, clear_params, kill_params
+
+    recorder = RunRecorder(client, settings)
+    if step["op"] == "clear":
+        run = Run(step["run_id"], "clear", clear_params(step["cutoff"], step["dry_run"]), time.time())
+    else:
+        shards = None if step["shard"] is None else [(None, None)] * step["shard"] + [(step["lo"], step["hi"])]
+        params = kill_params(step["user"], step["except_session"], shards)
+        run = Run(step["run_id"], "kill", params, time.time(), chains=len(shards or [None]))
+    client.put(recorder.entity(run))
+
+
+# -- Google-style OIDC tokens, signed by a throwaway key whose certificate a local server serves ---------
+
+AUDIENCE = "https://europe-west3-session-core-test.cloudfunctions.net/session_task"
+TASKS_ACCOUNT = "session-tasks@session-core-test.iam.gserviceaccount.com"
+
+
+class SigningKey(NamedTuple):
+    """The throwaway key, the URL of its certificates, and the certificate server's counters and switch."""
+
+    signer: crypt.Signer
+    certs_url: str
+    fetches: list[float]  # one entry per certificate GET
+    down: threading.Event  # set: the certificate endpoint answers 503
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> Iterator[SigningKey]:
+    """A throwaway RSA key, and a local URL serving its certificate the way Google serves its own."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "throwaway")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    certs = json.dumps({"kid-1": cert.public_bytes(serialization.Encoding.PEM).decode()}).encode()
+    fetches: list[float] = []
+    down = threading.Event()
+
+    class Certs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(time.time())
+            if down.is_set():
+                self.send_response(503)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "public, max-age=21600, must-revalidate, no-transform")  # as Google
+            self.end_headers()
+            self.wfile.write(certs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/certs"
+        yield SigningKey(crypt.RSASigner.from_string(pem, key_id="kid-1"), url, fetches, down)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def token(
+    signer: crypt.Signer,
+    *,
+    audience: str = AUDIENCE,
+    email: str = TASKS_ACCOUNT,
+    expires_in: int = 600,
+    issuer: str = "https://accounts.google.com",
+) -> str:
+    """An ID token as Google signs them for Cloud Tasks (by default: valid, for our audience and account)."""
+    now = int(time.time())
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": "1234",
+        "email": email,
+        "email_verified": True,
+        "iat": now - 60,
+        "exp": now + expires_in,
+    }
+    return jwt.encode(signer, claims).decode()

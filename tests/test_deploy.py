@@ -253,11 +253,12 @@ def test_the_database_is_checked_and_created_in_datastore_mode_at_an_explicit_lo
     assert flag(named, "--database") == "sessions"
 
 
-def test_ttl_policy_only_when_asked(tmp_path: Path) -> None:
+def test_ttl_policy_only_when_asked_on_the_sessions_and_the_run_receipts(tmp_path: Path) -> None:
     assert not any("ttls update" in line for line in dry_run(tmp_path))
-    ttl = one(dry_run(tmp_path, "--ttl"), r"ttls update")
-    assert words(ttl)[:6] == ["gcloud", "firestore", "fields", "ttls", "update", "expires"]
-    assert flag(ttl, "--collection-group") == "viur-session" and "--enable-ttl" in words(ttl)
+    ttls = [line for line in dry_run(tmp_path, "--ttl") if "ttls update" in line]
+    assert all(words(ttl)[:6] == ["gcloud", "firestore", "fields", "ttls", "update", "expires"] for ttl in ttls)
+    assert all("--enable-ttl" in words(ttl) for ttl in ttls)
+    assert sorted(flag(ttl, "--collection-group") for ttl in ttls) == ["session_core-run", "viur-session"]
 
 
 def test_dead_letters_go_to_the_subscription_of_the_functions_own_trigger_and_are_kept(tmp_path: Path) -> None:
@@ -292,6 +293,7 @@ def test_alerts_notify_the_channels_given_and_follow_the_schedule(tmp_path: Path
         ({"SESSION_SHARDS": 16}, (), "flat JSON object whose values are all strings"),
         ({"DATASTORE_EMULATOR_HOST": "localhost:1"}, (), "not a setting the functions read"),
         ({"SESSION_SHARDS": "many"}, (), "SESSION_SHARDS must be a whole number"),
+        ({"SESSION_TASK_AUTH": "none"}, (), "SESSION_TASK_AUTH must be oidc"),
         ({}, ("--schedule", "*/7 * * * *"), "--schedule '*/7 * * * *'"),
         ({}, ("--notification-channel", "email-me"), "expected projects/P/notificationChannels/ID"),
     ],

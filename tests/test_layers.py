@@ -34,6 +34,7 @@ RANK = {
     "maintenance.sweep": 7,
     "maintenance.shards": 8,
     "maintenance.dispatch": 8,
+    "maintenance.runs": 8,
     "maintenance.cleanup": 9,
     "maintenance.kill": 9,
     "functions": 10,

@@ -11,7 +11,7 @@ from google.cloud import datastore
 from session_core import Settings
 from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME
 from session_core.store import settings_key
-from tests.conftest import FunctionClient
+from tests.conftest import FunctionClient, record_run
 from tests.test_cleanup import remaining, seed
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
@@ -92,6 +92,7 @@ def test_session_task_runs_a_clear_step(
         "page": 0,
         "dry_run": False,
     }
+    record_run(client, settings, step)
     task = function("session_task")
     for _ in range(2):  # a duplicated delivery is harmless
         response = task.post("/", data=json.dumps(step), content_type="application/json")
@@ -218,6 +219,7 @@ def test_session_task_runs_a_kill_step(
         "cursor": None,
         "page": 1,
     }
+    record_run(client, settings, step)
     response = function("session_task").post("/", json=step)
     assert response.status_code == 200 and response.get_json()["deleted"] == 5
     assert remaining(client, settings) == users["alice"] | users["__guest__"]

@@ -75,7 +75,8 @@ def test_first_batch_goes_at_once_and_the_rest_continues_as_tasks(
     queued: list[Step] = []
     rpcs.reset()
     result = killSessionByUser("alice", client=client, settings=settings, enqueue=queued.append)
-    assert rpcs.calls == {"run_query": 1, "commit": 2}  # the kill record, one keys-only page, one delete commit
+    # The run and the kill time recorded in one commit, one keys-only page, one delete commit, and the count.
+    assert rpcs.calls == {"commit": 3, "run_query": 1, "begin_transaction": 1, "lookup": 1}
     assert result.deleted == 500 and result.continued and len(queued) == 1
     assert len(remaining(client, settings)) == sum(map(len, population.values())) - 500
     assert drain(client, settings, queued) == 700

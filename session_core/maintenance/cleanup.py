@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import DispatchError, StoreError, TransientStoreError
+from session_core.maintenance.runs import Run, RunRecorder, clear_params
 from session_core.maintenance.steps import ClearStep, Enqueue
 from session_core.maintenance.sweep import Progress, Sweep, session_query
 from session_core.rules import cutoff_for
@@ -69,9 +71,10 @@ class _Lease:
         self.key = settings_key(client, settings, LEASE_KIND, LEASE_NAME)
         self.seconds = settings.lease_ttl.total_seconds()
 
-    def acquire(self, run_id: str, now: float) -> bool:
+    def acquire(self, run_id: str, now: float, *, with_entities: Sequence[datastore.Entity] = ()) -> bool:
         """Take or renew the lease for ``run_id``; False if another live run holds it.
 
+        ``with_entities`` are written in the same commit (a new run's record).
         A transaction that loses a race with a concurrent run (ABORTED) looks
         again; any other failure raises StoreError.
         """
@@ -83,7 +86,7 @@ class _Lease:
                         return False
                     lease = datastore.Entity(self.key)
                     lease.update(run_id=run_id, until=now + self.seconds)
-                    self.client.put(lease)
+                    self.client.put_multi([lease, *with_entities])
                 return True
             except TransientStoreError as exc:
                 if not isinstance(exc.cause, gexc.Aborted) or attempt == 2:
@@ -116,13 +119,25 @@ def start_clear_sessions(
 ) -> ClearResult:
     """Start a cleanup run (what Cloud Scheduler triggers). Idempotent.
 
-    Takes the lease (unless ``dry_run``); if another run holds it, returns a
-    result with ``skipped=True`` and touches nothing. Otherwise runs the first
-    step; see :func:`run_clear_step`.
+    Takes the lease (unless ``dry_run``) and records the run
+    (:mod:`~session_core.maintenance.runs`) in the same commit; if another
+    run holds the lease, returns a result with ``skipped=True`` and touches
+    nothing. Otherwise runs the first step; see :func:`run_clear_step`.
     """
     now = time.time() if now is None else now
     step = ClearStep(run_id=uuid.uuid4().hex, cutoff=cutoff_for(now, settings), dry_run=dry_run)
-    return run_clear_step(client, settings, step, enqueue=enqueue, now=now, progress=progress, observer=observer)
+    recorder = RunRecorder(client, settings)
+    record = recorder.entity(Run(step.run_id, "clear", clear_params(step.cutoff, step.dry_run), now))
+    if dry_run:
+        with translated("run"):
+            client.put(record, **FAIL_FAST)
+    elif not _Lease(client, settings).acquire(step.run_id, now, with_entities=[record]):
+        result = ClearResult(step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run)
+        log.info("clear_sessions", **result.to_json())
+        return result
+    return run_clear_step(
+        client, settings, step, enqueue=enqueue, now=now, progress=progress, observer=observer, lease_held=True
+    )
 
 
 def run_clear_step(
@@ -134,29 +149,35 @@ def run_clear_step(
     now: float | None = None,
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
+    lease_held: bool = False,
 ) -> ClearResult:
     """Run one step of a cleanup chain within the time budget. Idempotent.
 
-    Deletes expired sessions page by page from ``step.cursor``. If the budget
+    Deletes expired sessions page by page from ``step.cursor``, never one
+    before its own expiry plus the grace: the cutoff is the step's or the one
+    the clock gives now, whichever is earlier. If the budget
     runs out with work left, the next step goes to ``enqueue`` (and the result
     says ``continued``); with no ``enqueue`` the run simply goes on. Transient
     Datastore errors are retried; others raise StoreError after the deletes
     already committed (a retry of the step resumes safely), and the lease is
     released so that the retry need not wait for it. ``observer`` is told of
     each deleted session (never in a dry run); one that raises is logged and
-    changes nothing else. Logs exactly one ``clear_sessions`` summary line.
+    changes nothing else. ``lease_held``: the caller has just taken the
+    lease for this run. Logs exactly one ``clear_sessions`` summary line.
     """
     started = time.monotonic()
     now = time.time() if now is None else now
     lease = _Lease(client, settings)
-    if not step.dry_run and not lease.acquire(step.run_id, now):
+    if not step.dry_run and not lease_held and not lease.acquire(step.run_id, now):
         result = ClearResult(step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run)
         log.info("clear_sessions", **result.to_json())
         return result
 
+    cutoff = min(step.cutoff, cutoff_for(now, settings))  # whatever the step says
+
     def query() -> datastore.Query:
         q = session_query(client, settings)
-        q.add_filter(filter=PropertyFilter("lastseen", "<", step.cutoff))
+        q.add_filter(filter=PropertyFilter("lastseen", "<", cutoff))
         return q
 
     def heartbeat() -> bool:
@@ -180,6 +201,7 @@ def run_clear_step(
         if not step.dry_run:
             lease.release_quietly(step.run_id)  # so that a retry need not wait for it to lapse
         raise
+    RunRecorder(client, settings).record_step(step.run_id, outcome.deleted, chain_finished=next_step is None)
     result = ClearResult(
         run_id=step.run_id,
         cutoff=step.cutoff,

@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
+from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
-from session_core.errors import MisuseError
-from session_core.logins import record_kill
+from session_core.errors import MisuseError, StoreError
+from session_core.logins import kill_record
+from session_core.maintenance.runs import Run, RunRecorder, kill_params
 from session_core.maintenance.shards import plan_shards
 from session_core.maintenance.steps import Enqueue, KillStep
 from session_core.maintenance.sweep import (
@@ -38,7 +40,7 @@ from session_core.maintenance.sweep import (
 )
 from session_core.rules import GUEST_USER, is_expired, session_id_of, valid_session_id, valid_user
 from session_core.session import Session
-from session_core.store import DeleteObserver, SessionStore, translated
+from session_core.store import FAIL_FAST, DeleteObserver, SessionStore, commit, translated
 
 log = structlog.get_logger("session_core.kill")
 
@@ -131,6 +133,7 @@ def run_kill_step(
         cursor = None
     if cursor is not None and enqueue is not None:
         enqueue(KillStep(step.run_id, step.user, step.except_session, step.shard, step.lo, step.hi, cursor, page))
+    RunRecorder(client, settings).record_step(step.run_id, deleted, chain_finished=cursor is None)
     result = KillResult(
         run_id=step.run_id,
         user=_label(step.user),
@@ -142,6 +145,30 @@ def run_kill_step(
     )
     log.info("kill_sessions", **result.to_json())
     return result
+
+
+def _start_run(
+    client: datastore.Client, settings: Settings, run_id: str, user: str | None, except_session: str | None
+) -> Run:
+    """Record a new kill run, with the user's kill time, in one commit; or find it, when a message comes again.
+
+    One commit (an insert), and one lookup more only for a redelivered
+    message, which keeps its run's recorded shards: the steps it enqueues
+    again are the same steps, and Cloud Tasks drops the duplicates.
+    """
+    recorder = RunRecorder(client, settings)
+    now = time.time()
+    shards = None if user not in (None, GUEST_USER) else plan_shards(client, settings, settings.shards)
+    run = Run(run_id, "kill", kill_params(user, except_session, shards), now, chains=len(shards or [None]))
+    killed = [] if user == GUEST_USER else [kill_record(client, settings, user, now)]  # no remember-me undoes it
+    try:
+        with translated("run"):
+            commit(client, insert=[recorder.entity(run)], upsert=killed, rpc=FAIL_FAST)
+    except StoreError as exc:
+        if not isinstance(exc.cause, gexc.AlreadyExists) or (found := recorder.get(run_id)) is None:
+            raise
+        return found  # the same message again: its run, with the shards it recorded
+    return run
 
 
 def _offset(progress: Progress | None, done: int) -> Progress | None:
@@ -168,9 +195,10 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     ``except_session`` (an opaque session id) survives. One user: the first
     batch is deleted before this returns; the rest goes to ``enqueue`` (or
     runs inline without a queue). Guests and everyone: one chain per shard,
-    each enqueued (or run inline). A kill of a user or of everyone is
-    recorded first (:mod:`session_core.logins`), so that a remember-me
-    cookie cannot log them back in. ``observer`` is told of each session
+    each enqueued (or run inline). The run is recorded first
+    (:mod:`~session_core.maintenance.runs`), with the kill time of a user or
+    of everyone (:mod:`session_core.logins`, so that a remember-me cookie
+    cannot log them back in), in one commit. ``observer`` is told of each session
     deleted here (steps run later by Cloud Tasks tell the observer of the
     process that runs them). Idempotent; a repeated ``run_id`` names the
     same tasks, so Cloud Tasks drops the duplicates. A bad ``user`` or
@@ -180,11 +208,9 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
         raise MisuseError("user must be None, '__guest__' or a user key string")
     if except_session is not None and not valid_session_id(except_session):
         raise MisuseError("except_session must be a session id (64 hex digits)")
-    run_id = run_id or uuid.uuid4().hex
-    if user != GUEST_USER:  # so that no remember-me cookie logs a killed user back in
-        record_kill(client, settings, user, time.time())
-    if user is not None and user != GUEST_USER:
-        step = KillStep(run_id, user, except_session)
+    run = _start_run(client, settings, run_id or uuid.uuid4().hex, user, except_session)
+    if run.params["shards"] is None:
+        step = KillStep(run.run_id, user, except_session)
         return run_kill_step(
             client,
             settings,
@@ -195,15 +221,16 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
             observer=observer,
         )
     started = time.monotonic()
-    ranges = plan_shards(client, settings, settings.shards)
+    ranges = [(lo, hi) for lo, hi in run.params["shards"]]
     deleted = 0
     for shard, (lo, hi) in enumerate(ranges):
-        step = KillStep(run_id, user, except_session, shard, lo, hi)
+        step = KillStep(run.run_id, user, except_session, shard, lo, hi)
         if enqueue is not None:
             enqueue(step)
         else:
             shard_result = run_kill_step(client, settings, step, progress=_offset(progress, deleted), observer=observer)
             deleted += shard_result.deleted
+    run_id = run.run_id
     result = KillResult(
         run_id=run_id,
         user=_label(user),

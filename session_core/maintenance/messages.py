@@ -35,9 +35,13 @@ def parse_kill_message(data: bytes) -> KillRequest:
     if len(data) > MAX_MESSAGE_BYTES:
         raise PoisonMessageError(f"data larger than {MAX_MESSAGE_BYTES} bytes")
     try:
-        payload = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        payload = strict_json(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise PoisonMessageError("data is not UTF-8") from None
+    except DuplicateKeyError as exc:
+        raise PoisonMessageError(f"duplicate field {exc.args[0]!r}") from None
+    except RecursionError:
+        raise PoisonMessageError("data is nested too deeply") from None
     except ValueError:
         raise PoisonMessageError("data is not JSON") from None
     if not isinstance(payload, dict):
@@ -54,6 +58,28 @@ def parse_kill_message(data: bytes) -> KillRequest:
     if except_session is not None and not valid_session_id(except_session):
         raise PoisonMessageError('"except_session" must be a session id (64 hex digits), never a cookie')
     return KillRequest(user=user, except_session=except_session)
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names a field twice (``{"user": "a", "user": null}``): never guess which one counts."""
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses duplicate keys and NaN/Infinity.
+
+    Raises DuplicateKeyError, RecursionError (nesting deeper than Python's
+    stack) or ValueError; callers turn each into their bad-input error.
+    """
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
 
 
 def _reject_constant(name: str) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 import re
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from session_core.errors import PayloadError
+from session_core.maintenance.messages import DuplicateKeyError, strict_json
 from session_core.rules import valid_session_id, valid_user
 
 MAX_PAYLOAD_BYTES = 16 * 1024
@@ -171,7 +171,11 @@ def parse_step(body: bytes) -> Step:
     if len(body) > MAX_PAYLOAD_BYTES:
         raise PayloadError("payload too large")
     try:
-        payload = json.loads(body, parse_constant=_no_constant)
+        payload = strict_json(body)
+    except DuplicateKeyError as exc:
+        raise PayloadError(f"duplicate field {exc.args[0]!r}") from None
+    except RecursionError:
+        raise PayloadError("nested too deeply") from None
     except (UnicodeDecodeError, ValueError):
         raise PayloadError("not JSON") from None
     if not isinstance(payload, dict):
@@ -181,7 +185,3 @@ def parse_step(body: bytes) -> Step:
     if payload.get("op") == "kill":
         return _parse_kill(payload)
     raise PayloadError("unknown op")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
