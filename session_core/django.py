@@ -26,10 +26,10 @@ clear_expired), with these choices of ours:
 - ``clear_expired()`` (``manage.py clearsessions``) runs our cleanup.
 
 Configuration lives in Django's settings, which is where a Django project
-reads its environment: ``SESSION_CORE_SETTINGS`` (a :class:`Settings`, for
-example ``Settings.from_env(os.environ)`` or ``Settings.from_file(path,
-os.environ)``) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore client;
-by default one is built from the settings, once per process).
+reads its environment (this module never does): ``SESSION_CORE_SETTINGS`` (a
+:class:`Settings`, built there with ``Settings.from_env`` or
+``Settings.from_file``) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
+client; by default one is built from the settings, once per process).
 
 A store that does not answer within ``SESSION_REQUEST_TIMEOUT`` raises
 StoreError where the session is first used, and again at every later use in
@@ -82,7 +82,7 @@ def configured() -> tuple[Settings, datastore.Client]:
     if not isinstance(settings, Settings):
         raise ImproperlyConfigured(
             f"{SETTINGS_NAME} must be a session_core.Settings when SESSION_ENGINE is 'session_core.django', "
-            f"for example {SETTINGS_NAME} = Settings.from_env(os.environ) in settings.py; "
+            f"built in settings.py with Settings.from_env or Settings.from_file; "
             f"got {type(settings).__name__}"
         )
     client = getattr(django_settings, CLIENT_NAME, None)
@@ -123,6 +123,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         super().__init__(session_key)
 
     # -- keys -----------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """Opaque id of the session (the SHA-256 of its key), safe to show and log; None without a key.
+
+        What ``killSessionByUser(..., except_session=...)`` and
+        ``end_user_session`` take: "sign out everywhere else".
+        """
+        key = self.session_key
+        return hash_key(key) if key else None
 
     def _validate_session_key(self, key: object) -> bool:
         """Only our exact key format is a session key; anything else becomes None (no RPC)."""
@@ -224,6 +234,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
     def _create(self, *, obsolete: Iterable[str]) -> None:
         gone = list(obsolete)
+        self._security_key = None  # a new key (a login's cycle_key too) gets a new security key, as in ViUR
         for _ in range(_CREATE_ATTEMPTS):
             self._session_key = self._get_new_session_key()
             try:

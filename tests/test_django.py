@@ -27,7 +27,7 @@ from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.test.utils import setup_test_environment, teardown_test_environment
 from google.cloud import datastore
 
@@ -35,7 +35,7 @@ from session_core import MisuseError, Session, SessionDataError, Settings, Store
 from session_core.rules import GUEST_USER, hash_key, is_valid_key
 from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
-from tests.conftest import Ctx, RpcCounter
+from tests.conftest import Ctx, RpcCounter, readme_python_blocks
 from tests.django_site import configure
 
 configure()
@@ -436,11 +436,13 @@ def test_a_login_rotates_the_key_and_writes_the_user_id_to_the_indexed_user(
     alice = user("alice")
     browser.get("/visits/")
     guest = cookie_of(browser)
+    before = entity(client, settings, guest)
     assert browser.post(f"/login/{alice.username}/").content == b"signed in"
     signed_in = cookie_of(browser)
     assert signed_in != guest and entity(client, settings, guest) is None  # cycle_key: no fixation
     stored = entity(client, settings, signed_in)
     assert stored is not None and stored["user"] == str(alice.pk) == stored["data"][SESSION_KEY]
+    assert before is not None and stored["static_security_key"] != before["static_security_key"]
     assert stored["data"]["visits"] == 1  # cycle_key keeps the data
     assert browser.get("/me/").content.decode() == alice.username
 
@@ -670,3 +672,34 @@ def test_without_session_core_settings_the_engine_says_how_to_configure_it() -> 
         pytest.raises(ImproperlyConfigured, match=r"Settings\.from_env"),
     ):
         SessionStore()
+
+
+# -- the README's Django section -------------------------------------------------------------
+
+
+def test_the_readmes_settings_configure_this_engine_with_our_middleware() -> None:
+    settings_block, _ = readme_python_blocks("### Django")
+    namespace: dict[str, Any] = {}
+    exec(settings_block, namespace)
+    assert namespace["SESSION_ENGINE"] == "session_core.django" == django_settings.SESSION_ENGINE
+    assert namespace["MIDDLEWARE"][0] == "session_core.django.SessionMiddleware" == django_settings.MIDDLEWARE[0]
+    assert "django.contrib.sessions" in namespace["INSTALLED_APPS"]
+    assert isinstance(namespace["SESSION_CORE_SETTINGS"], Settings)
+
+
+def test_the_readmes_sign_out_everywhere_else_view_keeps_only_this_session(
+    client: datastore.Client, settings: Settings
+) -> None:
+    _, view_block = readme_python_blocks("### Django")
+    namespace: dict[str, Any] = {}
+    exec(view_block, namespace)
+    alice = user("alice")
+    here, elsewhere = Client(), Client()
+    here.force_login(alice)
+    elsewhere.force_login(alice)
+    request = RequestFactory().post("/sign-out-everywhere-else/")
+    request.session = SessionStore(cookie_of(here))
+    request.user = alice
+    assert namespace["sign_out_everywhere_else"](request).content == b"signed out everywhere else"
+    assert here.get("/me/").content.decode() == alice.username
+    assert elsewhere.get("/me/").content == b"anonymous"
