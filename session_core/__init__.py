@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         logout_everywhere_else,
     )
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _LAZY = {
     "ClearResult": "session_core.maintenance.cleanup",

@@ -1,0 +1,344 @@
+"""Django session engine: ``SESSION_ENGINE = "session_core.django"``.
+
+:class:`SessionStore` is a ``django.contrib.sessions.backends.base.SessionBase``
+over the same Datastore entities as every other adapter, so the cleanup and
+kill-by-user functions clean and kill Django sessions too. ``request.session``
+keeps Django's documented contract (load, exists, create, save, delete,
+cycle_key, flush, the expiry methods and their async ``a*`` twins,
+clear_expired), with these choices of ours:
+
+- Keys are ours: 42 ``[A-Za-z0-9]`` characters from :mod:`secrets`, stored
+  under their SHA-256 (``SESSION_KEY_STORAGE``). A cookie of any other shape
+  (Django's own 32-character keys included) is no session: no RPC.
+- ``save(must_create=True)`` is a Datastore insert (``CreateError`` if the name
+  is taken); every other save is an update (``UpdateError`` if the session
+  is gone), never an upsert, so a killed or cleared session is never
+  resurrected: Django's middleware answers that request ``SessionInterrupted``.
+- Values are stored natively (:mod:`session_core.values`), not through
+  ``SESSION_SERIALIZER``; what Datastore cannot hold raises SessionDataError
+  at save, before any RPC.
+- Each save stores the session's own lifetime: ``get_expiry_age()`` at that
+  moment (``SESSION_COOKIE_AGE``, or what ``set_expiry`` gave), as Django's
+  database backend stores ``expire_date``. An expired session loads empty.
+- ``django.contrib.auth``'s ``_auth_user_id`` is written to the indexed
+  ``user``, so ``killSessionByUser(str(user.pk), ...)`` ends that user's
+  sessions everywhere.
+- ``clear_expired()`` (``manage.py clearsessions``) runs our cleanup.
+
+Configuration lives in Django's settings, which is where a Django project
+reads its environment (this module never does): ``SESSION_CORE_SETTINGS`` (a
+:class:`Settings`, built there with ``Settings.from_env`` or
+``Settings.from_file``) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
+client; by default one is built from the settings, once per process).
+
+A store that does not answer within ``SESSION_REQUEST_TIMEOUT`` raises
+StoreError where the session is first used, and again at every later use in
+that request: never an empty session in place of a logged-in user's.
+:class:`SessionMiddleware` (Django's, plus that) answers it with 503 and
+``Retry-After``; with Django's own middleware it is a 500.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
+from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils import timezone
+from google.cloud import datastore
+
+from session_core import rules
+from session_core.clients import datastore_client
+from session_core.config import Settings
+from session_core.errors import MisuseError, StoreError
+from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
+from session_core.store import SessionRecord
+from session_core.store import SessionStore as RecordStore
+
+SETTINGS_NAME = "SESSION_CORE_SETTINGS"
+CLIENT_NAME = "SESSION_CORE_CLIENT"
+USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
+UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
+_CREATE_ATTEMPTS = 3
+log = structlog.get_logger("session_core.django")
+
+
+def configured() -> tuple[Settings, datastore.Client]:
+    """The settings and client the engine uses now (read from Django's settings on each call).
+
+    Raises ImproperlyConfigured when ``SESSION_CORE_SETTINGS`` is not a
+    :class:`Settings`. Without ``SESSION_CORE_CLIENT`` the client is built
+    once per process for each distinct settings.
+    """
+    settings = getattr(django_settings, SETTINGS_NAME, None)
+    if not isinstance(settings, Settings):
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME} must be a session_core.Settings when SESSION_ENGINE is 'session_core.django', "
+            f"built in settings.py with Settings.from_env or Settings.from_file; "
+            f"got {type(settings).__name__}"
+        )
+    client = getattr(django_settings, CLIENT_NAME, None)
+    if client is None:
+        client = _client_for(settings)
+    elif not isinstance(client, datastore.Client):
+        raise ImproperlyConfigured(f"{CLIENT_NAME} must be a google.cloud.datastore.Client or unset")
+    return settings, client
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(settings: Settings) -> datastore.Client:
+    return datastore_client(settings)
+
+
+class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annotations: SessionBase is Any here
+    """``request.session``: Django's ``SessionBase`` over our Datastore entities.
+
+    RPCs: constructing one costs none; the first use of a session whose
+    cookie has our format, one lookup (none for any other cookie); ``save``,
+    ``create``, ``delete``, ``flush`` and ``cycle_key`` one commit each
+    (``cycle_key`` inserts the new key and deletes the old in the same
+    commit); a first save of a ViUR plain-named session under hashed
+    storage, one transaction that moves it. ``exists`` is one lookup.
+    Concurrency: two requests holding the same session write last-wins, as
+    with Django's database backend; a request never re-creates a session
+    deleted while it held it (``UpdateError``).
+    """
+
+    _session_key: str | None  # Django's property: only keys that pass _validate_session_key are kept
+
+    def __init__(self, session_key: str | None = None) -> None:
+        self.settings, client = configured()
+        self.store = RecordStore(client, self.settings)
+        self._stored_name: str | None = None  # the entity name it was loaded from or written to
+        self._security_key: str | None = None  # ViUR's static security key, kept across saves
+        self._unavailable: StoreError | None = None  # a load failed: this request never sees a fresh session
+        super().__init__(session_key)
+
+    # -- keys -----------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """Opaque id of the session (the SHA-256 of its key), safe to show and log; None without a key.
+
+        What ``killSessionByUser(..., except_session=...)`` and
+        ``end_user_session`` take: "sign out everywhere else".
+        """
+        key = self.session_key
+        return hash_key(key) if key else None
+
+    def _validate_session_key(self, key: object) -> bool:
+        """Only our exact key format is a session key; anything else becomes None (no RPC)."""
+        return is_valid_key(key)
+
+    def _get_new_session_key(self) -> str:
+        """A fresh key (no RPC: ``create`` inserts it, and a taken name is a CreateError)."""
+        return rules.new_key()
+
+    async def _aget_new_session_key(self) -> str:
+        return rules.new_key()
+
+    # -- the backend contract ------------------------------------------------------
+
+    def exists(self, session_key: str | None) -> bool:
+        """True when an entity is stored under this key (expired or not, as Django's database backend)."""
+        return is_valid_key(session_key) and self.store.lookup(str(session_key)) is not None
+
+    def load(self) -> dict[str, Any]:
+        """The stored data: one lookup. Unknown or expired: ``{}`` and the key is dropped (never reused).
+
+        StoreError (past ``SESSION_REQUEST_TIMEOUT``) propagates, and is
+        raised again by every later load of this object.
+        """
+        if self._unavailable is not None:
+            raise self._unavailable
+        key = self.session_key
+        if key is None:
+            return {}
+        try:
+            record = self.store.lookup(key)
+        except StoreError as exc:
+            self._unavailable = exc
+            raise
+        if record is None or is_expired(record.expires(self.settings.life_time), time.time()):
+            self._session_key = None
+            self._stored_name = None
+            return {}
+        self._stored_name = record.key_name
+        self._security_key = record.static_security_key or None
+        return dict(record.data)
+
+    def create(self) -> None:
+        """Store a new session under a new key now (its current data, or none): one insert."""
+        self._create(obsolete=())
+
+    def save(self, must_create: bool = False) -> None:
+        """Insert (``must_create``: CreateError if the name is taken) or update (UpdateError if gone).
+
+        A session without a key is created. SessionDataError or MisuseError
+        (a lifetime over ten years, an ``_auth_user_id`` that is no user key)
+        are raised before any RPC.
+        """
+        if self.session_key is None:
+            self.create()
+            return
+        data = self._get_session(no_load=must_create)
+        if must_create:
+            self._insert(data, obsolete=())
+        else:
+            self._update(data)
+
+    def delete(self, session_key: str | None = None) -> None:
+        """Delete the session under this key (default: the current one): one commit; absent is fine."""
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        if not is_valid_key(session_key):
+            return  # nothing of ours is stored under it
+        self.store.delete(_names(session_key))
+        if session_key == self.session_key:
+            self._stored_name = None
+
+    def cycle_key(self) -> None:
+        """A new key for the same data: the new entity is inserted and the old deleted in one commit."""
+        data = self._session
+        old = self.session_key
+        self._create(obsolete=_names(old) if old is not None else ())
+        self._session_cache = data
+
+    async def acycle_key(self) -> None:
+        await sync_to_async(self.cycle_key)()
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        """Delete expired sessions (``manage.py clearsessions``): our cleanup, run to the end in this process.
+
+        Deletes every session ``SESSION_CLEAR_GRACE`` past its own expiry,
+        under the same lease as the scheduled function (if that is running,
+        this does nothing). Idempotent.
+        """
+        from session_core.maintenance.cleanup import start_clear_sessions  # loaded only here: not by web requests
+
+        settings, client = configured()
+        start_clear_sessions(client, settings)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _create(self, *, obsolete: Iterable[str]) -> None:
+        gone = list(obsolete)
+        self._security_key = None  # a new key (a login's cycle_key too) gets a new security key, as in ViUR
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = self._get_new_session_key()
+            try:
+                self._insert(self._get_session(no_load=True), obsolete=gone)
+            except CreateError:
+                continue  # the name is taken (about 2^-250 likely): another key
+            self.modified = True
+            return
+        raise StoreError("insert", RuntimeError("no free session key after several attempts"))
+
+    def _insert(self, data: dict[str, Any], *, obsolete: Iterable[str]) -> None:
+        key = self.session_key
+        assert key is not None
+        name = storage_name(key, self.settings)
+        if not self.store.insert(self._record(name, data), delete=list(obsolete)):
+            raise CreateError
+        self._stored_name = name
+
+    def _update(self, data: dict[str, Any]) -> None:
+        key = self.session_key
+        assert key is not None
+        stored = self._stored_name
+        target = stored or storage_name(key, self.settings)
+        if self.settings.key_storage == "hashed" and stored == key:
+            target = hash_key(key)  # a ViUR plain-named session moves to its hashed name
+        record = self._record(target, data)
+        if stored is not None and stored != target:
+            written = self.store.move(record, stored)
+        else:
+            written = self.store.update(record)
+            if not written and stored is None and target != key:
+                written = self.store.move(record, key)  # never loaded (clear()): it may be ViUR plain-named
+        if not written:
+            self._stored_name = None
+            log.warning("session_gone_on_save", kind=self.settings.kind, dropped_fields=len(data))
+            raise UpdateError
+        self._stored_name = target
+
+    def _record(self, name: str, data: dict[str, Any]) -> SessionRecord:
+        """What is stored: the data, the user from ``_auth_user_id``, and the lifetime Django gives it now."""
+        now = timezone.now()
+        lifetime = self.get_expiry_age(modification=now, expiry=data.get("_session_expiry"))
+        if lifetime > MAX_LIFETIME.total_seconds():
+            raise MisuseError("a session lifetime must be at most ten years")
+        if self._security_key is None:
+            self._security_key = rules.new_security_key()
+        return SessionRecord(
+            key_name=name,
+            data=data,
+            user=_user_of(data),
+            static_security_key=self._security_key,
+            seen=now.timestamp(),
+            lifetime=float(lifetime),
+        )
+
+
+def _names(session_key: str) -> list[str]:
+    """Both names a session of this key may be stored under (hashed, and ViUR's plain)."""
+    return [hash_key(session_key), session_key]
+
+
+def _user_of(data: dict[str, Any]) -> str:
+    """The indexed ``user``: django.contrib.auth's user id as a string, or the guest marker."""
+    user_id = data.get(USER_KEY)
+    if user_id is None:
+        return GUEST_USER
+    user = str(user_id)
+    if not rules.valid_login(user):
+        raise MisuseError(f"{USER_KEY} must be a user key kill-by-user can name (a printable string)")
+    return user
+
+
+class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]  # Django ships no annotations
+    """Django's ``SessionMiddleware``, answering 503 with ``Retry-After`` when the store does not answer.
+
+    Put it in ``MIDDLEWARE`` in place of
+    ``django.contrib.sessions.middleware.SessionMiddleware`` (it is a
+    subclass, so Django's checks accept it). A StoreError raised by the view
+    (the session's first use, ``request.user`` included) or by the save
+    becomes that 503; the session is neither saved nor replaced, and the
+    browser keeps its cookie.
+    """
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, StoreError):
+            return _unavailable(exception)
+        return None
+
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        try:
+            result: HttpResponseBase = super().process_response(request, response)
+        except StoreError as exc:
+            return _unavailable(exc)
+        return result
+
+
+def _unavailable(exc: StoreError) -> HttpResponse:
+    settings, _ = configured()
+    log.warning("session_unavailable", operation=exc.operation)
+    retry_after = max(1, int(settings.request_timeout.total_seconds()))
+    response = HttpResponse(UNAVAILABLE, status=503, content_type="text/plain")
+    response["Retry-After"] = str(retry_after)
+    response["Vary"] = "Cookie"
+    return response
+
+
+__all__ = ["SessionMiddleware", "SessionStore", "configured"]

@@ -1,0 +1,90 @@
+"""Views of the test project: each does one thing with ``request.session`` or ``django.contrib.auth``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import auth
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+from django.utils import timezone
+
+from session_core.django import SessionStore
+
+
+def visits(request: HttpRequest) -> JsonResponse:
+    request.session["visits"] = request.session.get("visits", 0) + 1
+    return JsonResponse({"visits": request.session["visits"]})
+
+
+def peek(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"visits": request.session.get("visits")})
+
+
+def nothing(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("")
+
+
+def expiry(request: HttpRequest, spec: str) -> HttpResponse:
+    """``seconds/N``, ``delta/N`` (a timedelta), ``date/N`` (a datetime N seconds ahead) or ``default``."""
+    kind, _, amount = spec.partition(":")
+    value = {
+        "seconds": lambda: int(amount),
+        "delta": lambda: timedelta(seconds=int(amount)),
+        "date": lambda: timezone.now() + timedelta(seconds=int(amount)),
+        "default": lambda: None,
+    }[kind]()
+    request.session["n"] = 1
+    request.session.set_expiry(value)
+    return HttpResponse(str(request.session.get_expiry_age()))
+
+
+def flush(request: HttpRequest) -> HttpResponse:
+    request.session.flush()
+    return HttpResponse("")
+
+
+def deleted_meanwhile(request: HttpRequest) -> HttpResponse:
+    """Another request (a logout, a kill) deletes this session while this one changes it."""
+    request.session["late"] = True
+    SessionStore(request.session.session_key).delete()
+    return HttpResponse("")
+
+
+def me(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(request.user.get_username() if request.user.is_authenticated else "anonymous")
+
+
+def login(request: HttpRequest, username: str) -> HttpResponse:
+    auth.login(request, User.objects.get(username=username))
+    return HttpResponse("signed in")
+
+
+def logout(request: HttpRequest) -> HttpResponse:
+    auth.logout(request)
+    return HttpResponse("signed out")
+
+
+def change_password(request: HttpRequest, password: str) -> HttpResponse:
+    """Django's documented way: set the password, then keep this session with update_session_auth_hash."""
+    user = request.user
+    assert isinstance(user, User)
+    user.set_password(password)
+    user.save()
+    auth.update_session_auth_hash(request, user)
+    return HttpResponse("changed")
+
+
+urlpatterns = [
+    path("visits/", visits),
+    path("peek/", peek),
+    path("nothing/", nothing),
+    path("expiry/<str:spec>/", expiry),
+    path("flush/", flush),
+    path("deleted-meanwhile/", deleted_meanwhile),
+    path("me/", me),
+    path("login/<str:username>/", login),
+    path("logout/", logout),
+    path("password/<str:password>/", change_password),
+]
