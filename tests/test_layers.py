@@ -26,6 +26,7 @@ RANK = {
     "session": 5,
     "flask": 6,
     "wsgi": 6,
+    "asgi": 6,
     "testing": 6,
     "maintenance": 7,
     "maintenance.steps": 7,
@@ -123,6 +124,7 @@ def test_there_is_no_import_cycle() -> None:
         "import session_core",
         "import session_core.flask",
         "import session_core.wsgi",
+        "import session_core.asgi",
         "from session_core import Session, Settings, SessionDataError, GUEST_USER",
     ],
 )
