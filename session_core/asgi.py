@@ -132,6 +132,10 @@ class ASGISession(Session, dict[str, Any]):  # type: ignore[misc] # Session's ma
         """Refuse every change from now on (a WebSocket connection's session)."""
         self._read_only = True
 
+    def _may_write(self) -> bool:
+        """False when :meth:`commit` certainly makes no RPC: nothing changed and no rewrite of a stored one is due."""
+        return self.changed or (self._stored_name is not None and self._write_due)
+
     # -- Starlette's names -------------------------------------------------------------
 
     def mark_accessed(self) -> None:
@@ -196,7 +200,6 @@ class ASGIContext:
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self.headers: list[tuple[bytes, bytes]] = []
 
     def get_cookie(self, name: str) -> str | None:
         """Our cookie from every ``Cookie`` header (HTTP/2 may split them); None without one."""
@@ -204,7 +207,7 @@ class ASGIContext:
         return parse_cookie_header("; ".join(found), name) if found else None
 
     def add_header(self, name: str, value: str) -> None:
-        self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+        raise RuntimeError("the ASGI middleware sets its cookie itself, when the response starts")
 
 
 class SessionMiddleware:
@@ -275,11 +278,11 @@ class SessionMiddleware:
 
     async def _save(self, session: ASGISession, context: ASGIContext) -> list[tuple[bytes, bytes]]:
         """Commit (in a thread, unless nothing can be written) and return the headers the response needs."""
-        if session.new and not session.changed:
-            saved = Saved.NOTHING  # an unchanged new session is never written: no thread needed
-        else:
+        if session._may_write():
             saved = await self._off_loop(lambda: session.commit(drop_empty=True))
-        headers = list(context.headers)
+        else:
+            saved = Saved.NOTHING  # nothing to write: no thread needed, none waited for
+        headers: list[tuple[bytes, bytes]] = []
         if saved is Saved.WRITTEN:
             assert session.cookie_key is not None
             max_age = None if self.settings.use_session_cookie else session.lifetime

@@ -56,7 +56,7 @@ from session_core.asgi import ASGISession, SessionMiddleware, session_of
 from session_core.clients import datastore_client
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.testing import free_port
-from tests.conftest import CAPTURED, ROOT, RpcCounter
+from tests.conftest import CAPTURED, ROOT, RpcCounter, readme_python_blocks
 
 # -- the app: Starlette's test routes, and ours ------------------------------------------
 
@@ -366,6 +366,17 @@ def test_a_cookie_costs_one_lookup_and_a_change_one_commit(app: Starlette, rpcs:
     assert dict(rpcs.calls) == {"lookup": 1}
 
 
+def test_a_session_only_read_is_still_refreshed_so_an_active_user_stays(app: Starlette, rpcs: RpcCounter) -> None:
+    http = browser(app)
+    http.post("/expiry/2")  # a 2 s lifetime: rewritten by a request more than 1 s after the last write
+    for _ in range(2):
+        time.sleep(1.2)
+        rpcs.reset()
+        response = http.get("/view_session")
+        assert dict(rpcs.calls) == {"lookup": 1, "commit": 1} and "set-cookie" in response.headers
+    assert response.json() == {"session": {"n": 1}}  # alive 2.4 s after it was set: its expiry moved on
+
+
 def test_login_rotates_the_cookie_and_logout_makes_a_guest(app: Starlette, settings: Settings) -> None:
     http = browser(app)
     http.post("/count")
@@ -519,6 +530,45 @@ def test_a_fastapi_app_uses_request_session_in_a_dependency(client: datastore.Cl
     assert http.post("/login/alice").json() == {"user": "alice", "cart": ["book", "pen"]}
     assert http.get("/session").json() == {"session": {"cart": ["book", "pen"]}}
     assert browser(api).get("/session").json() == {"session": {}}
+
+
+# -- the README's examples --------------------------------------------------------------------
+
+
+def readme_app(block: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The ``app`` a README example builds, configured as its reader would: by environment."""
+    assert settings.emulator_host and settings.namespace
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    module: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(block, "README.md", "exec"), module)
+    return module["app"]
+
+
+def test_the_readme_examples_run(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    starlette_example, fastapi_example = readme_python_blocks("### Starlette and FastAPI")
+
+    http = browser(readme_app(starlette_example, settings, monkeypatch))
+    assert http.post("/cart/book").json() == {"cart": ["book"]}
+    assert http.post("/cart/pen").json() == {"cart": ["book", "pen"]}
+    assert http.post("/login/alice").json() == {"user": "alice"}
+
+    api = readme_app(fastapi_example, settings, monkeypatch)
+
+    @api.post("/login/{user}")
+    async def sign_in(request: Request, user: str) -> str:  # the example's app, with a way to sign in
+        session_of(request).login(user)
+        return "ok"
+
+    http = browser(api)
+    assert [http.post("/visit").json() for _ in range(2)] == [{"visits": 1}, {"visits": 2}]
+    assert http.get("/devices").status_code == 401
+    http.post("/login/bob")
+    [device] = http.get("/devices").json()
+    assert device == hash_key(http.cookies[f"viur_cookie_{settings.project}"])  # one device: this browser
+    assert http.post(f"/devices/{device}/end").json() == {"ended": True}
+    assert http.get("/devices").status_code == 401  # this browser was that device: signed out
 
 
 # -- a real server: uvicorn on 127.0.0.1, httpx clients ---------------------------------------------
