@@ -341,6 +341,14 @@ def test_request_session_is_a_dict_that_json_dumps_serialises(app: Starlette) ->
     assert http.get("/view_session").json() == {"session": {"a": {"x": None}, "b": [1, 2]}}
 
 
+def test_our_session_is_what_starlette_finds_in_the_scope(client: datastore.Client, settings: Settings) -> None:
+    async def kind(request: Request) -> Response:
+        return PlainTextResponse(type(HTTPConnection(request.scope).session).__name__)
+
+    http = browser(make_app(client, settings, routes=[Route("/", kind)]))
+    assert http.get("/").text == "ASGISession"
+
+
 def test_vary_cookie_when_the_session_was_used_and_only_then(app: Starlette, rpcs: RpcCounter) -> None:
     """Starlette 1.x's ``request.session`` calls ``mark_accessed()``: even without reading a value, ``Vary: Cookie``."""
     http = browser(app)
@@ -717,11 +725,3 @@ def test_the_asgi_extra_is_anyio_alone_and_the_dev_pins_fit_the_declared_ranges(
     pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M))
     assert {"starlette", "fastapi", "uvicorn", "httpx", "anyio"} <= set(pins)
     assert all(pins[requirement.name] in requirement.specifier for requirement in extra)
-
-
-def test_our_session_is_what_starlette_finds_in_the_scope(client: datastore.Client, settings: Settings) -> None:
-    async def kind(request: Request) -> Response:
-        return PlainTextResponse(type(HTTPConnection(request.scope).session).__name__)
-
-    http = browser(make_app(client, settings, routes=[Route("/", kind)]))
-    assert http.get("/").text == "ASGISession"
