@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.to_thread
@@ -172,7 +172,14 @@ class ASGISession(Session, dict[str, Any]):  # type: ignore[misc] # Session's ma
         self._check_writable()
         super().set_expiry(lifetime)
 
+    def pop(self, key: str, *default: Any) -> Any:
+        """Popping a key that is not there changes nothing, so nothing is written (as with Starlette's)."""
+        if default and key not in self:
+            return default[0]
+        return super().pop(key, *default)
 
+
+@runtime_checkable
 class HasScope(Protocol):
     """A Starlette ``Request`` or ``WebSocket``: anything that carries its ASGI scope."""
 
@@ -187,7 +194,7 @@ def session_of(connection: HasScope | Mapping[str, Any]) -> ASGISession:
     as an access, as ``request.session`` does. MisuseError if the middleware
     is not installed.
     """
-    scope = connection if isinstance(connection, Mapping) else connection.scope
+    scope = connection.scope if isinstance(connection, HasScope) else connection
     session = scope.get(SCOPE_KEY)
     if not isinstance(session, ASGISession):
         raise MisuseError("no session_core session in this scope: add session_core.asgi.SessionMiddleware")

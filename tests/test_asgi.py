@@ -374,6 +374,21 @@ def test_a_cookie_costs_one_lookup_and_a_change_one_commit(app: Starlette, rpcs:
     assert dict(rpcs.calls) == {"lookup": 1}
 
 
+def test_popping_a_missing_key_writes_nothing_as_with_starlette(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    async def pop_flash(request: Request) -> JSONResponse:
+        return JSONResponse({"flash": request.session.pop("flash", None)})
+
+    http = browser(make_app(client, settings, routes=[*ROUTES, Route("/flash", pop_flash)]))
+    http.post("/update_session", json={"flash": "saved!", "theme": "dark"})
+    assert http.get("/flash").json() == {"flash": "saved!"}
+    rpcs.reset()
+    assert http.get("/flash").json() == {"flash": None}
+    assert dict(rpcs.calls) == {"lookup": 1}  # no commit: nothing changed
+    assert http.get("/view_session").json() == {"session": {"theme": "dark"}}
+
+
 def test_a_session_only_read_is_still_refreshed_so_an_active_user_stays(app: Starlette, rpcs: RpcCounter) -> None:
     http = browser(app)
     http.post("/expiry/2")  # a 2 s lifetime: rewritten by a request more than 1 s after the last write
