@@ -1,8 +1,9 @@
 """session_core: server-side web sessions in Google Cloud Datastore.
 
 A drop-in for ViUR's ``core.session`` (same entity schema, same Session API),
-with Flask and WSGI adapters (``session_core.flask``, ``session_core.wsgi``)
-and the maintenance that keeps the store healthy.
+with Flask, WSGI and ASGI adapters (``session_core.flask``,
+``session_core.wsgi``, ``session_core.asgi``) and the maintenance that keeps
+the store healthy.
 
 Importing this package loads the session layer only. The maintenance names
 (cleanup, kill-by-user, a user's devices) load on first use (PEP 562), so a
@@ -39,19 +40,25 @@ if TYPE_CHECKING:
     from session_core.maintenance.kill import (
         KillResult,
         SessionInfo,
+        aend_user_session,
+        akillSessionByUser,
+        alist_user_sessions,
         end_user_session,
         killSessionByUser,
         list_user_sessions,
         logout_everywhere_else,
     )
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 _LAZY = {
     "ClearResult": "session_core.maintenance.cleanup",
     "start_clear_sessions": "session_core.maintenance.cleanup",
     "KillResult": "session_core.maintenance.kill",
     "SessionInfo": "session_core.maintenance.kill",
+    "aend_user_session": "session_core.maintenance.kill",
+    "akillSessionByUser": "session_core.maintenance.kill",
+    "alist_user_sessions": "session_core.maintenance.kill",
     "end_user_session": "session_core.maintenance.kill",
     "killSessionByUser": "session_core.maintenance.kill",
     "list_user_sessions": "session_core.maintenance.kill",
@@ -91,6 +98,9 @@ __all__ = [
     "StoreError",
     "TransientStoreError",
     "UnauthenticatedError",
+    "aend_user_session",
+    "akillSessionByUser",
+    "alist_user_sessions",
     "end_user_session",
     "killSessionByUser",
     "list_user_sessions",

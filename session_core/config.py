@@ -29,6 +29,10 @@ GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 TEN_YEARS = timedelta(days=3650)
 # RFC 6265 cookie-name token: visible ASCII without separators.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# An RFC 6265 path-value starting with "/" (visible ASCII but ";"); a host name (a leading dot is allowed).
+_COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_COOKIE_DOMAIN = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*")
 _QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -42,6 +46,8 @@ VARIABLES: dict[str, str] = {
     "kind": "SESSION_KIND",
     "life_time": "SESSION_LIFE_TIME",
     "cookie_name": "SESSION_COOKIE_NAME",
+    "cookie_path": "SESSION_COOKIE_PATH",
+    "cookie_domain": "SESSION_COOKIE_DOMAIN",
     "same_site": "SESSION_SAME_SITE",
     "use_session_cookie": "SESSION_USE_SESSION_COOKIE",
     "persistent_fields_on_login": "SESSION_PERSISTENT_FIELDS_ON_LOGIN",
@@ -101,6 +107,8 @@ class Settings:
     kind: str = DEFAULT_KIND
     life_time: timedelta = timedelta(hours=1)
     cookie_name: str = f"viur_cookie_{LOCAL_PROJECT}"
+    cookie_path: str = "/"
+    cookie_domain: str | None = None
     same_site: SameSite | None = "lax"
     use_session_cookie: bool = True
     persistent_fields_on_login: tuple[str, ...] = ("language",)
@@ -233,6 +241,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("kind", "a kind name", str(settings.kind))
     if not isinstance(settings.cookie_name, str) or not _COOKIE_NAME.fullmatch(settings.cookie_name):
         raise ConfigError("cookie_name", "a cookie-name token", str(settings.cookie_name))
+    if not isinstance(settings.cookie_path, str) or not _COOKIE_PATH.fullmatch(settings.cookie_path):
+        raise ConfigError(
+            "cookie_path", "a URL path starting with '/' (no ';', spaces or controls)", str(settings.cookie_path)
+        )
+    domain = settings.cookie_domain
+    if domain is not None and not (isinstance(domain, str) and len(domain) <= 254 and _COOKIE_DOMAIN.fullmatch(domain)):
+        raise ConfigError("cookie_domain", "a host name such as example.com or .example.com, or unset", str(domain))
     if settings.same_site == "none" and not settings.cookie_secure:
         raise ConfigError(
             "same_site",

@@ -18,8 +18,9 @@ class RequestContext(Protocol):
     """What :meth:`Session.load` and :meth:`Session.save` need from a request.
 
     ``load`` reads one incoming cookie; ``save`` appends one outgoing header.
-    Adapters exist for Flask/Werkzeug (:mod:`session_core.flask`) and plain
-    WSGI (:mod:`session_core.wsgi`); ViUR's request handler is easy to wrap.
+    Adapters exist for Flask/Werkzeug (:mod:`session_core.flask`), plain
+    WSGI (:mod:`session_core.wsgi`) and ASGI (:mod:`session_core.asgi`);
+    ViUR's request handler is easy to wrap.
     """
 
     def get_cookie(self, name: str) -> str | None:
@@ -34,7 +35,10 @@ class RequestContext(Protocol):
 
 
 def _attributes(settings: Settings) -> str:
-    parts = ["Path=/", "HttpOnly"]
+    """The attributes every session cookie carries, from the settings (validated there: no ``;`` can get in)."""
+    parts = [f"Path={settings.cookie_path}", "HttpOnly"]
+    if settings.cookie_domain is not None:
+        parts.append(f"Domain={settings.cookie_domain}")
     if settings.cookie_secure:
         parts.append("Secure")
     if settings.same_site is not None:
@@ -58,7 +62,7 @@ def set_cookie_header(settings: Settings, key: str, *, max_age: timedelta | None
 
 
 def clear_cookie_header(settings: Settings) -> str:
-    """The ``Set-Cookie`` value that makes the browser forget its session cookie."""
+    """The ``Set-Cookie`` value that makes the browser forget its session cookie (same Path and Domain)."""
     return f"{settings.cookie_name}=; {_attributes(settings)}; Max-Age=0"
 
 

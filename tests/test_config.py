@@ -153,3 +153,22 @@ def test_a_bad_value_in_the_file_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_file(path, EMULATOR)
     assert raised.value.setting == "SESSION_LIFE_TIME"
+
+
+def test_the_cookie_path_and_domain_are_read_and_checked() -> None:
+    assert (Settings().cookie_path, Settings().cookie_domain) == ("/", None)
+    settings = Settings.from_env({**EMULATOR, "SESSION_COOKIE_PATH": "/shop", "SESSION_COOKIE_DOMAIN": ".example.com"})
+    assert (settings.cookie_path, settings.cookie_domain) == ("/shop", ".example.com")
+    assert Settings.from_env({**EMULATOR, "SESSION_COOKIE_DOMAIN": ""}).cookie_domain is None
+    for path in ("shop", "", "/a;b", "/a b", "/a\nb"):
+        with pytest.raises(ConfigError) as raised:
+            Settings.from_env({**EMULATOR, "SESSION_COOKIE_PATH": path})
+        assert raised.value.setting == "SESSION_COOKIE_PATH"
+    for domain in ("exa mple.com", "example.com;", "-bad.example", "a..b", "x" * 64 + ".com", "example.com."):
+        with pytest.raises(ConfigError) as raised:
+            Settings.from_env({**EMULATOR, "SESSION_COOKIE_DOMAIN": domain})
+        assert raised.value.setting == "SESSION_COOKIE_DOMAIN"
+    with pytest.raises(ConfigError, match=r"^cookie_path: "):
+        Settings(cookie_path="shop")
+    with pytest.raises(ConfigError, match=r"^cookie_domain: "):
+        Settings(cookie_domain="example.com; Secure")

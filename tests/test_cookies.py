@@ -73,3 +73,12 @@ def test_parse_cookie_header_finds_our_cookie_among_others() -> None:
     assert parse_cookie_header(header, "sid") == "abc"
     assert parse_cookie_header("x=1", "sid") is None
     assert parse_cookie_header("", "sid") is None
+
+
+def test_the_cookie_path_and_domain_are_set_and_cleared_alike() -> None:
+    settings = Settings(cookie_name="sid", cookie_path="/shop", cookie_domain=".example.com")
+    set_parts = set_cookie_header(settings, new_key()).split("; ")[1:]
+    clear_parts = clear_cookie_header(settings).split("; ")[1:]
+    assert {"Path=/shop", "Domain=.example.com"} <= set(set_parts)
+    assert {"Path=/shop", "Domain=.example.com", "Max-Age=0"} <= set(clear_parts)  # or the browser keeps it
+    assert not any(part.startswith("Domain") for part in set_cookie_header(Settings(), new_key()).split("; "))

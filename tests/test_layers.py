@@ -26,6 +26,7 @@ RANK = {
     "session": 5,
     "flask": 6,
     "wsgi": 6,
+    "asgi": 6,
     "testing": 6,
     "maintenance": 7,
     "maintenance.steps": 7,
@@ -132,6 +133,7 @@ def is_under(name: str, packages: tuple[str, ...]) -> bool:
         "import session_core.flask",
         "import session_core.wsgi",
         "import session_core.django",
+        "import session_core.asgi",
         "from session_core import Session, Settings, SessionDataError, GUEST_USER",
     ],
 )

@@ -8,6 +8,10 @@ one chain per shard. With no queue every step runs inline.
 
 Every step is idempotent (deleting an absent key is a no-op) and its task
 name is derived from the run id, the shard and the page.
+
+Async apps call the awaitable forms (``akillSessionByUser``,
+``alist_user_sessions``, ``aend_user_session``): the same functions, run in a
+worker thread so that the event loop never waits on Datastore.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import structlog
 from google.api_core import exceptions as gexc
@@ -43,6 +48,7 @@ from session_core.session import Session
 from session_core.store import FAIL_FAST, DeleteObserver, SessionStore, commit, translated
 
 log = structlog.get_logger("session_core.kill")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -351,3 +357,67 @@ def logout_everywhere_else(
         observer=observer,
     )
     return result.deleted
+
+
+# -- awaitable forms, for async apps ------------------------------------------------
+
+
+async def _in_worker_thread(call: Callable[[], T]) -> T:
+    """Await ``call()`` run in a worker thread of anyio's default pool: the event loop keeps serving.
+
+    anyio comes with the ``asgi`` extra (Starlette and FastAPI run on it);
+    it is imported here, on first use, so the Cloud Functions never need it.
+    If the awaiting task is cancelled, the call still runs to its end.
+    """
+    from anyio import to_thread
+
+    return await to_thread.run_sync(call)
+
+
+async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for its awaitable form
+    user: str | None = None,
+    *,
+    client: datastore.Client,
+    settings: Settings,
+    except_session: str | None = None,
+    enqueue: Enqueue | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    observer: DeleteObserver | None = None,
+) -> KillResult:
+    """:func:`killSessionByUser`, awaitable: the same promises, its RPCs in a worker thread.
+
+    ``enqueue``, ``progress`` and ``observer`` are called in that thread.
+    """
+    return await _in_worker_thread(
+        partial(
+            killSessionByUser,
+            user,
+            client=client,
+            settings=settings,
+            except_session=except_session,
+            enqueue=enqueue,
+            run_id=run_id,
+            progress=progress,
+            observer=observer,
+        )
+    )
+
+
+async def alist_user_sessions(
+    client: datastore.Client, settings: Settings, user: str, *, now: float | None = None
+) -> list[SessionInfo]:
+    """:func:`list_user_sessions`, awaitable: the same answer, its queries in a worker thread."""
+    return await _in_worker_thread(partial(list_user_sessions, client, settings, user, now=now))
+
+
+async def aend_user_session(
+    client: datastore.Client,
+    settings: Settings,
+    user: str,
+    session_id: str,
+    *,
+    observer: DeleteObserver | None = None,
+) -> bool:
+    """:func:`end_user_session`, awaitable: the same promises, its RPCs in a worker thread."""
+    return await _in_worker_thread(partial(end_user_session, client, settings, user, session_id, observer=observer))
