@@ -105,7 +105,7 @@ def clear_sessions(request: flask.Request) -> flask.Response:
 def session_task(request: flask.Request) -> flask.Response:
     """Cloud Tasks target: run one bounded step; 2xx only once the step is durable."""
     authorization = request.headers.get("Authorization")
-    return _http("session_task", request, lambda: functions.session_task(runtime(), request.get_data(), authorization))
+    return _http("session_task", request, lambda: functions.session_task(runtime(), _body(request), authorization))
 
 
 @functions_framework.cloud_event

@@ -151,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "SESSION_TASK_URL": f"http://127.0.0.1:{task_port}/",
             "CLOUD_TASKS_EMULATOR_HOST": tasks_emu.host,
             "SESSION_TASK_AUTH": "none",  # the emulator-only opt-out: the tasks emulator sends no token
+            "SESSION_RAMPUP": "off",  # benchmarks measure speed, not Datastore's ramp-up rule
         }
         stack.enter_context(function("kill_user_sessions", kill_port, env, log_dir, cloudevent=True))
         stack.enter_context(function("session_task", task_port, env, log_dir))

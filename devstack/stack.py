@@ -100,6 +100,7 @@ def running_stack(log_dir: Path) -> Iterator[Stack]:
             "CLOUD_TASKS_EMULATOR_HOST": tq.host,
             "SESSION_COOKIE_SECURE": "false",
             "SESSION_TASK_AUTH": "none",  # the explicit, emulator-only opt-out: the tasks emulator sends no token
+            "SESSION_RAMPUP": "off",  # a demo, not a new load on a production database
         }
         for target, port in ports.items():
             stack.enter_context(

@@ -69,6 +69,11 @@ VARIABLES: dict[str, str] = {
     "task_certs_url": "SESSION_TASK_CERTS_URL",
     "request_timeout": "SESSION_REQUEST_TIMEOUT",
     "task_auth": "SESSION_TASK_AUTH",
+    "clear_shards": "SESSION_CLEAR_SHARDS",
+    "rampup": "SESSION_RAMPUP",
+    "rampup_start": "SESSION_RAMPUP_START",
+    "rampup_period": "SESSION_RAMPUP_PERIOD",
+    "rampup_kill": "SESSION_RAMPUP_KILL",
 }
 # Inclusive bounds: whole numbers, and durations in seconds.
 _NUMBERS: dict[str, tuple[int, int]] = {
@@ -76,6 +81,8 @@ _NUMBERS: dict[str, tuple[int, int]] = {
     "page_size": (1, 20000),
     "deletes_in_flight": (1, 32),
     "shards": (1, 1024),
+    "clear_shards": (1, 256),
+    "rampup_start": (1, 1_000_000),
 }
 _DURATIONS: dict[str, tuple[int, int]] = {
     "life_time": (60, int(TEN_YEARS.total_seconds())),
@@ -83,6 +90,7 @@ _DURATIONS: dict[str, tuple[int, int]] = {
     "time_budget": (0, 1500),
     "lease_ttl": (1, 3600),
     "request_timeout": (1, 60),
+    "rampup_period": (1, 86400),
 }
 _CHOICES: dict[str, tuple[str | None, ...]] = {
     "same_site": ("lax", "strict", "none", None),
@@ -125,6 +133,12 @@ class Settings:
     lease_ttl: timedelta = timedelta(seconds=60)
     deletes_in_flight: int = 4
     shards: int = 16
+    clear_shards: int = 1
+    # Datastore's ramp-up rule: at most start * 1.5 ** floor(t / period) deletes a second, t seconds into a run.
+    rampup: bool = True
+    rampup_start: int = 500
+    rampup_period: timedelta = timedelta(seconds=300)
+    rampup_kill: bool = False
     # Cloud Tasks continuation.
     tasks_queue: str | None = None
     task_url: str | None = None
@@ -207,7 +221,7 @@ def _parse(field: str, variable: str, env: Mapping[str, str]) -> Any:
         except ValueError:
             raise ConfigError(variable, f"a whole number from {low} to {high}", raw) from None
         return timedelta(seconds=number) if field in _DURATIONS else number
-    if field in ("use_session_cookie", "cookie_secure"):
+    if field in ("use_session_cookie", "cookie_secure", "rampup", "rampup_kill"):
         if text.lower() in _TRUE:
             return True
         if text.lower() in _FALSE:

@@ -23,8 +23,9 @@ from session_core.maintenance.cleanup import ClearResult, run_clear_step, start_
 from session_core.maintenance.dispatch import queue_for
 from session_core.maintenance.kill import KillResult, killSessionByUser, run_kill_step
 from session_core.maintenance.messages import parse_pubsub_event, run_id_for, strict_json
+from session_core.maintenance.rehash import RehashResult, run_rehash_step
 from session_core.maintenance.runs import RunRecorder, check_step
-from session_core.maintenance.steps import ClearStep, Enqueue, Step, parse_step
+from session_core.maintenance.steps import ClearStep, Enqueue, RehashStep, Step, parse_step
 from session_core.session import registered_delete_observer
 from session_core.store import DeleteObserver
 
@@ -124,7 +125,8 @@ def session_task(rt: Runtime, body: bytes, authorization: str | None) -> dict[st
     if run.status == "done":
         log.info("session_task_skipped", reason="its run has finished", kind=run.kind)
         return {"run_id": run.run_id, "skipped": True, "reason": "its run has finished"}
-    return run_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue, observer=rt.observer).to_json()
+    chains = run.chains
+    return run_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue, observer=rt.observer, chains=chains).to_json()
 
 
 def run_step(
@@ -134,8 +136,11 @@ def run_step(
     *,
     enqueue: Enqueue | None,
     observer: DeleteObserver | None = None,
-) -> ClearResult | KillResult:
-    """Run one step of a cleanup or kill chain, whichever it is. Idempotent."""
+    chains: int = 1,
+) -> ClearResult | KillResult | RehashResult:
+    """Run one step of a cleanup, kill or rehash chain; ``chains``: how many its run has. Idempotent."""
     if isinstance(step, ClearStep):
-        return run_clear_step(client, settings, step, enqueue=enqueue, observer=observer)
-    return run_kill_step(client, settings, step, enqueue=enqueue, observer=observer)
+        return run_clear_step(client, settings, step, enqueue=enqueue, observer=observer, chains=chains)
+    if isinstance(step, RehashStep):
+        return run_rehash_step(client, settings, step, enqueue=enqueue)
+    return run_kill_step(client, settings, step, enqueue=enqueue, observer=observer, chains=chains)

@@ -109,6 +109,7 @@ def settings(datastore_emulator: Emulator) -> Settings:
         emulator_host=datastore_emulator.host,
         namespace=f"t-{uuid.uuid4().hex[:12]}",
         cookie_name="viur_cookie_session-core-test",
+        rampup=False,  # the tests that pace say so
     )
 
 
@@ -205,6 +206,7 @@ def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> FunctionCli
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
     monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
     monkeypatch.setenv("SESSION_TASK_AUTH", "none")  # the emulator-only opt-out; test_auth.py turns OIDC on
+    monkeypatch.setenv("SESSION_RAMPUP", "off")  # the tests that pace say so
     monkeypatch.delenv("SESSION_TASKS_QUEUE", raising=False)
 
     def make(target: str, **env: str) -> FlaskClient:
@@ -227,6 +229,7 @@ def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **ex
         "SESSION_TASK_URL": f"http://127.0.0.1:{task_port}/",
         "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
         "SESSION_TASK_AUTH": "none",  # the tasks emulator sends no OIDC token
+        "SESSION_RAMPUP": "off",
         **extra,
     }
 
@@ -244,12 +247,12 @@ def record_run(client: datastore.Client, settings: Settings, step: dict[str, Any
     from session_core.maintenance.runs import Run, RunRecorder, clear_params, kill_params
 
     recorder = RunRecorder(client, settings)
+    shards = None if step["shard"] is None else [(None, None)] * step["shard"] + [(step["lo"], step["hi"])]
     if step["op"] == "clear":
-        run = Run(step["run_id"], "clear", clear_params(step["cutoff"], step["dry_run"]), time.time())
+        params = clear_params(step["cutoff"], step["dry_run"], shards)
     else:
-        shards = None if step["shard"] is None else [(None, None)] * step["shard"] + [(step["lo"], step["hi"])]
         params = kill_params(step["user"], step["except_session"], shards)
-        run = Run(step["run_id"], "kill", params, time.time(), chains=len(shards or [None]))
+    run = Run(step["run_id"], step["op"], params, step["started"], chains=len(shards or [None]))
     client.put(recorder.entity(run))
 
 

@@ -44,12 +44,22 @@ def kill_step(run_id: str, user: str | None, **extra: object) -> dict[str, objec
         "hi": None,
         "cursor": None,
         "page": 1,
+        "started": 1_900_000_000.0,
+        "done": 0,
         **extra,
     }
 
 
 def clear_step(run_id: str, cutoff: float) -> dict[str, object]:
-    return {"op": "clear", "run_id": run_id, "cutoff": cutoff, "cursor": None, "page": 1, "dry_run": False}
+    return {
+        "op": "clear",
+        "run_id": run_id,
+        "cutoff": cutoff,
+        "cursor": None,
+        "page": 1,
+        "dry_run": False,
+        **{"shard": None, "lo": None, "hi": None, "started": 1_900_000_000.0, "done": 0},
+    }
 
 
 @pytest.fixture
@@ -149,7 +159,7 @@ def test_a_step_of_a_finished_run_is_acknowledged_without_work(
     [run] = [run for run in list_runs(client, settings) if run.run_id == result.run_id]
     assert run.status == "done" and run.kind == "kill" and run.params["user"] == "bob"
     seed_users(client, settings, {"bob": 3})  # bob signed in again since
-    replay = kill_step(result.run_id, "bob")
+    replay = kill_step(result.run_id, "bob", started=run.started)
     response = function("session_task").post("/", json=replay)
     assert response.status_code == 200 and response.get_json()["skipped"] is True
     assert len(remaining(client, settings)) == 3  # his new sessions live on
@@ -164,7 +174,7 @@ def test_the_clear_worker_never_deletes_a_session_before_its_expiry_whatever_the
     now = 2_000_000_000.0
     expired, live = seed(client, settings, 10, now - 86400), seed(client, settings, 10, now - 60)
     step = ClearStep("1" * 32, cutoff=4e9)  # a step whose run says so: the rule still wins
-    record_run(client, settings, {"op": "clear", "run_id": step.run_id, "cutoff": 4e9, "dry_run": False})
+    record_run(client, settings, {**step.to_json(), "started": 0.0})
     run_clear_step(client, settings, step, now=now)
     assert remaining(client, settings) == live and not expired & remaining(client, settings)
 
@@ -293,12 +303,13 @@ class CountingStream(io.RawIOBase):
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("target", ["clear_sessions", "session_task"])
 def test_a_300_mib_body_gets_413_reading_at_most_16_kib_and_runs_no_cleanup(
-    function: FunctionClient, client: datastore.Client, settings: Settings, declared: bool
+    function: FunctionClient, client: datastore.Client, settings: Settings, declared: bool, target: str
 ) -> None:
     expired = seed(client, settings, 20, time.time() - 86400)
     body = CountingStream(300 * 1024 * 1024)
-    door = function("clear_sessions")
+    door = function(target)
     chunked = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
     response = door.post("/", input_stream=body, environ_overrides={} if declared else chunked)
     assert response.status_code == 413

@@ -36,6 +36,8 @@ RANK = {
     "maintenance.shards": 8,
     "maintenance.dispatch": 8,
     "maintenance.runs": 8,
+    "maintenance.pacing": 7,
+    "maintenance.rehash": 9,
     "maintenance.cleanup": 9,
     "maintenance.kill": 9,
     "functions": 10,

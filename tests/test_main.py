@@ -34,7 +34,8 @@ def test_scheduler_post_clears_expired_sessions(
     response = function("clear_sessions").post("/")
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"run_id", "cutoff", "deleted", "batches", "continued", "skipped", "elapsed_s", "dry_run"}
+    expected = {"run_id", "cutoff", "deleted", "batches", "continued", "skipped", "elapsed_s", "dry_run"}
+    assert set(body) == expected | {"shard", "shards"} and body["shards"] == 1
     assert body["deleted"] == 600 and body["batches"] == 2 and not body["skipped"] and not body["continued"]
     assert remaining(client, settings) == expired_and_live[1]
 
@@ -91,6 +92,11 @@ def test_session_task_runs_a_clear_step(
         "cursor": None,
         "page": 0,
         "dry_run": False,
+        "shard": None,
+        "lo": None,
+        "hi": None,
+        "started": time.time(),
+        "done": 0,
     }
     record_run(client, settings, step)
     task = function("session_task")
@@ -100,6 +106,21 @@ def test_session_task_runs_a_clear_step(
     assert remaining(client, settings) == expired_and_live[1]
 
 
+def clear_payload(**changed: object) -> bytes:
+    """A clear step's JSON with some fields changed (``drop=...`` removes one)."""
+    step: dict[str, object] = {
+        "op": "clear",
+        "run_id": "d" * 32,
+        "cutoff": 1,
+        "cursor": None,
+        "page": 0,
+        "dry_run": False,
+        **{"shard": None, "lo": None, "hi": None, "started": 1, "done": 0},
+    }
+    step.pop(str(changed.pop("drop", "")), None)
+    return json.dumps({**step, **changed}).encode()
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -107,16 +128,16 @@ def test_session_task_runs_a_clear_step(
         b"nope",
         b"[]",
         b'{"op": "clear"}',
-        b'{"op": "other", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": 0, "dry_run": false}',
-        b'{"op": "clear", "run_id": "xyz", "cutoff": 1, "cursor": null, "page": 0, "dry_run": false}',
-        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": "1", "cursor": null, "page": 0, "dry_run": false}',
-        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": "%%", "page": 0, "dry_run": false}',
-        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": -1, "dry_run": false}',
-        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": 0, "dry_run": 0}',
-        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": 1, "cursor": null, "page": 0, "dry_run": false, '
-        b'"x": 1}',
-        b'{"op": "clear", "run_id": "' + b"d" * 32 + b'", "cutoff": NaN, "cursor": null, "page": 0, "dry_run": false}',
-        b"{" + b" " * 20000 + b"}",
+        clear_payload(op="other"),
+        clear_payload(run_id="xyz"),
+        clear_payload(cutoff="1"),
+        clear_payload(cursor="%%"),
+        clear_payload(page=-1),
+        clear_payload(dry_run=0),
+        clear_payload(x=1),
+        clear_payload(drop="started"),
+        clear_payload(lo=5.0),  # bounds without a shard
+        clear_payload(cutoff=float("nan")),
     ],
 )
 def test_malformed_task_payloads_get_400_and_delete_nothing(
@@ -218,6 +239,8 @@ def test_session_task_runs_a_kill_step(
         "hi": None,
         "cursor": None,
         "page": 1,
+        "started": 1_900_000_000.0,
+        "done": 0,
     }
     record_run(client, settings, step)
     response = function("session_task").post("/", json=step)

@@ -1,24 +1,34 @@
-"""Expired-session cleanup: keys-only pages, pipelined batch deletes, a lease.
+"""Expired-session cleanup: keys-only pages, pipelined batch deletes, one chain per ``lastseen`` slice.
 
-Expired means ``lastseen < now - (life time + grace)``. Readers already treat
-a session as dead once ``lastseen < now - life time``; the grace window
-protects a request that loaded a session just before it expired and saves it
-a little later, and clock skew between app and worker up to the grace.
+Expired means ``lastseen < now - (life time + grace)``: each session the
+grace after its own expiry (see :mod:`session_core.rules`). Readers treat a
+session as dead once its expiry has passed; the grace protects a request
+that loaded a session just before it expired and saves it a little later,
+and clock skew between app and worker up to the grace.
 
-A run is a chain of steps. Each step pages through the expired keys with the
-query cursor (keys only, ``page_size`` keys a page) and deletes them in
-commits of at most ``batch_size`` keys, ``deletes_in_flight`` commits at a
-time, while the next page is being fetched. When the time budget runs out
-with work left, the next step is handed to ``enqueue`` (a Cloud Task) or, with
-no queue, runs on in the same process. Re-running any step is safe: deleting
-an absent key is a no-op, and the cutoff travels with the chain.
+A run is one chain of steps, or, with ``SESSION_CLEAR_SHARDS`` = N, N chains,
+each over one slice ``lo <= lastseen < hi`` of the expired sessions (two
+inequalities on one property: the built-in index serves them). The slices
+come from a sample of the expired sessions' ``lastseen``
+(:func:`~session_core.maintenance.shards.plan_slices`). Each step pages
+through its slice's expired keys with the query cursor and deletes them in
+commits of at most ``batch_size`` keys, ``deletes_in_flight`` at a time,
+while the next page is fetched, paced by the run's ramp-up schedule
+(:mod:`~session_core.maintenance.pacing`). When the time budget runs out with
+work left, the next step goes to ``enqueue`` (a Cloud Task) or, with no
+queue, runs on in the same process. Re-running any step is safe: deleting an
+absent key is a no-op, and the cutoff travels with the chain.
+
+Each chain holds a lease of its own (kind ``session_core-lease``), renewed
+as it works, so chains never contend on one entity; a run starts only when no
+chain of another run holds one.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,20 +39,26 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import DispatchError, StoreError, TransientStoreError
+from session_core.maintenance.pacing import Pacer
 from session_core.maintenance.runs import Run, RunRecorder, clear_params
+from session_core.maintenance.shards import SliceRange, plan_slices
 from session_core.maintenance.steps import ClearStep, Enqueue
 from session_core.maintenance.sweep import Progress, Sweep, session_query
 from session_core.rules import cutoff_for
 from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
 
 LEASE_KIND = "session_core-lease"
-LEASE_NAME = "clear_sessions"
+LEASE_NAME = "clear_sessions"  # the first chain's lease (the only one, with one chain)
 log = structlog.get_logger("session_core.cleanup")
 
 
 @dataclass(frozen=True)
 class ClearResult:
-    """What one invocation did (the JSON the function answers)."""
+    """What one invocation or step did (the JSON the function answers).
+
+    ``shard`` is the step's chain (None: the run's only chain, or a start
+    that handed its chains to the queue); ``shards`` how many chains the run has.
+    """
 
     run_id: str
     cutoff: float
@@ -52,46 +68,49 @@ class ClearResult:
     skipped: bool
     elapsed_s: float
     dry_run: bool = False
+    shard: int | None = None
+    shards: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class _Lease:
-    """A small entity that lets one cleanup chain run at a time.
+def lease_name(shard: int | None) -> str:
+    """The lease of a chain: the first chain keeps the name a one-chain run has always used."""
+    return LEASE_NAME if not shard else f"{LEASE_NAME}:{shard}"
 
-    Held by run id until ``until``, renewed after every page and before a step
-    enqueues the next: a run that stopped renewing it for ``lease_ttl`` (it
-    crashed, or its next task is stuck in retries) is taken over, and a chain
-    that finds its lease taken stops.
+
+class _Lease:
+    """A small entity that lets one chain (one slice) of one cleanup run work at a time.
+
+    Held by run id until ``until``, renewed as the chain works and before a
+    step enqueues the next: a chain that stopped renewing it for
+    ``lease_ttl`` (it crashed, or its next task is stuck in retries) is taken
+    over, and a chain that finds its lease taken stops.
     """
 
-    def __init__(self, client: datastore.Client, settings: Settings) -> None:
+    def __init__(self, client: datastore.Client, settings: Settings, shard: int | None = None) -> None:
         self.client = client
-        self.key = settings_key(client, settings, LEASE_KIND, LEASE_NAME)
+        self.key = settings_key(client, settings, LEASE_KIND, lease_name(shard))
         self.seconds = settings.lease_ttl.total_seconds()
 
     def acquire(self, run_id: str, now: float, *, with_entities: Sequence[datastore.Entity] = ()) -> bool:
         """Take or renew the lease for ``run_id``; False if another live run holds it.
 
-        ``with_entities`` are written in the same commit (a new run's record).
-        A transaction that loses a race with a concurrent run (ABORTED) looks
-        again; any other failure raises StoreError.
+        ``with_entities`` are written in the same commit. A transaction that
+        loses a race with a concurrent run (ABORTED) looks again; any other
+        failure raises StoreError.
         """
-        for attempt in range(3):
-            try:
-                with translated("lease"), self.client.transaction():
-                    held = self.client.get(self.key, **FAIL_FAST)
-                    if held is not None and held["run_id"] != run_id and held["until"] > now:
-                        return False
-                    lease = datastore.Entity(self.key)
-                    lease.update(run_id=run_id, until=now + self.seconds)
-                    self.client.put_multi([lease, *with_entities])
-                return True
-            except TransientStoreError as exc:
-                if not isinstance(exc.cause, gexc.Aborted) or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return _transact(self.client, lambda: self._acquire(run_id, now, with_entities))
+
+    def _acquire(self, run_id: str, now: float, with_entities: Sequence[datastore.Entity]) -> bool:
+        held = self.client.get(self.key, **FAIL_FAST)
+        if held is not None and held["run_id"] != run_id and held["until"] > now:
+            return False
+        lease = datastore.Entity(self.key)
+        lease.update(run_id=run_id, until=now + self.seconds)
+        self.client.put_multi([lease, *with_entities])
+        return True
 
     def release_quietly(self, run_id: str) -> None:
         """Release if the store answers; a lease that cannot be released lapses by itself."""
@@ -107,6 +126,47 @@ class _Lease:
                 self.client.delete(self.key)
 
 
+def _transact(client: datastore.Client, work: Callable[[], bool]) -> bool:
+    """Run ``work`` in a transaction, again when it loses a race (ABORTED), at most three times."""
+    for attempt in range(3):
+        try:
+            with translated("lease"), client.transaction():
+                done: bool = work()
+                return done
+        except TransientStoreError as exc:
+            if not isinstance(exc.cause, gexc.Aborted) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _take_leases(
+    client: datastore.Client, settings: Settings, run_id: str, now: float, chains: int, record: datastore.Entity
+) -> bool:
+    """Take every chain's lease for a new run and record the run, in one commit; False if a chain is alive.
+
+    The first lease remembers how many chains its run has, so a run with
+    fewer chains still sees every lease of a run with more.
+    """
+    first = _Lease(client, settings)
+
+    def work() -> bool:
+        head = client.get(first.key, **FAIL_FAST)
+        known = max(chains, int(head.get("chains", 1)) if head is not None else 1)
+        keys = [_Lease(client, settings, shard).key for shard in range(known)]
+        held = ([head] if head is not None else []) + (client.get_multi(keys[1:], **FAIL_FAST) if known > 1 else [])
+        if any(lease["run_id"] != run_id and lease["until"] > now for lease in held):
+            return False
+        leases = []
+        for key in keys[:chains]:
+            lease = datastore.Entity(key)
+            lease.update(run_id=run_id, until=now + first.seconds, chains=chains)
+            leases.append(lease)
+        client.put_multi([*leases, record])
+        return True
+
+    return _transact(client, work)
+
+
 def start_clear_sessions(
     client: datastore.Client,
     settings: Settings,
@@ -119,25 +179,62 @@ def start_clear_sessions(
 ) -> ClearResult:
     """Start a cleanup run (what Cloud Scheduler triggers). Idempotent.
 
-    Takes the lease (unless ``dry_run``) and records the run
-    (:mod:`~session_core.maintenance.runs`) in the same commit; if another
-    run holds the lease, returns a result with ``skipped=True`` and touches
-    nothing. Otherwise runs the first step; see :func:`run_clear_step`.
+    Plans ``SESSION_CLEAR_SHARDS`` slices (one: no sample), then takes every
+    chain's lease and records the run (:mod:`~session_core.maintenance.runs`)
+    in one commit (a dry run takes no lease); if a chain of another run is
+    alive, returns a result with ``skipped=True`` and touches nothing. With
+    one chain, runs its first step here (see :func:`run_clear_step`). With
+    several, hands each chain's first step to ``enqueue``, or without a queue
+    runs the chains here, one after another.
     """
     now = time.time() if now is None else now
-    step = ClearStep(run_id=uuid.uuid4().hex, cutoff=cutoff_for(now, settings), dry_run=dry_run)
-    recorder = RunRecorder(client, settings)
-    record = recorder.entity(Run(step.run_id, "clear", clear_params(step.cutoff, step.dry_run), now))
+    run_id, cutoff = uuid.uuid4().hex, cutoff_for(now, settings)
+    slices = plan_slices(client, settings, cutoff, settings.clear_shards)
+    sliced = len(slices) > 1
+    run = Run(run_id, "clear", clear_params(cutoff, dry_run, slices if sliced else None), now, chains=len(slices))
+    record = RunRecorder(client, settings).entity(run)
     if dry_run:
         with translated("run"):
             client.put(record, **FAIL_FAST)
-    elif not _Lease(client, settings).acquire(step.run_id, now, with_entities=[record]):
-        result = ClearResult(step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run)
+    elif not _take_leases(client, settings, run_id, now, len(slices), record):
+        result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, None, len(slices))
         log.info("clear_sessions", **result.to_json())
         return result
-    return run_clear_step(
-        client, settings, step, enqueue=enqueue, now=now, progress=progress, observer=observer, lease_held=True
+    steps = [_first_step(run_id, cutoff, dry_run, now, shard, bounds, sliced) for shard, bounds in enumerate(slices)]
+    if not sliced:
+        return run_clear_step(
+            client, settings, steps[0], enqueue=enqueue, now=now, progress=progress, observer=observer, lease_held=True
+        )
+    started, deleted, batches = time.monotonic(), 0, 0
+    for step in steps:
+        if enqueue is not None:
+            enqueue(step)
+            continue
+        done = run_clear_step(
+            client, settings, step, now=now, progress=_offset(progress, deleted), observer=observer, chains=len(steps)
+        )
+        deleted, batches = deleted + done.deleted, batches + done.batches
+    elapsed = round(time.monotonic() - started, 3)
+    result = ClearResult(
+        run_id, cutoff, deleted, batches, enqueue is not None, False, elapsed, dry_run, None, len(steps)
     )
+    log.info("clear_sessions", **result.to_json())
+    return result
+
+
+def _first_step(
+    run_id: str, cutoff: float, dry_run: bool, started: float, shard: int, bounds: SliceRange, sliced: bool
+) -> ClearStep:
+    lo, hi = bounds
+    return ClearStep(run_id, cutoff, dry_run=dry_run, shard=shard if sliced else None, lo=lo, hi=hi, started=started)
+
+
+def _offset(progress: Progress | None, done: int) -> Progress | None:
+    """Progress of a later chain, counted on from ``done``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda count, elapsed: report(done + count, elapsed)
 
 
 def run_clear_step(
@@ -150,46 +247,66 @@ def run_clear_step(
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
     lease_held: bool = False,
+    chains: int = 1,
 ) -> ClearResult:
     """Run one step of a cleanup chain within the time budget. Idempotent.
 
-    Deletes expired sessions page by page from ``step.cursor``, never one
-    before its own expiry plus the grace: the cutoff is the step's or the one
-    the clock gives now, whichever is earlier. If the budget
-    runs out with work left, the next step goes to ``enqueue`` (and the result
-    says ``continued``); with no ``enqueue`` the run simply goes on. Transient
+    Deletes the expired sessions of the step's slice page by page from
+    ``step.cursor``, never one before its own expiry plus the grace: the
+    cutoff is the step's or the one the clock gives now, whichever is
+    earlier. The deletes follow the run's ramp-up schedule, this chain taking
+    ``1 / chains`` of it (``SESSION_RAMPUP``). If the budget runs out with work
+    left, the next step goes to ``enqueue`` (and the result says
+    ``continued``); with no ``enqueue`` the chain simply goes on. Transient
     Datastore errors are retried; others raise StoreError after the deletes
-    already committed (a retry of the step resumes safely), and the lease is
-    released so that the retry need not wait for it. ``observer`` is told of
-    each deleted session (never in a dry run); one that raises is logged and
-    changes nothing else. ``lease_held``: the caller has just taken the
-    lease for this run. Logs exactly one ``clear_sessions`` summary line.
+    already committed (a retry of the step resumes safely), and the chain's
+    lease is released so that the retry need not wait for it. ``observer``
+    is told of each deleted session (never in a dry run); one that raises is
+    logged and changes nothing else. ``lease_held``: the caller has just
+    taken the lease for this run. Logs exactly one ``clear_sessions`` line.
     """
     started = time.monotonic()
     now = time.time() if now is None else now
-    lease = _Lease(client, settings)
+    lease = _Lease(client, settings, step.shard)
     if not step.dry_run and not lease_held and not lease.acquire(step.run_id, now):
-        result = ClearResult(step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run)
+        result = ClearResult(step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run, step.shard, chains)
         log.info("clear_sessions", **result.to_json())
         return result
-
     cutoff = min(step.cutoff, cutoff_for(now, settings))  # whatever the step says
+    upper = cutoff if step.hi is None else min(step.hi, cutoff)
 
     def query() -> datastore.Query:
         q = session_query(client, settings)
-        q.add_filter(filter=PropertyFilter("lastseen", "<", cutoff))
+        if step.lo is not None:
+            q.add_filter(filter=PropertyFilter("lastseen", ">=", step.lo))
+        q.add_filter(filter=PropertyFilter("lastseen", "<", upper))
         return q
 
     def heartbeat() -> bool:
         return lease.acquire(step.run_id, now + time.monotonic() - started)
 
-    sweep = Sweep(client, settings, query, dry_run=step.dry_run, progress=progress, observer=observer)
+    pacer = None
+    if settings.rampup:
+        period = settings.rampup_period.total_seconds()
+        pacer = Pacer(settings.rampup_start, period, step.started or now, chains=chains, done=step.done)
+    sweep = Sweep(client, settings, query, dry_run=step.dry_run, progress=progress, observer=observer, pacer=pacer)
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
     next_step = None
     try:
         outcome = sweep.run(step.cursor, deadline=deadline, heartbeat=None if step.dry_run else heartbeat)
         if outcome.cursor is not None and not outcome.lost:
-            next_step = ClearStep(step.run_id, step.cutoff, outcome.cursor, step.page + outcome.pages, step.dry_run)
+            next_step = ClearStep(
+                step.run_id,
+                step.cutoff,
+                outcome.cursor,
+                step.page + outcome.pages,
+                step.dry_run,
+                step.shard,
+                step.lo,
+                step.hi,
+                step.started,
+                step.done + outcome.deleted,
+            )
         if next_step is not None and enqueue is not None:
             if step.dry_run or heartbeat():
                 enqueue(next_step)
@@ -211,6 +328,9 @@ def run_clear_step(
         skipped=False,
         elapsed_s=round(time.monotonic() - started, 3),
         dry_run=step.dry_run,
+        shard=step.shard,
+        shards=chains,
     )
-    log.info("clear_sessions", page=step.page, lease_lost=outcome.lost, **result.to_json())
+    paced = round(pacer.waited, 3) if pacer is not None else 0.0
+    log.info("clear_sessions", page=step.page, lease_lost=outcome.lost, paced_s=paced, **result.to_json())
     return result

@@ -31,6 +31,7 @@ from google.cloud.datastore.query import PropertyFilter
 from session_core.config import Settings
 from session_core.errors import MisuseError, StoreError
 from session_core.logins import kill_record
+from session_core.maintenance.pacing import Pacer
 from session_core.maintenance.runs import Run, RunRecorder, kill_params
 from session_core.maintenance.shards import plan_shards
 from session_core.maintenance.steps import Enqueue, KillStep
@@ -105,14 +106,21 @@ def run_kill_step(
     first_batch_only: bool = False,
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
+    chains: int = 1,
 ) -> KillResult:
     """Run one step of a kill chain within the time budget; enqueue the next. Idempotent.
 
     With ``first_batch_only`` it deletes at most ``batch_size`` keys in one
     commit (the instant part of a one-user kill). ``observer`` is told of each
-    deleted session. Logs one ``kill_sessions`` line.
+    deleted session. Kills are not paced unless ``SESSION_RAMPUP_KILL``: then
+    this chain takes ``1 / chains`` of the run's ramp-up schedule. Logs one
+    ``kill_sessions`` line.
     """
     started = time.monotonic()
+    pacer = None
+    if settings.rampup and settings.rampup_kill:
+        period = settings.rampup_period.total_seconds()
+        pacer = Pacer(settings.rampup_start, period, step.started or time.time(), chains=chains, done=step.done)
     page_size = settings.batch_size if first_batch_only else None
     sweep = Sweep(
         client,
@@ -122,6 +130,7 @@ def run_kill_step(
         page_size=page_size,
         progress=progress,
         observer=observer,
+        pacer=pacer,
     )
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
     outcome = sweep.run(step.cursor, deadline=deadline, max_pages=1 if first_batch_only else None)
@@ -134,11 +143,16 @@ def run_kill_step(
             keep=_keeper(step.except_session),
             progress=_offset(progress, deleted),
             observer=observer,
+            pacer=pacer,
         )
         deleted += rest.run(cursor).deleted
         cursor = None
     if cursor is not None and enqueue is not None:
-        enqueue(KillStep(step.run_id, step.user, step.except_session, step.shard, step.lo, step.hi, cursor, page))
+        done = step.done + deleted
+        following = KillStep(
+            step.run_id, step.user, step.except_session, step.shard, step.lo, step.hi, cursor, page, step.started, done
+        )
+        enqueue(following)
     RunRecorder(client, settings).record_step(step.run_id, deleted, chain_finished=cursor is None)
     result = KillResult(
         run_id=step.run_id,
@@ -216,7 +230,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
         raise MisuseError("except_session must be a session id (64 hex digits)")
     run = _start_run(client, settings, run_id or uuid.uuid4().hex, user, except_session)
     if run.params["shards"] is None:
-        step = KillStep(run.run_id, user, except_session)
+        step = KillStep(run.run_id, user, except_session, started=run.started)
         return run_kill_step(
             client,
             settings,
@@ -230,11 +244,13 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     ranges = [(lo, hi) for lo, hi in run.params["shards"]]
     deleted = 0
     for shard, (lo, hi) in enumerate(ranges):
-        step = KillStep(run.run_id, user, except_session, shard, lo, hi)
+        step = KillStep(run.run_id, user, except_session, shard, lo, hi, started=run.started)
         if enqueue is not None:
             enqueue(step)
         else:
-            shard_result = run_kill_step(client, settings, step, progress=_offset(progress, deleted), observer=observer)
+            shard_result = run_kill_step(
+                client, settings, step, progress=_offset(progress, deleted), observer=observer, chains=len(ranges)
+            )
             deleted += shard_result.deleted
     run_id = run.run_id
     result = KillResult(

@@ -28,12 +28,12 @@ from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
-from session_core.maintenance.steps import ClearStep, Step
+from session_core.maintenance.steps import ClearStep, RehashStep, Step
 from session_core.store import FAIL_FAST, settings_key, translated
 
 KIND = "session_core-run"
 KEEP = timedelta(days=7)
-RunKind = Literal["clear", "kill"]
+RunKind = Literal["clear", "kill", "rehash"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,14 @@ class Run:
         }
 
 
-def clear_params(cutoff: float, dry_run: bool) -> dict[str, Any]:
-    return {"cutoff": cutoff, "dry_run": dry_run}
+def clear_params(
+    cutoff: float, dry_run: bool, slices: Sequence[tuple[float | None, float | None]] | None = None
+) -> dict[str, Any]:
+    return {"cutoff": cutoff, "dry_run": dry_run, "slices": None if slices is None else [list(s) for s in slices]}
+
+
+def rehash_params(delete: bool, dry_run: bool) -> dict[str, Any]:
+    return {"delete": delete, "dry_run": dry_run}
 
 
 def kill_params(
@@ -150,24 +156,34 @@ class RunRecorder:
 def check_step(recorder: RunRecorder, step: Step) -> Run:
     """The step's run, if the step is one our own code made for it; ForbiddenError otherwise. One lookup.
 
-    A clear step must carry its run's cutoff and dry-run flag; a kill step
-    its run's user and kept session, and either no shard (a one-user run) or
-    one of the run's shards with exactly its key range.
+    Every step must carry its run's start time (it paces the run). A clear
+    step must carry its run's cutoff and dry-run flag, and either no slice
+    (a one-chain run) or one of the run's slices with exactly its bounds; a
+    kill step its run's user and kept session, and either no shard (a
+    one-user run) or one of the run's shards with exactly its key range; a
+    rehash step its run's delete and dry-run flags.
     """
     run = recorder.get(step.run_id)
     if run is None:
         raise ForbiddenError("the step's run was never started here")
-    if isinstance(step, ClearStep):
-        if run.kind != "clear" or run.params != clear_params(step.cutoff, step.dry_run):
+    if step.started != run.started or run.kind != step.op:
+        raise ForbiddenError("the step's parameters are not its run's")
+    if isinstance(step, RehashStep):
+        if run.params != rehash_params(step.delete, step.dry_run):
             raise ForbiddenError("the step's parameters are not its run's")
         return run
-    if run.kind != "kill" or (run.params["user"], run.params["except_session"]) != (step.user, step.except_session):
+    if isinstance(step, ClearStep):
+        ours = (run.params["cutoff"], run.params["dry_run"]) == (step.cutoff, step.dry_run)
+        ranges = run.params["slices"]
+    else:
+        ours = (run.params["user"], run.params["except_session"]) == (step.user, step.except_session)
+        ranges = run.params["shards"]
+    if not ours:
         raise ForbiddenError("the step's parameters are not its run's")
-    shards = run.params["shards"]
     if step.shard is None:
-        if shards is not None:
+        if ranges is not None:
             raise ForbiddenError("the step's parameters are not its run's")
-    elif shards is None or not 0 <= step.shard < len(shards) or shards[step.shard] != [step.lo, step.hi]:
+    elif ranges is None or not 0 <= step.shard < len(ranges) or ranges[step.shard] != [step.lo, step.hi]:
         raise ForbiddenError("the step's shard is not one of its run's")
     return run
 

@@ -30,13 +30,24 @@ _CURSOR = re.compile(r"[A-Za-z0-9_\-]{1,4000}={0,2}")
 
 @dataclass(frozen=True)
 class ClearStep:
-    """One bounded step of an expired-session cleanup run."""
+    """One bounded step of an expired-session cleanup run: one chain, the slice ``lo <= lastseen < hi``.
+
+    ``shard`` None is the run's only chain (no bounds); otherwise ``lo`` and
+    ``hi`` (None: unbounded) bound the slice, below the cutoff either way.
+    ``started`` is the run's start (epoch seconds) and ``done`` what the
+    chain deleted before this step: together they pace it (ramp-up).
+    """
 
     run_id: str
     cutoff: float
     cursor: str | None = None
     page: int = 0
     dry_run: bool = False
+    shard: int | None = None
+    lo: float | None = None
+    hi: float | None = None
+    started: float = 0.0
+    done: int = 0
 
     op = "clear"
 
@@ -45,8 +56,8 @@ class ClearStep:
 
     @property
     def task_id(self) -> str:
-        """Deterministic task name: the same run and page always name the same task."""
-        return task_id(self.op, self.run_id, str(self.page))
+        """Deterministic task name: the same run, chain and page always name the same task."""
+        return task_id(self.op, self.run_id, str(self.shard), str(self.page))
 
 
 def task_id(*parts: str) -> str:
@@ -70,6 +81,8 @@ class KillStep:
     hi: str | None = None
     cursor: str | None = None
     page: int = 0
+    started: float = 0.0
+    done: int = 0
 
     op = "kill"
 
@@ -81,7 +94,29 @@ class KillStep:
         return task_id(self.op, self.run_id, str(self.shard), str(self.page))
 
 
-Step = ClearStep | KillStep
+@dataclass(frozen=True)
+class RehashStep:
+    """One bounded step of a rehash run: move (or, with ``delete``, delete) ViUR plain-key sessions."""
+
+    run_id: str
+    delete: bool = False
+    dry_run: bool = False
+    cursor: str | None = None
+    page: int = 0
+    started: float = 0.0
+    done: int = 0
+
+    op = "rehash"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, **asdict(self)}
+
+    @property
+    def task_id(self) -> str:
+        return task_id(self.op, self.run_id, str(self.page))
+
+
+Step = ClearStep | KillStep | RehashStep
 Enqueue = Callable[[Step], None]
 """Hands the next step of a chain to whatever runs it later (Cloud Tasks: ``dispatch.CloudTasksQueue``)."""
 
@@ -124,22 +159,68 @@ def _exact_fields(payload: dict[str, Any], expected: set[str]) -> None:
         raise PayloadError("run_id is not 32 hex digits")
 
 
+def _epoch(payload: dict[str, Any], name: str, optional: bool = False) -> float | None:
+    value = _field(payload, name, (int, float), optional=optional)
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise PayloadError(f"{name} is not a finite epoch time")
+    return None if value is None else float(value)
+
+
+def _pace(payload: dict[str, Any]) -> tuple[float, int]:
+    started = _epoch(payload, "started")
+    done = _field(payload, "done", int)
+    if not 0 <= done <= 10**12:
+        raise PayloadError("done out of range")
+    assert started is not None
+    return started, int(done)
+
+
 def _parse_clear(payload: dict[str, Any]) -> ClearStep:
-    _exact_fields(payload, {"op", "run_id", "cutoff", "cursor", "page", "dry_run"})
-    cutoff = _field(payload, "cutoff", (int, float))
-    if not math.isfinite(cutoff) or cutoff < 0:
-        raise PayloadError("cutoff is not a finite epoch time")
+    _exact_fields(
+        payload, {"op", "run_id", "cutoff", "cursor", "page", "dry_run", "shard", "lo", "hi", "started", "done"}
+    )
+    cutoff = _epoch(payload, "cutoff")
+    assert cutoff is not None
+    shard = _field(payload, "shard", int, optional=True)
+    if shard is not None and not 0 <= shard < 1024:
+        raise PayloadError("shard out of range")
+    lo, hi = _epoch(payload, "lo", optional=True), _epoch(payload, "hi", optional=True)
+    if shard is None and (lo, hi) != (None, None):
+        raise PayloadError("bounds without a shard")
+    started, done = _pace(payload)
     return ClearStep(
         run_id=payload["run_id"],
-        cutoff=float(cutoff),
+        cutoff=cutoff,
         cursor=_cursor(payload),
         page=_page(payload),
         dry_run=_field(payload, "dry_run", bool),
+        shard=shard,
+        lo=lo,
+        hi=hi,
+        started=started,
+        done=done,
+    )
+
+
+def _parse_rehash(payload: dict[str, Any]) -> RehashStep:
+    _exact_fields(payload, {"op", "run_id", "delete", "dry_run", "cursor", "page", "started", "done"})
+    started, done = _pace(payload)
+    return RehashStep(
+        run_id=payload["run_id"],
+        delete=_field(payload, "delete", bool),
+        dry_run=_field(payload, "dry_run", bool),
+        cursor=_cursor(payload),
+        page=_page(payload),
+        started=started,
+        done=done,
     )
 
 
 def _parse_kill(payload: dict[str, Any]) -> KillStep:
-    _exact_fields(payload, {"op", "run_id", "user", "except_session", "shard", "lo", "hi", "cursor", "page"})
+    _exact_fields(
+        payload,
+        {"op", "run_id", "user", "except_session", "shard", "lo", "hi", "cursor", "page", "started", "done"},
+    )
     user = payload["user"]
     if user is not None and not valid_user(user):
         raise PayloadError("user is not a user key")
@@ -154,6 +235,7 @@ def _parse_kill(payload: dict[str, Any]) -> KillStep:
         raise PayloadError("shard bounds are not key names")
     if shard is None and bounds != [None, None]:
         raise PayloadError("bounds without a shard")
+    started, done = _pace(payload)
     return KillStep(
         run_id=payload["run_id"],
         user=user,
@@ -163,6 +245,8 @@ def _parse_kill(payload: dict[str, Any]) -> KillStep:
         hi=bounds[1],
         cursor=_cursor(payload),
         page=_page(payload),
+        started=started,
+        done=done,
     )
 
 
@@ -184,4 +268,6 @@ def parse_step(body: bytes) -> Step:
         return _parse_clear(payload)
     if payload.get("op") == "kill":
         return _parse_kill(payload)
+    if payload.get("op") == "rehash":
+        return _parse_rehash(payload)
     raise PayloadError("unknown op")

@@ -28,6 +28,7 @@ from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
+from session_core.maintenance.pacing import Pacer
 from session_core.store import FAIL_FAST, DeleteObserver, SessionRecord, SessionStore, commit, translated
 
 # A keys-only response must stay under the 4 MiB response limit; aim for half.
@@ -150,13 +151,18 @@ class SweepOutcome:
     lost: bool = False  # the heartbeat said stop
 
 
+Act = Callable[[Sequence[datastore.Key]], tuple[int, list[SessionRecord]]]
+"""What a sweep does to one batch of keys: (how many it handled, the records an observer is told of)."""
+
+
 class Sweep:
     """Delete every key a query yields, page by page, from a cursor.
 
     ``keep`` names keys to leave alone (they are neither deleted nor counted).
     With ``dry_run`` it counts instead of deleting. ``observer`` is told of
     each deleted session after its commit; without one, no session entity is
-    read (keys only).
+    read (keys only). ``pacer`` holds the deletes to a run's ramp-up schedule.
+    ``act`` replaces the delete (the rehash moves sessions instead).
     """
 
     def __init__(
@@ -170,6 +176,8 @@ class Sweep:
         progress: Progress | None = None,
         page_size: int | None = None,
         observer: DeleteObserver | None = None,
+        pacer: Pacer | None = None,
+        act: Act | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -179,6 +187,8 @@ class Sweep:
         self.progress = progress
         self.limit = page_size or page_limit(settings)
         self.observer = None if dry_run else observer
+        self.pacer = None if dry_run else pacer
+        self.act = act
         self.deleted = 0
         self.batches = 0
 
@@ -197,6 +207,8 @@ class Sweep:
             return keys, next_cursor, len(keys) < self.limit or next_cursor is None
 
     def _delete(self, keys: Sequence[datastore.Key]) -> tuple[int, list[SessionRecord]]:
+        if self.act is not None and not self.dry_run:
+            return self.act(keys)
         return delete_batch(self.client, keys, dry_run=self.dry_run, read=self.observer is not None)
 
     def _collect(self, future: Future[tuple[int, list[SessionRecord]]]) -> None:
@@ -215,8 +227,9 @@ class Sweep:
     ) -> SweepOutcome:
         """Sweep from ``cursor`` until the end, the monotonic ``deadline``, or ``max_pages``.
 
-        ``heartbeat`` is called after each page; when it answers False the
-        sweep stops where it is (``lost`` in the outcome).
+        ``heartbeat`` is called after each page (and while a paced sweep waits,
+        at least every ``lease_ttl / 3``); when it answers False the sweep
+        stops where it is (``lost`` in the outcome).
 
         All deletes are committed before it returns; on an error, those already
         committed stay committed and a re-run from the same cursor is safe.
@@ -226,7 +239,8 @@ class Sweep:
         pending: deque[Future[tuple[int, list[SessionRecord]]]] = deque()
         pages = 0
         lost = False
-        last_report = started
+        last_report = last_beat = started
+        beat_every = self.settings.lease_ttl.total_seconds() / 3
         with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="sweep") as pool:
             try:
                 while True:
@@ -236,10 +250,18 @@ class Sweep:
                         keys = [key for key in keys if not self.keep(key)]
                     chunks = deque(batches(keys, self.settings.batch_size))
                     del keys  # only the commits in flight hold keys while the next page loads
-                    while chunks:
+                    while chunks and not lost:
                         while len(pending) >= in_flight:
                             self._collect(pending.popleft())
+                        if self.pacer is not None:
+                            self.pacer.take(len(chunks[0]))  # waits for the schedule
+                            if heartbeat is not None and time.monotonic() - last_beat >= beat_every:
+                                lost, last_beat = not heartbeat(), time.monotonic()
+                                if lost:
+                                    break
                         pending.append(pool.submit(self._delete, chunks.popleft()))
+                    if lost:
+                        break
                     if self.progress is not None and time.monotonic() - last_report >= 1.0:
                         self.progress(self.deleted, time.monotonic() - started)
                         last_report = time.monotonic()
@@ -249,6 +271,7 @@ class Sweep:
                     if heartbeat is not None and not heartbeat():
                         lost = True
                         break
+                    last_beat = time.monotonic()
                     if (deadline is not None and time.monotonic() >= deadline) or (
                         max_pages is not None and pages >= max_pages
                     ):

@@ -1,0 +1,76 @@
+"""Datastore's ramp-up rule for new load, as a schedule a run's deletes follow.
+
+Google's guidance for a new load on Datastore: start at 500 operations a
+second and raise by at most 50 % every 5 minutes. A run may delete at most
+``start * 1.5 ** floor(t / period)`` sessions a second at ``t`` seconds after it
+started, shared by all its chains. The schedule is computed from the run's
+start time, which every step carries, so no coordination store is needed:
+each of a run's ``chains`` takes ``1 / chains`` of the budget.
+
+The schedule is pure (:func:`budget`, :func:`time_for`); :class:`Pacer` is the
+one piece that sleeps, with its clock and sleep passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+GROWTH = 1.5
+
+
+def budget(elapsed: float, start: float, period: float) -> float:
+    """How many deletes the schedule allows in total within ``elapsed`` seconds of the run's start."""
+    if elapsed <= 0:
+        return 0.0
+    whole = math.floor(elapsed / period)
+    full_periods = start * period * (GROWTH**whole - 1) / (GROWTH - 1)
+    return full_periods + start * GROWTH**whole * (elapsed - whole * period)
+
+
+def time_for(deletes: float, start: float, period: float) -> float:
+    """The first moment, in seconds after the run's start, by which the schedule allows ``deletes`` in total."""
+    if deletes <= 0:
+        return 0.0
+    whole = 0
+    while budget((whole + 1) * period, start, period) < deletes:
+        whole += 1
+    left = deletes - budget(whole * period, start, period)
+    return whole * period + left / (start * GROWTH**whole)
+
+
+def rate(elapsed: float, start: float, period: float) -> float:
+    """Deletes a second the schedule allows at ``elapsed`` seconds after the run's start."""
+    return start * GROWTH ** math.floor(max(elapsed, 0.0) / period)
+
+
+@dataclass
+class Pacer:
+    """Holds one chain of a run to its share of the schedule.
+
+    ``run_started`` is the run's start (epoch seconds, the same for all its
+    chains); ``done`` what this chain deleted before this step. Call
+    :meth:`take` before committing ``count`` deletes: it sleeps until the
+    schedule allows them, so a chain never runs ahead by more than the
+    commit it is about to make.
+    """
+
+    start: float
+    period: float
+    run_started: float
+    chains: int = 1
+    done: int = 0
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    waited: float = field(default=0.0, init=False)
+
+    def take(self, count: int) -> None:
+        wanted = (self.done + count) * self.chains  # the run's total, if every chain kept pace with this one
+        ready_at = self.run_started + time_for(wanted, self.start, self.period)
+        delay = ready_at - self.clock()
+        if delay > 0:
+            self.waited += delay
+            self.sleep(delay)
+        self.done += count
