@@ -32,7 +32,7 @@ from session_core.errors import DispatchError, StoreError, TransientStoreError
 from session_core.maintenance.runs import Run, RunRecorder, clear_params
 from session_core.maintenance.steps import ClearStep, Enqueue
 from session_core.maintenance.sweep import Progress, Sweep, session_query
-from session_core.rules import cutoff_for
+from session_core.rules import cutoff_for, iso_utc
 from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
 
 LEASE_KIND = "session_core-lease"
@@ -42,7 +42,12 @@ log = structlog.get_logger("session_core.cleanup")
 
 @dataclass(frozen=True)
 class ClearResult:
-    """What one invocation did (the JSON the function answers)."""
+    """What one invocation did (the JSON the function answers, and the command line prints).
+
+    ``counted`` is the expired sessions this step found and ``deleted`` those
+    it deleted: the same number, except in a dry run, which deletes nothing
+    (``deleted`` is 0, ``counted`` what it would delete).
+    """
 
     run_id: str
     cutoff: float
@@ -52,9 +57,11 @@ class ClearResult:
     skipped: bool
     elapsed_s: float
     dry_run: bool = False
+    counted: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, with ``cutoff_utc``: the cutoff as ISO 8601 beside its epoch value."""
+        return {**asdict(self), "cutoff_utc": iso_utc(self.cutoff)}
 
 
 class _Lease:
@@ -205,12 +212,13 @@ def run_clear_step(
     result = ClearResult(
         run_id=step.run_id,
         cutoff=step.cutoff,
-        deleted=outcome.deleted,
+        deleted=0 if step.dry_run else outcome.deleted,
         batches=outcome.batches,
         continued=next_step is not None,
         skipped=False,
         elapsed_s=round(time.monotonic() - started, 3),
         dry_run=step.dry_run,
+        counted=outcome.deleted,
     )
     log.info("clear_sessions", page=step.page, lease_lost=outcome.lost, **result.to_json())
     return result
