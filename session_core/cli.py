@@ -191,8 +191,8 @@ def _clear(args: argparse.Namespace, ctx: Context) -> Outcome:
         summary = f"would delete {result.counted:,} expired sessions (a dry run: nothing was deleted); {cutoff}"
     else:
         summary = (
-            f"deleted {result.deleted:,} expired sessions in {result.elapsed_s:.1f} s"
-            f" ({_rate(result.deleted, result.elapsed_s)}, {result.batches:,} commits); {cutoff}"
+            f"deleted {result.deleted:,} expired sessions in {_seconds(result.elapsed_s)}"
+            f" ({_rate(result.deleted, result.elapsed_s)}, {_count(result.batches, 'commit')}); {cutoff}"
         )
     return Outcome(summary, result.to_json())
 
@@ -239,7 +239,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
     spread = f" across {result.shards} shards" if result.shards else ""
     kept = f"; kept session {args.except_session}" if args.except_session else ""
     summary = (
-        f"deleted {result.deleted:,} {whose}{spread} in {result.elapsed_s:.1f} s"
+        f"deleted {result.deleted:,} {whose}{spread} in {_seconds(result.elapsed_s)}"
         f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
     )
     return Outcome(summary, result.to_json())
@@ -270,8 +270,9 @@ def _sessions(args: argparse.Namespace, ctx: Context) -> Outcome:
         f"  {info['session_id']}  last seen {info['lastseen_utc']}  {info['ip'] or '-'}  {info['user_agent'] or '-'}"
         for info in listed
     ]
-    noun = "session" if len(listed) == 1 else "sessions"
-    summary = f"user {args.user!r} has {len(listed)} active {noun}" + (", most recent first:" if listed else "")
+    summary = f"user {args.user!r} has {_count(len(listed), 'active session')}" + (
+        ", most recent first:" if listed else ""
+    )
     return Outcome(summary, {"user": args.user, "sessions": listed}, rows)
 
 
@@ -302,14 +303,13 @@ def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
     rows = []
     for run in runs:
         if run["kind"] == "clear":
-            count = f"would delete {run['counted']:>7,}" if run["dry_run"] else f"deleted {run['deleted']:>7,}"
+            count = f"would delete {run['counted']:>9,}" if run["dry_run"] else f"     deleted {run['deleted']:>9,}"
             subject = f"cutoff {run['cutoff_utc']}"
         else:
-            count = f"deleted {run['deleted']:>7,}"
+            count = f"     deleted {run['deleted']:>9,}"
             subject = {None: "every session", GUEST_USER: "every guest"}.get(run["user"], f"user {run['user']!r}")
         rows.append(f"  {run['started'][:19]}  {run['kind']:<5} {run['run_id']}  {run['status']:<7} {count}  {subject}")
-    noun = "run" if len(runs) == 1 else "runs"
-    return Outcome(f"{len(runs)} {noun}, newest first" + (":" if runs else ""), {"runs": runs}, rows)
+    return Outcome(f"{_count(len(runs), 'run')}, newest first" + (":" if runs else ""), {"runs": runs}, rows)
 
 
 def _ask(question: str) -> str:
@@ -317,6 +317,14 @@ def _ask(question: str) -> str:
     sys.stderr.write(question)
     sys.stderr.flush()
     return sys.stdin.readline()
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:,.1f} s"
 
 
 def _rate(count: int, seconds: float) -> str:

@@ -99,7 +99,7 @@ def test_clear_deletes_expired_sessions_and_prints_one_summary_and_one_json(
     assert (result["dry_run"], result["counted"], result["deleted"], result["skipped"]) == (False, 300, 300, False)
     summary = summary_of(done)
     assert re.fullmatch(
-        rf"deleted 300 expired sessions in [\d.]+ s \([\d,]+/s, 1 commits\); cutoff {ISO} \(\d+\.\d{{3}}\)", summary
+        rf"deleted 300 expired sessions in [\d.]+ s \([\d,]+/s, 1 commit\); cutoff {ISO} \(\d+\.\d{{3}}\)", summary
     )
     assert result["cutoff_utc"] in summary and f"{result['cutoff']:.3f}" in summary
     assert log_events(done) == ["progress"]  # not a terminal: progress is a log line; the summary is the command's

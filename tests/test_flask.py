@@ -404,4 +404,7 @@ def test_an_app_can_restyle_misuse_with_its_own_handler(client: datastore.Client
         return {"ended": logout_everywhere_else(flask.session)}  # type: ignore[arg-type]
 
     answer = app.test_client().post("/everywhere-else")
-    assert (answer.status_code, answer.json) == (422, {"error": "only a logged-in session can log out its other sessions"})
+    assert (answer.status_code, answer.json) == (
+        422,
+        {"error": "only a logged-in session can log out its other sessions"},
+    )
