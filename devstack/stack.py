@@ -311,11 +311,11 @@ def walkthrough_commands(stack: Stack, seeded: Walkthrough) -> tuple[str, list[t
             f"python -m session_core sessions {DEVICES}",
         ),
         (
-            f"sign out {DEVICES}'s oldest device (its id is in the list)",
+            f"{DEVICES} has {len(seeded.devices)} sessions: sign out the oldest device (its id is in the list)",
             f"python -m session_core end {DEVICES} {first}",
         ),
         (
-            f"sign {DEVICES} out everywhere but the newest device",
+            f"{DEVICES} has {len(seeded.devices) - 1} sessions left: sign out everywhere but the newest device",
             f"python -m session_core kill-user {DEVICES} --except {kept}",
         ),
         (

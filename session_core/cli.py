@@ -130,6 +130,13 @@ class Console:
         return event
 
 
+def _ask(question: str) -> str:
+    """Ask on stderr (stdout carries only the JSON); the answer is a line of stdin."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
 @dataclass
 class Context:
     """What a command runs with: settings, a client, stderr, and whether a person can be asked."""
@@ -137,7 +144,7 @@ class Context:
     settings: Settings
     console: Console
     interactive: bool  # stdin is a terminal: a person can answer a question
-    ask: Callable[[str], str] = field(default=lambda question: _ask(question), repr=False)
+    ask: Callable[[str], str] = field(default=_ask, repr=False)
     _client: datastore.Client | None = field(default=None, repr=False)
 
     @property
@@ -310,13 +317,6 @@ def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
             subject = {None: "every session", GUEST_USER: "every guest"}.get(run["user"], f"user {run['user']!r}")
         rows.append(f"  {run['started'][:19]}  {run['kind']:<5} {run['run_id']}  {run['status']:<7} {count}  {subject}")
     return Outcome(f"{_count(len(runs), 'run')}, newest first" + (":" if runs else ""), {"runs": runs}, rows)
-
-
-def _ask(question: str) -> str:
-    """Ask on stderr (stdout carries only the JSON); the answer is a line of stdin."""
-    sys.stderr.write(question)
-    sys.stderr.flush()
-    return sys.stdin.readline()
 
 
 def _count(number: int, noun: str) -> str:
