@@ -4,20 +4,25 @@ Starts, each on a free loopback port and in a process group of its own: the
 Firestore emulator (Datastore mode), the Pub/Sub emulator with the kill-user
 topic and a push subscription, gcloud-tasks-emulator with the project's
 queue, and functions-framework serving ``clear_sessions``,
-``kill_user_sessions`` and ``session_task``. Then it runs a demo, prints
-commands to try, and keeps the stack up until Ctrl-C (or exits at once with
-``once``). Whatever happens, every process it started is stopped.
+``kill_user_sessions`` and ``session_task``. Then it runs a demo (a before and
+after table), and, unless ``once``, seeds a user for each step of a
+walkthrough, prints one ``export`` block and the steps' commands, and keeps
+the stack up until Ctrl-C. Each command shows its effect when run in the
+printed order: the command line prints its own summary, and the function
+calls pipe their answer into :mod:`devstack.follow`, which shows the
+function's summary line from its log and the before/after count. Whatever
+happens, every process it started is stopped.
 """
 
 from __future__ import annotations
 
-import base64
 import http.cookiejar
 import json
 import os
 import shutil
 import signal
 import sys
+import textwrap
 import time
 import urllib.parse
 import urllib.request
@@ -42,7 +47,7 @@ from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.maintenance.runs import list_runs
 from session_core.maintenance.sweep import session_names
-from session_core.rules import GUEST_USER, hash_key, new_key
+from session_core.rules import GUEST_USER, hash_key, iso_utc, new_key
 from session_core.store import SessionRecord, SessionStore
 from session_core.testing import Emulator, EmulatorError, firestore_datastore_mode, free_port, port_open
 
@@ -218,7 +223,7 @@ def run_demo(stack: Stack) -> dict[str, object]:
     print(f"  Flask demo page {stack.demo_url}: {visit_demo_page(stack.demo_url)}")
     print("\n  runs (session-core runs: the receipts every run leaves):")
     for run in list_runs(client, settings, limit=5):
-        subject = run.params.get("user", "") if run.kind == "kill" else f"cutoff {run.params['cutoff']:.0f}"
+        subject = run.params.get("user", "") if run.kind == "kill" else f"cutoff {iso_utc(run.params['cutoff'])}"
         print(f"    {run.kind:<5} {run.run_id}  {run.status:<7} deleted {run.deleted:>6,}  {subject}")
     print()
     return {"before": before, "after": after, "cleared": cleared, "clear_s": clear_s, "kill_s": kill_s}
@@ -238,26 +243,103 @@ def visit_demo_page(url: str) -> str:
     return "signed in as 'carol' (Flask-Login, session key rotated), the flash message shown after the redirect"
 
 
-def print_commands(stack: Stack) -> None:
-    env = " ".join(f"{k}={v}" for k, v in stack.env.items())
-    data = base64.b64encode(b'{"user": "bob"}').decode()
-    print(f"""Try it (the stack stays up until Ctrl-C):
+# -- the walkthrough: commands to paste, each with an effect to see -------------------------
 
-  # the Flask demo page: sign in, sign out, flash messages; sessions in the emulator
-  open {stack.demo_url}
+CLEARED, KILLED, DEVICES = "dave", "erin", "frank"  # one user per command that targets one
+AGENTS = ("Firefox on Linux", "Safari on iPhone", "Chrome on Android", "Edge on Windows")
 
-  # the cleanup, exactly as Cloud Scheduler calls it
-  curl -s -X POST -H 'Content-Type: application/json' -d '{{"dry_run": true}}' {stack.clear_url}
 
-  # kill a user, exactly as an app publishes it
-  curl -s -X POST -H 'Content-Type: application/json' \\
-    -d '{{"messages": [{{"data": "{data}"}}]}}' http://{stack.pubsub}/v1/{TOPIC}:publish
+@dataclass(frozen=True)
+class Walkthrough:
+    """What the walkthrough seeded, for its commands to act on."""
 
-  # the command line, against this stack
-  {env} {ROOT}/.venv/bin/python -m session_core runs
-  {env} {ROOT}/.venv/bin/python -m session_core clear --dry-run
-  {env} {ROOT}/.venv/bin/python -m session_core kill-user bob
-""")
+    expired: int  # CLEARED's sessions, past their expiry: the cleanup's
+    killed: int  # KILLED's live sessions: the published kill's
+    devices: list[str]  # DEVICES' session ids, most recent first: sessions, end, kill-user --except
+
+
+def seed_walkthrough(client: datastore.Client, settings: Settings, now: float) -> Walkthrough:
+    """A user for each command: expired sessions to clear, a user to kill, a user with devices to list."""
+    store = SessionStore(client, settings)
+    expired_at = now - settings.life_time.total_seconds() - settings.clear_grace.total_seconds() - 3600
+    records = [SessionRecord(hash_key(new_key()), {}, CLEARED, "k" * 13, expired_at) for _ in range(300)]
+    records += [SessionRecord(hash_key(new_key()), {}, KILLED, "k" * 13, now - 60) for _ in range(40)]
+    devices = [
+        SessionRecord(
+            hash_key(new_key()),
+            {"ip": f"203.0.113.{10 + n}", "user_agent": AGENTS[n % len(AGENTS)]},
+            DEVICES,
+            "k" * 13,
+            now - 60 * (n + 1),
+        )
+        for n in range(12)
+    ]
+    entities = [store.to_entity(record) for record in [*records, *devices]]
+    for start in range(0, len(entities), 500):
+        client.put_multi(entities[start : start + 500])
+    return Walkthrough(expired=300, killed=40, devices=[record.session_id for record in devices])
+
+
+def walkthrough_commands(stack: Stack, seeded: Walkthrough) -> tuple[str, list[tuple[str, str]]]:
+    """The ``export`` block, and (what it shows, the command) for each step, in the order they work in."""
+    exported = {
+        **stack.env,
+        "CLEAR_URL": stack.clear_url,
+        "PUBSUB_HOST": stack.pubsub,
+        "PYTHONPATH": str(ROOT),
+    }
+    lines = [f"{name}={value}" for name, value in exported.items()] + [f'PATH="{ROOT}/.venv/bin:$PATH"']
+    export = "export " + " \\\n    ".join(lines)
+    message = json.dumps({"user": KILLED})
+    first, kept = seeded.devices[-1], seeded.devices[0]
+    steps = [
+        (
+            f"{CLEARED} has {seeded.expired} expired sessions: count what the cleanup would delete (nothing is)",
+            "python -m session_core clear --dry-run",
+        ),
+        (
+            "the cleanup exactly as Cloud Scheduler calls it; devstack.follow shows the function's summary line",
+            "curl -s -X POST -H 'Content-Type: application/json' -d '{}' \"$CLEAR_URL\" | python -m devstack.follow",
+        ),
+        (
+            f"{KILLED} has {seeded.killed} live sessions: kill them as an app does, publishing {message}",
+            "curl -s -X POST -H 'Content-Type: application/json' \\\n"
+            f'    -d "{{\\"messages\\": [{{\\"data\\": \\"$(printf \'%s\' \'{message}\' | base64)\\"}}]}}" \\\n'
+            f'    "http://$PUBSUB_HOST/v1/{TOPIC}:publish" | python -m devstack.follow',
+        ),
+        (
+            f"{DEVICES} has {len(seeded.devices)} live sessions, one per device: list them",
+            f"python -m session_core sessions {DEVICES}",
+        ),
+        (
+            f"{DEVICES} has {len(seeded.devices)} sessions: sign out the oldest device (its id is in the list)",
+            f"python -m session_core end {DEVICES} {first}",
+        ),
+        (
+            f"{DEVICES} has {len(seeded.devices) - 1} sessions left: sign out everywhere but the newest device",
+            f"python -m session_core kill-user {DEVICES} --except {kept}",
+        ),
+        (
+            f"what is left of {DEVICES}, and the receipts of the runs above",
+            f"python -m session_core sessions {DEVICES} && python -m session_core runs --limit 4",
+        ),
+    ]
+    return export, steps
+
+
+def print_commands(stack: Stack, seeded: Walkthrough) -> None:
+    export, steps = walkthrough_commands(stack, seeded)
+    print("Try it in another terminal (the stack stays up until Ctrl-C). First, once:\n")
+    print(textwrap.indent(export, "  "))
+    print("\nThen each of these, in this order; each shows what it did:\n")
+    for number, (what, command) in enumerate(steps, 1):
+        print(f"  # {number}. {what}")
+        print(textwrap.indent(command, "  "), end="\n\n")
+    print(
+        f"  The Flask demo page: open {stack.demo_url}, sign in as anyone; "
+        "`python -m session_core sessions NAME` lists that session.\n",
+        flush=True,
+    )
 
 
 def run_stack(*, once: bool) -> int:
@@ -269,6 +351,7 @@ def run_stack(*, once: bool) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # Ctrl-C, even when started from a shell that ignores it for background jobs
     try:
         print(f"starting the local stack (logs in {log_dir}) ...", flush=True)
         with running_stack(log_dir) as stack:
@@ -288,7 +371,9 @@ def run_stack(*, once: bool) -> int:
             run_demo(stack)
             if once:
                 return 0
-            print_commands(stack)
+            settings = Settings.from_env(stack.env)
+            seeded = seed_walkthrough(datastore_client(settings), settings, time.time())
+            print_commands(stack, seeded)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

@@ -32,11 +32,15 @@ thread and gives Datastore that long per load and per save; past either it is
 answered 503 with ``Retry-After`` (the app is not called when the load fails,
 and its answer is replaced when the save fails). Changes made after the
 response started (while a body streams, or in background tasks) are not saved.
+A :class:`~session_core.errors.MisuseError` that the app raises before its
+response starts (``logout_everywhere_else`` on a guest session,
+``login(None)``) is answered 400 with its reason, never 500, and the session
+is not saved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -254,13 +258,14 @@ class SessionMiddleware:
             session._freeze()
             await self.app(scope, receive, send)
             return
-        replaced = False
+        replaced = started = False
 
         async def send_saving(message: Message) -> None:
-            nonlocal replaced
+            nonlocal replaced, started
             if replaced:
                 return  # the app's answer was replaced by a 503: the rest of it is dropped
             if message["type"] == "http.response.start":
+                started = True
                 try:
                     headers = await self._save(session, context)
                 except StoreError as exc:
@@ -274,7 +279,13 @@ class SessionMiddleware:
                 message = {**message, "headers": [*own, *headers]}
             await send(message)
 
-        await self.app(scope, receive, send_saving)
+        try:
+            await self.app(scope, receive, send_saving)
+        except MisuseError as exc:
+            if started:
+                raise  # the response is on its way: it cannot become a 400
+            log.warning("session_misuse", error=exc.reason)
+            await self._answer(send, 400, f"Bad request: {exc.reason}".encode())
 
     async def _load(self, session: ASGISession, context: ASGIContext) -> None:
         cookie = context.get_cookie(session.cookie_name)
@@ -318,14 +329,14 @@ class SessionMiddleware:
 
     async def _unavailable(self, send: Send) -> None:
         """Answer 503 with ``Retry-After``: the store did not answer within the request deadline."""
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(UNAVAILABLE)).encode()),
-            (b"retry-after", self._retry_after()),
-            (b"vary", b"Cookie"),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": UNAVAILABLE})
+        await self._answer(send, 503, UNAVAILABLE, [(b"retry-after", self._retry_after()), (b"vary", b"Cookie")])
+
+    @staticmethod
+    async def _answer(send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """Send a whole plain-text response of our own."""
+        own = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": [*own, *headers]})
+        await send({"type": "http.response.body", "body": body})
 
     async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse the handshake: with a 503 where the server can send one, else by closing (1013)."""

@@ -1,9 +1,15 @@
-"""Command line: ``session-core COMMAND`` (or ``python -m session_core COMMAND``).
+"""The command line, ``session-core COMMAND`` (or ``python -m session_core COMMAND``).
 
-``clear`` and ``kill-user`` run the library inline against whatever
-Datastore the environment names (``DATASTORE_EMULATOR_HOST`` for an
-emulator), with the same settings as the Cloud Functions; on a terminal they
-show progress, otherwise they log.
+Every command runs the library in this process, against the Datastore the
+settings name, with the same code the Cloud Functions run. The commands are
+one table, :data:`COMMANDS`: each entry has its description, the environment
+variables it reads, examples, its arguments and what it runs, so ``--help``
+and the README say the same, and a new command is one more entry.
+
+What a run prints: on stderr, progress (one rewritten line on a terminal, log
+lines otherwise), then one summary line; on stdout, the result as one JSON
+document. Exit status: 0 done, 1 failed or nothing done (the summary says
+why), 2 a usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,82 +18,514 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+import textwrap
+import time
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import structlog
+from google.cloud import datastore
 
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import SessionCoreError
 from session_core.logging import configure_logging
-from session_core.maintenance.cleanup import start_clear_sessions
-from session_core.maintenance.kill import killSessionByUser
+from session_core.maintenance.cleanup import ClearResult, start_clear_sessions
+from session_core.maintenance.kill import KillResult, end_user_session, killSessionByUser, list_user_sessions
+from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
-from session_core.rules import GUEST_USER
+from session_core.maintenance.sweep import Progress
+from session_core.rules import GUEST_USER, iso_utc
 from session_core.session import registered_delete_observer
 
 log = structlog.get_logger("session_core.cli")
 
+# The variables every command reads: where the sessions are.
+WHERE = ("GOOGLE_CLOUD_PROJECT", "DATASTORE_EMULATOR_HOST", "SESSION_DATABASE", "SESSION_NAMESPACE", "SESSION_KIND")
+ENVIRONMENT = {  # what each variable means to a command (the README's settings table says the rest)
+    "GOOGLE_CLOUD_PROJECT": "the project (optional with an emulator)",
+    "DATASTORE_EMULATOR_HOST": "host:port of a Datastore emulator instead of the project's database",
+    "SESSION_DATABASE": "the Firestore database (default: (default))",
+    "SESSION_NAMESPACE": "the Datastore namespace (default: the default namespace)",
+    "SESSION_KIND": "the sessions' kind (default: viur-session)",
+    "SESSION_LIFE_TIME": "the life time every stored lastseen is encoded against (default 3600 s)",
+    "SESSION_CLEAR_GRACE": "seconds past a session's expiry before it is deleted (default 300)",
+    "SESSION_BATCH_SIZE": "keys per delete commit (default 500)",
+    "SESSION_PAGE_SIZE": "keys per query page (default 10000)",
+    "SESSION_DELETES_IN_FLIGHT": "delete commits at once (default 4)",
+    "SESSION_LEASE_TTL": "how long a crashed cleanup blocks the next one (default 60 s)",
+    "SESSION_SHARDS": "key-range shards for --guest and --all (default 16)",
+    "SESSION_KEY_STORAGE": "how sessions are named: rehash runs only with `hashed`",
+    "SESSION_RAMPUP": "pace the deletes by Datastore's ramp-up rule (default on)",
+}
+# Summary lines the library logs for each step: the command prints one summary of its own instead.
+STEP_EVENTS = frozenset({"clear_sessions", "kill_sessions", "rehash_sessions"})
 
-def _progress(verb: str) -> Callable[[int, float], None]:
-    """Progress on a terminal (one rewritten line), log lines otherwise."""
-    tty = sys.stderr.isatty()
 
-    def report(done: int, elapsed: float) -> None:
-        rate = done / elapsed if elapsed > 0 else 0.0
-        if tty:
-            print(f"\r{verb} {done:,} sessions  ({rate:,.0f}/s, {elapsed:.1f} s)", end="", file=sys.stderr, flush=True)
-        else:
-            log.info("progress", done=done, rate_per_s=round(rate), elapsed_s=round(elapsed, 1))
-
-    return report
+class UsageError(Exception):
+    """The command line asks for something it cannot do as given (exit status 2)."""
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> dict[str, object]:
-    client = datastore_client(settings)
-    if args.command == "runs":
-        return {"runs": [run.to_json() for run in list_runs(client, settings, args.limit)]}
-    observer = registered_delete_observer()
-    if args.command == "clear":
-        verb = "counted" if args.dry_run else "deleted"
-        result = start_clear_sessions(
-            client, settings, dry_run=args.dry_run, progress=_progress(verb), observer=observer
-        )
-        return result.to_json()
-    user = GUEST_USER if args.guest else None if args.all else args.user
-    killed = killSessionByUser(
-        user,
-        client=client,
-        settings=settings,
-        except_session=args.except_session,
-        progress=_progress("deleted"),
-        observer=observer,
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: one summary line (and rows under it) for stderr, the JSON for stdout."""
+
+    summary: str
+    result: Mapping[str, Any]
+    rows: Sequence[str] = ()
+    status: int = 0
+
+
+class Console:
+    """stderr as an operator reads it: progress, log lines that never run into it, one summary.
+
+    On a terminal the progress is one line rewritten in place; a log line
+    (a retry warning, say) first ends it, and the summary replaces it. Not
+    on a terminal, progress is a ``progress`` log line. Rates are over the
+    whole command (every shard of a kill), from when :meth:`progress` was
+    called.
+    """
+
+    def __init__(self, stream: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.clock = clock
+        self._open = False  # a progress line is on the terminal, not ended
+
+    def progress(self, verb: str) -> Progress:
+        """A callback for the library's ``progress=``: it reports ``verb`` N sessions, at the command's rate."""
+        started = self.clock()
+
+        def report(done: int, _step_elapsed: float) -> None:
+            elapsed = self.clock() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            if self.tty:
+                line = f"{verb} {done:,} sessions ({rate:,.0f}/s, {elapsed:.1f} s)"
+                self.stream.write(f"\r\x1b[K{line}")
+                self.stream.flush()
+                self._open = True
+            else:
+                log.info("progress", verb=verb, done=done, rate_per_s=round(rate), elapsed_s=round(elapsed, 1))
+
+        return report
+
+    def end_line(self) -> None:
+        """End the progress line, if one is showing, so that what follows starts on a line of its own."""
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
+
+    def summary(self, outcome: Outcome) -> None:
+        """The command's one summary line (replacing the progress line on a terminal), then its rows."""
+        if self._open:
+            self.stream.write("\r\x1b[K")
+            self._open = False
+        self.stream.write("".join(f"{line}\n" for line in [outcome.summary, *outcome.rows]))
+        self.stream.flush()
+
+    def log_processor(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """structlog processor: drop the library's per-step summaries; end the progress line before a log line."""
+        if event.get("event") in STEP_EVENTS:
+            raise structlog.DropEvent
+        self.end_line()
+        return event
+
+
+def _ask(question: str) -> str:
+    """Ask on stderr (stdout carries only the JSON); the answer is a line of stdin."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
+@dataclass
+class Context:
+    """What a command runs with: settings, a client, stderr, and whether a person can be asked."""
+
+    settings: Settings
+    console: Console
+    interactive: bool  # stdin is a terminal: a person can answer a question
+    ask: Callable[[str], str] = field(default=_ask, repr=False)
+    _client: datastore.Client | None = field(default=None, repr=False)
+
+    @property
+    def client(self) -> datastore.Client:
+        if self._client is None:
+            self._client = datastore_client(self.settings)
+        return self._client
+
+    def where(self) -> str:
+        """The sessions this command acts on, as a person reads it."""
+        s = self.settings
+        place = f"the emulator at {s.emulator_host}" if s.emulator_host else f"project {s.project!r}"
+        return f"{place}, database {s.database or '(default)'}, namespace {s.namespace or '(default)'}, kind {s.kind!r}"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One entry of the command table."""
+
+    name: str
+    summary: str  # one line, in the list of commands
+    description: str  # what ``COMMAND --help`` explains
+    environment: tuple[str, ...]  # what it reads besides WHERE
+    examples: tuple[str, ...]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Context], Outcome]
+
+
+# -- clear ------------------------------------------------------------------------------
+
+
+def _clear_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+
+
+def _clear(args: argparse.Namespace, ctx: Context) -> Outcome:
+    verb = "would delete" if args.dry_run else "deleted"
+    result: ClearResult = start_clear_sessions(
+        ctx.client,
+        ctx.settings,
+        dry_run=args.dry_run,
+        progress=ctx.console.progress(verb),
+        observer=registered_delete_observer(),
     )
-    return killed.to_json()
+    cutoff = f"cutoff {iso_utc(result.cutoff)} ({result.cutoff:.3f})"
+    if result.skipped:
+        return Outcome(
+            f"skipped: another cleanup run holds the lease, so nothing was deleted ({cutoff})", result.to_json()
+        )
+    if result.dry_run:
+        summary = f"would delete {result.counted:,} expired sessions (a dry run: nothing was deleted); {cutoff}"
+    else:
+        summary = (
+            f"deleted {result.deleted:,} expired sessions in {_seconds(result.elapsed_s)}"
+            f" ({_rate(result.deleted, result.elapsed_s)}, {_count(result.batches, 'commit')}); {cutoff}"
+        )
+    return Outcome(summary, result.to_json())
 
 
-def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="session-core", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    clear = commands.add_parser("clear", help="delete expired sessions now, inline")
-    clear.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
-    kill = commands.add_parser("kill-user", help="end a user's sessions now, inline")
-    who = kill.add_mutually_exclusive_group(required=True)
-    who.add_argument("user", nargs="?", help="the user key")
+# -- kill-user --------------------------------------------------------------------------
+
+
+def _kill_arguments(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("user", nargs="?", help="the user key whose sessions end")
     who.add_argument("--guest", action="store_true", help="every guest session")
-    who.add_argument("--all", action="store_true", help="every session")
-    kill.add_argument("--except", dest="except_session", metavar="SESSION", help="a session id to keep")
-    runs = commands.add_parser("runs", help="the recent cleanup and kill runs, with their status and counts")
-    runs.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
+    who.add_argument("--all", action="store_true", help="every session: every user's and every guest's")
+    parser.add_argument(
+        "--except",
+        dest="except_session",
+        metavar="SESSION_ID",
+        help="a session id to keep (as `session-core sessions USER` lists them)",
+    )
+    parser.add_argument("--yes", action="store_true", help="kill --guest or --all without asking")
+
+
+def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
+    user = None if args.all else GUEST_USER if args.guest or args.user == GUEST_USER else args.user
+    if user in (None, GUEST_USER) and not args.yes:
+        whom = "every session (every user's and every guest's)" if user is None else "every guest session"
+        if not ctx.interactive:
+            raise UsageError(
+                f"kill-user {'--all' if user is None else '--guest'} needs --yes when not run from a terminal"
+            )
+        answer = ctx.ask(f"This ends {whom} in {ctx.where()}.\nType 'yes' to go on: ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
+    result: KillResult = killSessionByUser(
+        user,
+        client=ctx.client,
+        settings=ctx.settings,
+        except_session=args.except_session,
+        progress=ctx.console.progress("deleted"),
+        observer=registered_delete_observer(),
+    )
+    whose = {None: "sessions (every user's and every guest's)", GUEST_USER: "guest sessions"}.get(
+        user, f"sessions of user {user!r}"
+    )
+    spread = f" across {result.shards} shards" if result.shards else ""
+    kept = f"; kept session {args.except_session}" if args.except_session else ""
+    summary = (
+        f"deleted {result.deleted:,} {whose}{spread} in {_seconds(result.elapsed_s)}"
+        f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
+    )
+    return Outcome(summary, result.to_json())
+
+
+# -- sessions, end ------------------------------------------------------------------------
+
+
+def _user_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("user", help="the user key (what the app passed to login)")
+
+
+def _sessions(args: argparse.Namespace, ctx: Context) -> Outcome:
+    if args.user == GUEST_USER:
+        raise UsageError("guests are not one user: there is no list of every guest session")
+    infos = list_user_sessions(ctx.client, ctx.settings, args.user)
+    listed = [
+        {
+            "session_id": info.session_id,
+            "lastseen": info.lastseen,
+            "lastseen_utc": iso_utc(info.lastseen),
+            "user_agent": info.user_agent,
+            "ip": info.ip,
+        }
+        for info in infos
+    ]
+    rows = [
+        f"  {info['session_id']}  last seen {info['lastseen_utc']}  {info['ip'] or '-'}  {info['user_agent'] or '-'}"
+        for info in listed
+    ]
+    summary = f"user {args.user!r} has {_count(len(listed), 'active session')}" + (
+        ", most recent first:" if listed else ""
+    )
+    return Outcome(summary, {"user": args.user, "sessions": listed}, rows)
+
+
+def _end_arguments(parser: argparse.ArgumentParser) -> None:
+    _user_argument(parser)
+    parser.add_argument("session_id", help="the session's id (as `session-core sessions USER` lists them)")
+
+
+def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
+    ended = end_user_session(
+        ctx.client, ctx.settings, args.user, args.session_id, observer=registered_delete_observer()
+    )
+    result = {"user": args.user, "session_id": args.session_id, "ended": ended}
+    if ended:
+        return Outcome(f"ended session {args.session_id} of user {args.user!r}", result)
+    return Outcome(f"user {args.user!r} has no session {args.session_id}: nothing was ended", result, status=1)
+
+
+# -- rehash ---------------------------------------------------------------------------------
+
+
+def _rehash_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--delete", action="store_true", help="delete plain-key sessions instead of moving them")
+    parser.add_argument("--dry-run", action="store_true", help="count the plain-key sessions; change nothing")
+
+
+def _rehash(args: argparse.Namespace, ctx: Context) -> Outcome:
+    verb = "found" if args.dry_run else "deleted" if args.delete else "moved"
+    result: RehashResult = start_rehash(
+        ctx.client, ctx.settings, delete=args.delete, dry_run=args.dry_run, progress=ctx.console.progress(verb)
+    )
+    if args.dry_run:
+        summary = f"found {_count(result.handled, 'plain-key session')} (a dry run: nothing was changed)"
+    else:
+        summary = (
+            f"{verb} {_count(result.handled, 'plain-key session')} in {_seconds(result.elapsed_s)}"
+            f" ({_rate(result.handled, result.elapsed_s)})"
+        )
+    return Outcome(summary, result.to_json())
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def _runs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
+
+
+def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
+    runs = [run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)]
+    rows = []
+    for run in runs:
+        if run["kind"] == "clear":
+            count = f"would delete {run['counted']:>9,}" if run["dry_run"] else f"     deleted {run['deleted']:>9,}"
+            subject = f"cutoff {run['cutoff_utc']}"
+        elif run["kind"] == "rehash":
+            verb = "       found" if run["dry_run"] else "     deleted" if run["delete"] else "       moved"
+            count = f"{verb} {run['counted']:>9,}"
+            subject = "plain-key sessions"
+        else:
+            count = f"     deleted {run['deleted']:>9,}"
+            subject = {None: "every session", GUEST_USER: "every guest"}.get(run["user"], f"user {run['user']!r}")
+        rows.append(f"  {run['started'][:19]}  {run['kind']:<5} {run['run_id']}  {run['status']:<7} {count}  {subject}")
+    return Outcome(f"{_count(len(runs), 'run')}, newest first" + (":" if runs else ""), {"runs": runs}, rows)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:,.1f} s"
+
+
+def _rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.0f}/s" if seconds > 0 else "-/s"
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        name="clear",
+        summary="delete expired sessions now (what the scheduled clear_sessions does)",
+        description=(
+            "Delete every session past its own expiry plus SESSION_CLEAR_GRACE, in this process, under the same "
+            "lease as the scheduled function: if a cleanup is running, this one is skipped. With --dry-run it only "
+            'counts: the JSON then has "dry_run": true, "counted": N (what it would delete) and "deleted": 0. '
+            "The cutoff is printed as ISO 8601 UTC beside its epoch value. Running it again is always safe."
+        ),
+        environment=(
+            "SESSION_LIFE_TIME",
+            "SESSION_CLEAR_GRACE",
+            "SESSION_PAGE_SIZE",
+            "SESSION_BATCH_SIZE",
+            "SESSION_DELETES_IN_FLIGHT",
+            "SESSION_LEASE_TTL",
+        ),
+        examples=("session-core clear --dry-run", "session-core clear"),
+        arguments=_clear_arguments,
+        run=_clear,
+    ),
+    Command(
+        name="kill-user",
+        summary="end a user's sessions now, or every guest's, or everyone's",
+        description=(
+            "End every session of USER at once (they are signed out on their next request), or with --guest every "
+            "guest session, or with --all every session; --except keeps one session. --guest and --all ask for "
+            "confirmation on a terminal and need --yes otherwise. A kill also records the user's kill time, so a "
+            "Flask-Login remember-me cookie cannot sign them back in. Running it again is safe."
+        ),
+        environment=("SESSION_SHARDS", "SESSION_PAGE_SIZE", "SESSION_BATCH_SIZE", "SESSION_DELETES_IN_FLIGHT"),
+        examples=(
+            "session-core kill-user alice",
+            "session-core kill-user alice --except SESSION_ID    # keep that one device",
+            "session-core kill-user --guest --yes",
+        ),
+        arguments=_kill_arguments,
+        run=_kill,
+    ),
+    Command(
+        name="sessions",
+        summary="list a user's active sessions: id, last seen, IP and user agent",
+        description=(
+            "List USER's active sessions, most recent first: each session's opaque id (what `end` and "
+            "`kill-user --except` take), when it was last seen, and the IP and user agent if the app stores them "
+            "in the session as `ip` and `user_agent`. Reads the sessions' entities, 100 a query."
+        ),
+        environment=("SESSION_LIFE_TIME",),
+        examples=("session-core sessions alice",),
+        arguments=_user_argument,
+        run=_sessions,
+    ),
+    Command(
+        name="end",
+        summary="end one session of a user (sign out one device)",
+        description=(
+            "End USER's session SESSION_ID (as `session-core sessions USER` lists them): that device is signed out "
+            "on its next request. Only that user's session can be ended; exit status 1 when there is none."
+        ),
+        environment=("SESSION_PAGE_SIZE",),
+        examples=("session-core end alice SESSION_ID",),
+        arguments=_end_arguments,
+        run=_end,
+    ),
+    Command(
+        name="runs",
+        summary="the recent cleanup and kill runs: status and counts (the receipts)",
+        description=(
+            "List the runs that cleanups and kills recorded (the scheduled function, kill-user messages and this "
+            "command), newest first, with their status and counts. A dry run's count is `counted`. Runs are kept "
+            "seven days (with deploy.sh --ttl)."
+        ),
+        environment=(),
+        examples=("session-core runs --limit 5",),
+        arguments=_runs_arguments,
+        run=_runs,
+    ),
+    Command(
+        name="rehash",
+        summary="move every session still under ViUR's plain cookie name to its hashed name",
+        description=(
+            "A session stored under ViUR's plain cookie name is a live credential in any export or backup until "
+            "its next save moves it. This moves every one of them now, each batch the way a saving request does "
+            "(no user is logged out, no deleted session comes back); --delete deletes them instead (their users "
+            "sign in again); --dry-run only counts them. Runs only with SESSION_KEY_STORAGE=hashed, once every "
+            "app instance reads hashed names. Paced like cleanup; running it again is safe."
+        ),
+        environment=("SESSION_KEY_STORAGE", "SESSION_BATCH_SIZE", "SESSION_PAGE_SIZE", "SESSION_RAMPUP"),
+        examples=("session-core rehash --dry-run", "SESSION_KEY_STORAGE=hashed session-core rehash"),
+        arguments=_rehash_arguments,
+        run=_rehash,
+    ),
+)
+
+
+def _environment_help(names: Sequence[str]) -> str:
+    width = max(map(len, names))
+    return "\n".join(f"  {name:<{width}}  {ENVIRONMENT[name]}" for name in names)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: a sub-command per entry of :data:`COMMANDS`, each with its own help."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="session-core",
+        formatter_class=formatter,
+        description=(
+            "Operate session_core's sessions from a shell: the cleanup and kills the Cloud Functions run,\n"
+            "a user's sessions, and the receipts of recent runs. Each command runs here, inline."
+        ),
+        epilog=(
+            "settings: every command reads the environment variables of the README's settings table\n"
+            "(or --settings FILE, the file deploy.sh hands the functions). Where the sessions are:\n"
+            f"{_environment_help(WHERE)}\n\n"
+            "output: progress and one summary line on stderr; the result as JSON on stdout.\n"
+            "exit status: 0 done, 1 failed or nothing done, 2 usage error, 130 interrupted.\n"
+            "`session-core COMMAND --help` tells each command's variables and examples."
+        ),
+    )
+    parser.add_argument("--settings", metavar="FILE", help="read settings from this JSON file, then the environment")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.summary,
+            formatter_class=formatter,
+            description=textwrap.fill(command.description, 88),
+            epilog=(
+                f"environment (and the where-variables of `session-core --help`):\n"
+                f"{_environment_help(command.environment) if command.environment else '  nothing more'}\n\n"
+                "examples:\n" + "\n".join(f"  {example}" for example in command.examples)
+            ),
+        )
+        command.arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; returns the exit status (see the module docstring)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    console = Console(sys.stderr, tty=sys.stderr.isatty())
     configure_logging()
+    structlog.configure(processors=[console.log_processor, *structlog.get_config()["processors"]])
+    env = dict(os.environ if environ is None else environ)
     try:
-        settings = Settings.from_env(dict(os.environ if environ is None else environ))
-        result = _run(args, settings)
+        settings = Settings.from_file(args.settings, env) if args.settings else Settings.from_env(env)
+        ctx = Context(settings, console, interactive=sys.stdin.isatty())
+        outcome: Outcome = args.run(args, ctx)
+    except UsageError as exc:
+        console.end_line()
+        parser.exit(2, f"session-core {args.command}: error: {exc}\n")
     except (SessionCoreError, ValueError) as exc:
+        console.end_line()
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    except KeyboardInterrupt:
+        console.end_line()
+        print(
+            "interrupted: what was deleted stays deleted, nothing more is; running the command again is safe",
+            file=sys.stderr,
+        )
+        return 130
+    console.summary(outcome)
+    print(json.dumps(outcome.result))
+    return outcome.status

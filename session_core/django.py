@@ -35,7 +35,9 @@ A store that does not answer within ``SESSION_REQUEST_TIMEOUT`` raises
 StoreError where the session is first used, and again at every later use in
 that request: never an empty session in place of a logged-in user's.
 :class:`SessionMiddleware` (Django's, plus that) answers it with 503 and
-``Retry-After``; with Django's own middleware it is a 500.
+``Retry-After``, and a MisuseError (a view's misuse of the library, a session
+value that no user key can name) with 400; with Django's own middleware both
+are 500s.
 """
 
 from __future__ import annotations
@@ -315,12 +317,15 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]  # Djang
     subclass, so Django's checks accept it). A StoreError raised by the view
     (the session's first use, ``request.user`` included) or by the save
     becomes that 503; the session is neither saved nor replaced, and the
-    browser keeps its cookie.
+    browser keeps its cookie. A MisuseError raised by the view or the save
+    becomes a 400 with its reason, never a 500.
     """
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, StoreError):
             return _unavailable(exception)
+        if isinstance(exception, MisuseError):
+            return _misused(exception)
         return None
 
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
@@ -328,7 +333,14 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]  # Djang
             result: HttpResponseBase = super().process_response(request, response)
         except StoreError as exc:
             return _unavailable(exc)
+        except MisuseError as exc:
+            return _misused(exc)
         return result
+
+
+def _misused(exc: MisuseError) -> HttpResponse:
+    log.warning("session_misuse", error=exc.reason)
+    return HttpResponse(f"Bad request: {exc.reason}", status=400, content_type="text/plain")
 
 
 def _unavailable(exc: StoreError) -> HttpResponse:

@@ -39,11 +39,11 @@ import flask
 import structlog
 from flask.sessions import SessionInterface, SessionMixin
 from google.cloud import datastore
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from session_core import logins
 from session_core.config import Settings
-from session_core.errors import StoreError
+from session_core.errors import MisuseError, StoreError
 from session_core.session import Saved, Session
 
 if TYPE_CHECKING:
@@ -65,14 +65,33 @@ class SessionUnavailable(ServiceUnavailable):
     description = "The session store did not answer in time. Please retry shortly."
 
 
+class SessionMisuseError(MisuseError, BadRequest):
+    """A :class:`~session_core.errors.MisuseError` raised through ``flask.session``: Flask answers it 400.
+
+    It is also werkzeug's ``BadRequest``, so it needs no error handler (Flask
+    allows none to be added once it serves), and an app's own
+    ``errorhandler(400)`` or ``errorhandler(MisuseError)`` can restyle it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        BadRequest.__init__(self, description=reason)
+        MisuseError.__init__(self, reason)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 class FlaskSession(Session, SessionMixin):
     """``flask.session``: a :class:`Session` that is also Flask's ``SessionMixin``.
 
     ``modified`` is the session's one change flag (ViUR's ``changed``);
     ``permanent`` is Flask's ``_permanent`` key; ``new`` is True until it is
     stored. If the store does not answer the load in time, the first use
-    raises :class:`SessionUnavailable` (503).
+    raises :class:`SessionUnavailable` (503); misuse (``login(None)``,
+    ``logout_everywhere_else`` on a guest) raises :class:`SessionMisuseError` (400).
     """
+
+    misuse_error = SessionMisuseError
 
     def _ensure_loaded(self) -> None:
         try:

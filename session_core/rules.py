@@ -14,7 +14,7 @@ import hashlib
 import re
 import secrets
 import string
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from session_core.config import Settings
 
@@ -132,3 +132,8 @@ def needs_refresh(seen: float, now: float, lifetime: float) -> bool:
 def cutoff_for(now: float, settings: Settings) -> float:
     """Sessions whose stored ``lastseen`` is before this are past their own expiry plus the grace."""
     return now - (settings.life_time + settings.clear_grace).total_seconds()
+
+
+def iso_utc(epoch: float) -> str:
+    """An epoch time as ISO 8601 in UTC, to the second (``2026-11-26T07:55:30Z``): for people, beside the number."""
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

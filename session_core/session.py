@@ -66,6 +66,9 @@ class Session(MutableMapping[str, Any]):
     ViUR's; an instance takes them from its :class:`Settings`. ``cookie_name``
     and ``lifetime`` override the settings' (adapters pass their framework's:
     with ``lifetime`` every session this object loads gets that lifetime).
+    Misuse (a login without a user key, a lifetime out of range) raises
+    ``misuse_error``, a :class:`~session_core.errors.MisuseError`: every
+    adapter answers it with 400, never 500.
     """
 
     kindName: str = "viur-session"  # noqa: N815 - ViUR's name
@@ -73,6 +76,8 @@ class Session(MutableMapping[str, Any]):
     use_session_cookie: bool = True
     cookie_name: str = ""
     GUEST_USER: ClassVar[str] = GUEST_USER
+    # What misuse raises: a MisuseError; an adapter's session raises its framework's 400 too (Flask's does).
+    misuse_error: ClassVar[type[MisuseError]] = MisuseError
 
     def __init__(
         self,
@@ -92,7 +97,7 @@ class Session(MutableMapping[str, Any]):
         self.cookie_name = cookie_name or settings.cookie_name
         self.default_lifetime = lifetime or settings.life_time
         if not valid_lifetime(self.default_lifetime.total_seconds()):
-            raise MisuseError("a session lifetime must be positive and at most ten years")
+            raise self.misuse_error("a session lifetime must be positive and at most ten years")
         self._lifetime_is_fixed = lifetime is not None
         self.accessed = False
         self._obsolete: list[str] = []
@@ -372,9 +377,9 @@ class Session(MutableMapping[str, Any]):
         elif isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool):
             wanted = timedelta(seconds=lifetime)
         else:
-            raise MisuseError("set_expiry takes seconds, a timedelta, or None")
+            raise self.misuse_error("set_expiry takes seconds, a timedelta, or None")
         if not valid_lifetime(wanted.total_seconds()):
-            raise MisuseError("a session lifetime must be positive and at most ten years")
+            raise self.misuse_error("a session lifetime must be positive and at most ten years")
         self._ensure_loaded()
         if wanted != self.lifetime:
             self.lifetime = wanted
@@ -412,7 +417,7 @@ class Session(MutableMapping[str, Any]):
         any RPC, so a missing key can never become a user that "kill" matches.
         """
         if not rules.valid_login(user_key):
-            raise MisuseError("login needs a user key: a non-empty printable string of at most 1500 bytes")
+            raise self.misuse_error("login needs a user key: a non-empty printable string of at most 1500 bytes")
         self._reset_keeping([*self.settings.persistent_fields_on_login, *keep], user_key)
 
     def logout(self, *, keep: Iterable[str] = ()) -> None:

@@ -8,10 +8,14 @@ being generated are not saved. ``Vary: Cookie`` goes on every response whose
 session was used. A store that does not answer within
 ``SESSION_REQUEST_TIMEOUT`` gives a 503 with ``Retry-After`` (the app is not
 called when the load fails, and its answer is replaced when the save fails).
+A :class:`~session_core.errors.MisuseError` the app raises before its response
+starts (``logout_everywhere_else`` on a guest session, ``login(None)``) is
+answered 400 with its reason, and the session is not saved.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -21,7 +25,7 @@ from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.cookies import parse_cookie_header, parse_cookie_values
-from session_core.errors import StoreError
+from session_core.errors import MisuseError, StoreError
 from session_core.session import Session
 
 ENVIRON_KEY = "session_core.session"
@@ -66,8 +70,10 @@ class SessionMiddleware:
             return self._unavailable(start_response, exc)
         environ[ENVIRON_KEY] = session
         failed: list[StoreError] = []
+        started: list[bool] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None) -> Any:
+            started.append(True)
             if exc_info is None:
                 try:
                     session.save(context)
@@ -80,12 +86,26 @@ class SessionMiddleware:
                     headers.append(("Vary", "Cookie"))
             return start_response(status, headers, exc_info)
 
-        body = self.app(environ, start)
+        try:
+            body = self.app(environ, start)
+        except MisuseError as exc:
+            return self._misused(start_response, exc, replacing=bool(started))
         if failed:
             if hasattr(body, "close"):
                 body.close()
             return [UNAVAILABLE]
         return body
+
+    def _misused(self, start_response: StartResponse, exc: MisuseError, *, replacing: bool) -> list[bytes]:
+        """400 with the reason. ``replacing`` a response the app started: the server re-raises if it was sent."""
+        log.warning("session_misuse", error=exc.reason)
+        body = f"Bad request: {exc.reason}".encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        if replacing:
+            start_response("400 Bad Request", headers, sys.exc_info())
+        else:
+            start_response("400 Bad Request", headers)
+        return [body]
 
     def _unavailable(self, start_response: StartResponse, exc: StoreError) -> list[bytes]:
         log.warning("session_unavailable", operation=exc.operation)

@@ -51,6 +51,7 @@ from session_core import (
     aend_user_session,
     akillSessionByUser,
     alist_user_sessions,
+    logout_everywhere_else,
 )
 from session_core.asgi import ASGISession, SessionMiddleware, session_of
 from session_core.clients import datastore_client
@@ -740,3 +741,38 @@ def test_the_asgi_extra_is_anyio_alone_and_the_dev_pins_fit_the_declared_ranges(
     pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M))
     assert {"starlette", "fastapi", "uvicorn", "httpx", "anyio"} <= set(pins)
     assert all(pins[requirement.name] in requirement.specifier for requirement in extra)
+
+
+# -- misuse is a 400, and a new session's id is known at once ---------------------------------
+
+
+async def login_showing_id(request: Request) -> JSONResponse:
+    session = session_of(request)
+    session.login(request.path_params["user"])
+    return JSONResponse({"session_id": session.session_id})  # the new key's id, before the save
+
+
+async def everywhere_else(request: Request) -> JSONResponse:
+    return JSONResponse({"ended": logout_everywhere_else(session_of(request))})
+
+
+def test_misuse_is_answered_400_never_500_and_a_new_sessions_id_is_known_at_login(
+    client: datastore.Client, settings: Settings
+) -> None:
+    routes = [
+        Route("/login/{user}", login_showing_id, methods=["POST"]),
+        Route("/everywhere-else", everywhere_else, methods=["POST"]),
+        Route("/expiry/{seconds:int}", expiry, methods=["POST"]),
+    ]
+    app = make_app(client, settings, routes=routes)
+    guest = browser(app)
+    refused = guest.post("/everywhere-else")
+    assert refused.status_code == 400
+    assert refused.text == "Bad request: only a logged-in session can log out its other sessions"
+    assert "set-cookie" not in refused.headers
+    assert guest.post("/expiry/0").status_code == 400  # a lifetime must be positive
+    laptop, phone = browser(app), browser(app)
+    signed_in = laptop.post("/login/alice").json()
+    assert signed_in == {"session_id": hash_key(laptop.cookies[settings.cookie_name])}
+    phone.post("/login/alice")
+    assert laptop.post("/everywhere-else").json() == {"ended": 1}

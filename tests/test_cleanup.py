@@ -92,7 +92,7 @@ def test_dry_run_counts_and_deletes_nothing(
 ) -> None:
     before = remaining(client, settings)
     result = start_clear_sessions(client, settings, now=NOW, dry_run=True)
-    assert result.deleted == 1200 and result.dry_run
+    assert (result.counted, result.deleted, result.dry_run) == (1200, 0, True)
     assert remaining(client, settings) == before
 
 
@@ -191,7 +191,7 @@ def test_a_dry_run_calls_no_observer_and_reads_no_session(
 ) -> None:
     seen: list[SessionRecord] = []
     result = start_clear_sessions(client, settings, now=NOW, dry_run=True, observer=seen.append)
-    assert result.deleted == len(mixed["expired"]) and seen == []
+    assert (result.counted, result.deleted) == (len(mixed["expired"]), 0) and seen == []
     assert rpcs.calls["lookup"] == 1 and rpcs.calls["commit"] == 2  # only the run's record: written, then counted
     assert remaining(client, settings) == set().union(*mixed.values())
 

@@ -1,86 +1,351 @@
-"""The command line, run as a user runs it."""
+"""The command line, run as an operator runs it: a subprocess against the emulator, its output read back."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import os
+import pty
+import re
+import select
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from session_core.testing import Emulator
+import pytest
+import structlog
+from google.cloud import datastore
+
+from session_core import SessionRecord, Settings
+from session_core.cli import COMMANDS, WHERE, Console, Outcome
+from session_core.config import VARIABLES
+from session_core.rules import GUEST_USER, hash_key, new_key
+from session_core.store import SessionStore
+from tests.test_cleanup import remaining, seed
+from tests.test_revocation import seed_users
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_clear_command_deletes_expired_sessions_inline(
-    datastore_emulator: Emulator, client: Any, settings: Any
-) -> None:
-    import json
-    import time
-
-    from tests.test_cleanup import remaining, seed
-
-    live = seed(client, settings, 20, time.time())
-    seed(client, settings, 300, time.time() - 86400)
-    env = {
-        **os.environ,
-        "DATASTORE_EMULATOR_HOST": datastore_emulator.host,
-        "SESSION_NAMESPACE": settings.namespace,
-        "GOOGLE_CLOUD_PROJECT": settings.project,
-    }
-    dry = subprocess.run(
-        [sys.executable, "-m", "session_core", "clear", "--dry-run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout)["deleted"] == 300 and len(remaining(client, settings)) == 320
-    done = subprocess.run(
-        [sys.executable, "-m", "session_core", "clear"], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["deleted"] == 300
-    assert '"event": "progress"' in done.stderr  # not a terminal: log lines, not a progress bar
-    assert remaining(client, settings) == live
-
-
-def test_bad_settings_fail_with_the_variable_named(datastore_emulator: Emulator) -> None:
-    env = {**os.environ, "DATASTORE_EMULATOR_HOST": datastore_emulator.host, "SESSION_BATCH_SIZE": "9000"}
-    done = subprocess.run(
-        [sys.executable, "-m", "session_core", "clear"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 1
-    assert "SESSION_BATCH_SIZE: expected a whole number from 1 to 500; got '9000'" in done.stderr
-
-
-def test_kill_user_command(datastore_emulator: Emulator, client: Any, settings: Any) -> None:
-    import json
-
-    from tests.test_cleanup import remaining
-    from tests.test_revocation import seed_users
-
-    users = seed_users(client, settings, {"alice": 30, "bob": 4, "__guest__": 10})
-    env = {
-        **os.environ,
-        "DATASTORE_EMULATOR_HOST": datastore_emulator.host,
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """An operator's environment pointed at this test's emulator namespace."""
+    assert settings.emulator_host and settings.namespace
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SESSION_")},
+        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
         "SESSION_NAMESPACE": settings.namespace,
         "GOOGLE_CLOUD_PROJECT": settings.project,
     }
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Run:
+    """``cli("clear", "--dry-run")``: the command line in a subprocess (stdin and stderr not a terminal)."""
+
+    def run(*args: str, stdin: str = "", **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "session_core", "kill-user", *args],
-            env=env,
+            [sys.executable, "-m", "session_core", *args],
+            env={**env, **extra},
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=120,
         )
 
-    done = cli("alice")
+    return run
+
+
+def summary_of(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line on stderr that is not a JSON log line."""
+    [line] = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    return line
+
+
+def log_events(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [json.loads(line)["event"] for line in done.stderr.splitlines() if line.startswith("{")]
+
+
+def test_a_dry_run_says_would_delete_in_its_summary_and_its_json_and_deletes_nothing(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    seed(client, settings, 20, time.time())
+    seed(client, settings, 300, time.time() - 86400)
+    dry = cli("clear", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    result = json.loads(dry.stdout)  # stdout is exactly one JSON document
+    assert (result["dry_run"], result["counted"], result["deleted"]) == (True, 300, 0)
+    assert re.fullmatch(ISO, result["cutoff_utc"]) and isinstance(result["cutoff"], float)
+    assert re.fullmatch(
+        rf"would delete 300 expired sessions \(a dry run: nothing was deleted\); cutoff {ISO} \(\d+\.\d{{3}}\)",
+        summary_of(dry),
+    )
+    assert "clear_sessions" not in log_events(dry)  # one result per run: no step summary besides the command's
+    assert len(remaining(client, settings)) == 320
+
+
+def test_clear_deletes_expired_sessions_and_prints_one_summary_and_one_json(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    live = seed(client, settings, 20, time.time())
+    seed(client, settings, 300, time.time() - 86400)
+    done = cli("clear")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["dry_run"], result["counted"], result["deleted"], result["skipped"]) == (False, 300, 300, False)
+    summary = summary_of(done)
+    assert re.fullmatch(
+        rf"deleted 300 expired sessions in [\d.]+ s \([\d,]+/s, 1 commit\); cutoff {ISO} \(\d+\.\d{{3}}\)", summary
+    )
+    assert result["cutoff_utc"] in summary and f"{result['cutoff']:.3f}" in summary
+    assert log_events(done) == ["progress"]  # not a terminal: progress is a log line; the summary is the command's
+    assert remaining(client, settings) == live
+
+
+def test_bad_settings_fail_with_the_variable_named(cli: Run) -> None:
+    done = cli("clear", SESSION_BATCH_SIZE="9000")
+    assert done.returncode == 1 and done.stdout == ""
+    assert "SESSION_BATCH_SIZE: expected a whole number from 1 to 500; got '9000'" in done.stderr
+
+
+def test_settings_can_come_from_the_file_the_functions_get(
+    cli: Run, client: datastore.Client, settings: Settings, tmp_path: Path
+) -> None:
+    seed_users(client, settings, {"alice": 3})
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"SESSION_NAMESPACE": settings.namespace, "SESSION_LIFE_TIME": "3600"}))
+    done = cli("--settings", str(settings_file), "sessions", "alice", SESSION_NAMESPACE="elsewhere")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["sessions"]) == 3  # the file's namespace, not the environment's
+
+
+def test_kill_user_ends_one_users_sessions_and_keeps_the_one_named(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    users = seed_users(client, settings, {"alice": 30, "bob": 4, GUEST_USER: 10})
+    done = cli("kill-user", "alice")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["deleted"] == 30
+    assert re.fullmatch(r"deleted 30 sessions of user 'alice' in [\d.]+ s \([\d,]+/s\)", summary_of(done))
     kept = sorted(users["bob"])[0]
-    assert json.loads(cli("--all", "--except", kept).stdout)["deleted"] == 13
-    assert remaining(client, settings) == {kept}
-    refused = cli("bob", "--except", "not-a-session-id")
+    bob = cli("kill-user", "bob", "--except", kept)
+    assert json.loads(bob.stdout)["deleted"] == 3
+    assert summary_of(bob).endswith(f"; kept session {kept}")
+    assert remaining(client, settings) == users[GUEST_USER] | {kept}
+    refused = cli("kill-user", "bob", "--except", "not-a-session-id")
     assert refused.returncode == 1 and "except_session must be a session id" in refused.stderr
+
+
+def test_kill_all_and_guest_need_yes_when_no_one_can_be_asked(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    users = seed_users(client, settings, {"alice": 5, GUEST_USER: 10})
+    everyone = users["alice"] | users[GUEST_USER]
+    for who in ("--all", "--guest", GUEST_USER):
+        refused = cli("kill-user", who)  # stdin is not a terminal
+        assert refused.returncode == 2 and "needs --yes when not run from a terminal" in refused.stderr
+        assert refused.stdout == "" and remaining(client, settings) == everyone
+    guests = cli("kill-user", "--guest", "--yes", SESSION_SHARDS="4")
+    assert guests.returncode == 0, guests.stderr
+    assert json.loads(guests.stdout)["deleted"] == 10 and json.loads(guests.stdout)["shards"] == 4
+    assert re.fullmatch(r"deleted 10 guest sessions across 4 shards in [\d.]+ s \([\d,]+/s\)", summary_of(guests))
+    assert log_events(guests).count("kill_sessions") == 0  # no line per shard: one result per run
+    assert remaining(client, settings) == users["alice"]
+
+
+def in_a_terminal(argv: Sequence[str], env: dict[str, str], answer: str | None = None) -> tuple[int, str, str]:
+    """Run with stdin and stderr on a pseudo-terminal (stdout piped), as from an operator's shell.
+
+    ``answer`` is typed once the question appears. Returns (status, stdout, what the terminal showed).
+    """
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "session_core", *argv],
+        env=env,
+        stdin=follower,
+        stderr=follower,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    os.close(follower)
+    shown = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if answer is not None and b"Type 'yes' to go on: " in shown:
+                os.write(leader, f"{answer}\n".encode())
+                answer = None
+        elif process.poll() is not None:
+            break
+    assert process.stdout is not None
+    with process.stdout:
+        out = process.stdout.read()
+    status = process.wait(timeout=30)
+    os.close(leader)
+    return status, out, shown.decode(errors="replace")
+
+
+def test_on_a_terminal_kill_all_asks_first_and_a_no_deletes_nothing(
+    env: dict[str, str], client: datastore.Client, settings: Settings
+) -> None:
+    users = seed_users(client, settings, {"alice": 5, GUEST_USER: 10})
+    status, out, shown = in_a_terminal(["kill-user", "--all"], env, answer="no")
+    assert status == 1 and json.loads(out) == {"confirmed": False, "deleted": 0}
+    assert (
+        f"This ends every session (every user's and every guest's) in the emulator at {settings.emulator_host}" in shown
+    )
+    assert f"namespace {settings.namespace}" in shown and "not confirmed: nothing was deleted" in shown
+    assert remaining(client, settings) == users["alice"] | users[GUEST_USER]
+    status, out, shown = in_a_terminal(["kill-user", "--all"], env, answer="yes")
+    assert status == 0 and json.loads(out)["deleted"] == 15
+    assert remaining(client, settings) == set()
+
+
+def test_on_a_terminal_progress_and_rate_count_every_shard_of_the_whole_run(
+    env: dict[str, str], client: datastore.Client, settings: Settings
+) -> None:
+    seed_users(client, settings, {GUEST_USER: 6000})
+    status, out, shown = in_a_terminal(["kill-user", "--guest", "--yes"], {**env, "SESSION_SHARDS": "8"})
+    assert status == 0, shown
+    result = json.loads(out)
+    assert result["deleted"] == 6000 and result["shards"] == 8
+    progress = [
+        (int(done.replace(",", "")), float(seconds))
+        for done, seconds in re.findall(r"deleted ([\d,]+) sessions \([\d,]+/s, ([\d.]+) s\)", shown)
+    ]
+    assert len(progress) >= 8  # at least one line per shard, each counting on from the shards before
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert progress[-1][0] == 6000
+    assert progress[-1][1] >= 0.5 * result["elapsed_s"]  # the run's time, not the last shard's
+    final = shown.rsplit("\x1b[K", 1)[1]  # the summary replaced the progress line
+    [(count, seconds, rate)] = re.findall(
+        r"deleted ([\d,]+) guest sessions across 8 shards in ([\d.]+) s \(([\d,]+)/s\)", final
+    )
+    assert count == "6,000" and float(seconds) == pytest.approx(result["elapsed_s"], abs=0.05)
+    assert int(rate.replace(",", "")) == pytest.approx(6000 / result["elapsed_s"], rel=0.01)
+
+
+def test_the_progress_line_ends_before_a_log_line_and_the_summary_replaces_it() -> None:
+    stream = io.StringIO()
+    console = Console(stream, tty=True, clock=iter([0.0, 2.0, 4.0]).__next__)
+    report = console.progress("deleted")
+    report(1000, 0.1)  # the library's step time (a shard's) is not what the rate is over
+    console.log_processor(None, "warning", {"event": "datastore_retry"})
+    report(3000, 0.1)
+    with pytest.raises(structlog.DropEvent):
+        console.log_processor(None, "info", {"event": "kill_sessions"})
+    console.summary(Outcome("deleted 3,000 sessions", {}))
+    assert stream.getvalue() == (
+        "\r\x1b[Kdeleted 1,000 sessions (500/s, 2.0 s)\n"  # ended before the log line
+        "\r\x1b[Kdeleted 3,000 sessions (750/s, 4.0 s)"
+        "\r\x1b[Kdeleted 3,000 sessions\n"
+    )
+
+
+def test_sessions_lists_a_users_devices_and_end_signs_one_out(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    store = SessionStore(client, settings)
+    now = time.time()
+    devices = {
+        hash_key(new_key()): ({"ip": "10.0.0.1", "user_agent": "Firefox"}, now - 60),
+        hash_key(new_key()): ({"ip": "10.0.0.2"}, now - 10),
+        hash_key(new_key()): ({}, now - 30),
+    }
+    client.put_multi(
+        [store.to_entity(SessionRecord(n, data, "frank", "k" * 13, seen)) for n, (data, seen) in devices.items()]
+    )
+    seed_users(client, settings, {"grace": 2})
+    listed = cli("sessions", "frank")
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)["sessions"]
+    assert [s["session_id"] for s in sessions] == sorted(devices, key=lambda n: devices[n][1], reverse=True)
+    assert sessions[0]["ip"] == "10.0.0.2" and sessions[0]["user_agent"] is None
+    assert all(re.fullmatch(ISO, s["lastseen_utc"]) for s in sessions)
+    lines = listed.stderr.splitlines()
+    assert lines[0] == "user 'frank' has 3 active sessions, most recent first:"
+    assert lines[3].startswith(f"  {sessions[2]['session_id']}  last seen ") and lines[3].endswith("10.0.0.1  Firefox")
+
+    first = sessions[0]["session_id"]
+    ended = cli("end", "frank", first)
+    assert ended.returncode == 0 and json.loads(ended.stdout) == {"user": "frank", "session_id": first, "ended": True}
+    assert ended.stderr.strip() == f"ended session {first} of user 'frank'"
+    again = cli("end", "frank", first)
+    assert again.returncode == 1 and json.loads(again.stdout)["ended"] is False
+    assert again.stderr.strip() == f"user 'frank' has no session {first}: nothing was ended"
+    not_theirs = cli("end", "grace", sessions[1]["session_id"])
+    assert not_theirs.returncode == 1  # only the named user's session can be ended
+    assert len(json.loads(cli("sessions", "frank").stdout)["sessions"]) == 2
+    assert cli("sessions", GUEST_USER).returncode == 2
+
+
+def test_runs_lists_the_receipts_and_a_dry_run_says_would_delete(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    seed(client, settings, 40, time.time() - 86400)
+    seed_users(client, settings, {"alice": 3})
+    assert cli("clear", "--dry-run").returncode == 0
+    assert cli("kill-user", "alice").returncode == 0
+    done = cli("runs", "--limit", "5")
+    assert done.returncode == 0, done.stderr
+    kill, dry = json.loads(done.stdout)["runs"]
+    assert (kill["kind"], kill["user"], kill["deleted"], kill["status"]) == ("kill", "alice", 3, "done")
+    assert (dry["kind"], dry["dry_run"], dry["counted"], dry["deleted"]) == ("clear", True, 40, 0)
+    assert re.fullmatch(ISO, dry["cutoff_utc"])
+    lines = done.stderr.splitlines()
+    assert lines[0] == "2 runs, newest first:"
+    assert re.search(r"kill  +[0-9a-f]{32}  done +deleted +3  user 'alice'$", lines[1])
+    assert re.search(rf"clear [0-9a-f]{{32}}  done +would delete +40  cutoff {ISO}$", lines[2])
+
+
+def test_rehash_counts_then_moves_the_plain_key_sessions_and_refuses_with_plain_storage(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    plain = SessionStore(client, dataclasses.replace(settings, key_storage="plain"))
+    cookies = [new_key() for _ in range(30)]
+    client.put_multi([plain.to_entity(SessionRecord(c, {}, "alice", "k" * 13, time.time())) for c in cookies])
+    refused = cli("rehash", SESSION_KEY_STORAGE="plain")
+    assert refused.returncode == 1 and "needs SESSION_KEY_STORAGE=hashed" in refused.stderr
+    dry = cli("rehash", "--dry-run", SESSION_KEY_STORAGE="hashed")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["handled"] == 30
+    assert summary_of(dry) == "found 30 plain-key sessions (a dry run: nothing was changed)"
+    assert remaining(client, settings) == set(cookies)
+    done = cli("rehash", SESSION_KEY_STORAGE="hashed")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"moved 30 plain-key sessions in [\d.]+ s \([\d,]+/s\)", summary_of(done))
+    assert remaining(client, settings) == {hash_key(c) for c in cookies}
+    rows = cli("runs", "--limit", "2").stderr.splitlines()
+    assert re.search(r"rehash [0-9a-f]{32}  done +moved +30  plain-key sessions$", rows[1])
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
+def test_each_commands_help_gives_its_description_environment_and_an_example(cli: Run, command: Any) -> None:
+    done = cli(command.name, "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert " ".join(command.description.split()) in text
+    assert all(name in done.stdout for name in command.environment)
+    assert "examples:" in done.stdout and command.examples[0] in done.stdout
+    assert set(command.environment) <= set(VARIABLES.values())  # only variables the settings really read
+
+
+def test_the_help_names_every_command_where_the_sessions_are_and_what_is_printed(cli: Run) -> None:
+    done = cli("--help")
+    assert done.returncode == 0 and "python -m session_core COMMAND" not in done.stdout  # no docstring as help
+    assert all(f"    {command.name} " in done.stdout for command in COMMANDS)
+    assert all(name in done.stdout for name in WHERE) and set(WHERE) <= set(VARIABLES.values())
+    assert "one summary line on stderr; the result as JSON on stdout" in done.stdout

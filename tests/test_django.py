@@ -447,6 +447,21 @@ def test_a_login_rotates_the_key_and_writes_the_user_id_to_the_indexed_user(
     assert browser.get("/me/").content.decode() == alice.username
 
 
+def test_a_new_sessions_id_is_known_in_the_login_request(browser: Client) -> None:
+    alice = user("alice")
+    shown = browser.post(f"/login-showing-id/{alice.username}/").json()
+    assert shown == {"session_id": hash_key(cookie_of(browser))}
+
+
+def test_misuse_in_a_view_is_answered_400_by_our_middleware_never_500(browser: Client) -> None:
+    alice = user("alice")
+    browser.force_login(alice)
+    refused = browser.post("/everywhere-else/?keep=not-a-session-id")
+    assert refused.status_code == 400
+    assert refused.content == b"Bad request: except_session must be a session id (64 hex digits)"
+    assert browser.post("/everywhere-else/").content == b"signed out everywhere else"
+
+
 def test_logout_deletes_the_session_and_its_cookie(
     browser: Client, client: datastore.Client, settings: Settings
 ) -> None:

@@ -19,7 +19,7 @@ from google.cloud import datastore
 from markupsafe import Markup
 from werkzeug.http import parse_date
 
-from session_core import Settings, killSessionByUser
+from session_core import MisuseError, Settings, killSessionByUser, logout_everywhere_else
 from session_core.flask import DatastoreSessionInterface
 from session_core.rules import hash_key
 from tests.conftest import RpcCounter
@@ -362,3 +362,49 @@ def test_a_remember_me_cookie_cannot_undo_a_kill_until_the_next_interactive_logi
     browser.post("/sign-in/alice?remember=1")  # an interactive login
     browser.delete_cookie("session")
     assert browser.get("/me").text == "alice"  # remember-me works again
+
+
+# -- misuse is a 400, and a new session's id is known at once ---------------------------------
+
+
+def test_misuse_through_flask_session_is_a_400_never_a_500(client: datastore.Client, settings: Settings) -> None:
+    app = flask.Flask(__name__)
+    app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
+
+    @app.post("/login/<user>")
+    def login(user: str) -> dict[str, object]:
+        flask.session.login(None if user == "nobody" else user)  # type: ignore[attr-defined]
+        return {"session_id": flask.session.session_id}  # type: ignore[attr-defined]
+
+    @app.post("/everywhere-else")
+    def everywhere_else() -> dict[str, object]:
+        return {"ended": logout_everywhere_else(flask.session)}  # type: ignore[arg-type]
+
+    guest = app.test_client()
+    refused = guest.post("/everywhere-else")
+    assert refused.status_code == 400 and b"only a logged-in session can log out its other sessions" in refused.data
+    assert guest.post("/login/nobody").status_code == 400
+    assert guest.get_cookie("session") is None  # nothing was stored for the refused requests
+
+    laptop, phone = app.test_client(), app.test_client()
+    signed_in = laptop.post("/login/alice").json
+    cookie = laptop.get_cookie("session")
+    assert cookie is not None and signed_in == {"session_id": hash_key(cookie.value)}  # known in the login request
+    phone.post("/login/alice")
+    assert laptop.post("/everywhere-else").json == {"ended": 1}
+
+
+def test_an_app_can_restyle_misuse_with_its_own_handler(client: datastore.Client, settings: Settings) -> None:
+    app = flask.Flask(__name__)
+    app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
+    app.register_error_handler(MisuseError, lambda exc: ({"error": str(exc)}, 422))
+
+    @app.post("/everywhere-else")
+    def everywhere_else() -> dict[str, object]:
+        return {"ended": logout_everywhere_else(flask.session)}  # type: ignore[arg-type]
+
+    answer = app.test_client().post("/everywhere-else")
+    assert (answer.status_code, answer.json) == (
+        422,
+        {"error": "only a logged-in session can log out its other sessions"},
+    )

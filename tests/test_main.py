@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,6 @@ MAIN = Path(__file__).resolve().parent.parent / "main.py"
 
 @pytest.fixture
 def expired_and_live(client: datastore.Client, settings: Settings) -> tuple[set[str], set[str]]:
-    import time
-
     now = time.time()
     return seed(client, settings, 600, now - 86400), seed(client, settings, 40, now)
 
@@ -34,20 +33,36 @@ def test_scheduler_post_clears_expired_sessions(
     response = function("clear_sessions").post("/")
     assert response.status_code == 200
     body = response.get_json()
-    expected = {"run_id", "cutoff", "deleted", "batches", "continued", "skipped", "elapsed_s", "dry_run"}
-    assert set(body) == expected | {"shard", "shards"} and body["shards"] == 1
-    assert body["deleted"] == 600 and body["batches"] == 2 and not body["skipped"] and not body["continued"]
+    assert set(body) == {
+        "run_id",
+        "cutoff",
+        "cutoff_utc",
+        "deleted",
+        "counted",
+        "batches",
+        "continued",
+        "skipped",
+        "elapsed_s",
+        "dry_run",
+        "shard",
+        "shards",
+    }
+    assert body["deleted"] == body["counted"] == 600 and body["batches"] == 2 and body["shards"] == 1
+    assert not body["skipped"] and not body["continued"] and not body["dry_run"]
+    assert body["cutoff_utc"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(body["cutoff"]))
     assert remaining(client, settings) == expired_and_live[1]
 
 
-def test_dry_run_answers_the_count_and_deletes_nothing(
+def test_dry_run_answers_what_it_would_delete_and_deletes_nothing(
     function: FunctionClient,
     client: datastore.Client,
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
 ) -> None:
     response = function("clear_sessions").post("/", json={"dry_run": True})
-    assert response.status_code == 200 and response.get_json()["deleted"] == 600
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["dry_run"], body["counted"], body["deleted"]) == (True, 600, 0)
     assert remaining(client, settings) == expired_and_live[0] | expired_and_live[1]
 
 
@@ -83,7 +98,6 @@ def test_session_task_runs_a_clear_step(
     settings: Settings,
     expired_and_live: tuple[set[str], set[str]],
 ) -> None:
-    import time
 
     step = {
         "op": "clear",

@@ -1,11 +1,25 @@
-"""The README tells the truth about the settings and the commands."""
+"""The README tells the truth: its settings, its commands, its numbers, and every Python block runs."""
 
 from __future__ import annotations
 
+import json
 import re
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import pytest
+from google.cloud import datastore
+from werkzeug.test import Client
+
+from session_core import Settings
+from session_core import session as session_module
+from session_core.clients import datastore_client
 from session_core.config import VARIABLES
+from session_core.rules import hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,3 +44,212 @@ def test_the_first_two_commands_are_make_run_and_make_test() -> None:
     assert commands[:2] == ["make run", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+# -- every Python block of the README runs ------------------------------------------------------
+
+
+class Block(NamedTuple):
+    heading: str  # the nearest heading above it, without its #s
+    code: str  # dedented
+
+
+def readme_blocks() -> list[Block]:
+    """Every ```python block of the README (indented ones in lists too), with the heading it sits under."""
+    blocks: list[Block] = []
+    heading, fence, lines = "", None, []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if fence is None:
+            if match := re.fullmatch(r"( *)```(\w*)", line):
+                fence, lines = (match[1], match[2]), []
+            elif match := re.fullmatch(r"#{1,6} (.+)", line):
+                heading = match[1]
+        elif line.strip() == "```" and line.startswith(fence[0]):
+            if fence[1] == "python":
+                blocks.append(Block(heading, textwrap.dedent("\n".join(lines)) + "\n"))
+            fence = None
+        else:
+            lines.append(line)
+    return blocks
+
+
+CONTINUES = re.compile(r"# continues the (.+) example above\n")
+
+
+def drive_flask(example: dict[str, Any], settings: Settings) -> None:
+    browser = example["app"].test_client()
+    assert browser.post("/cart/book").json == {"cart": ["book"]}
+    assert browser.post("/cart/pen").json == {"cart": ["book", "pen"]}
+    assert browser.post("/login/alice").data == b"ok"
+    assert browser.post("/cart/cup").json == {"cart": ["cup"]}  # a login keeps only SESSION_PERSISTENT_FIELDS
+
+
+def drive_flask_login(example: dict[str, Any], settings: Settings) -> None:
+    browser = example["app"].test_client()
+    assert browser.post("/sign-in/alice").data == b"signed in"
+    client = datastore_client(settings)
+    [stored] = client.query(kind=settings.kind, namespace=settings.namespace).fetch()
+    assert stored["user"] == "alice"  # what killSessionByUser("alice") finds
+    assert browser.post("/sign-out").data == b"signed out"
+
+
+def drive_viur_cookie(example: dict[str, Any], settings: Settings) -> None:
+    assert example["app"].config["SESSION_COOKIE_NAME"] == f"viur_cookie_{settings.project}"
+    drive_flask(example, settings)
+
+
+def drive_wsgi(example: dict[str, Any], settings: Settings) -> None:
+    browser = Client(example["app"])
+    assert [browser.get("/").text for _ in range(2)] == ["1", "2"]
+
+
+def drive_devices(example: dict[str, Any], settings: Settings) -> None:
+    app = example["app"]
+    guest, laptop, phone = app.test_client(), app.test_client(), app.test_client()
+    assert guest.get("/devices").status_code == 401
+    refused = guest.post("/sign-out-everywhere-else")
+    assert refused.status_code == 400 and b"only a logged-in session" in refused.data  # not a 500
+    signed_in = laptop.post("/sign-in/alice").json
+    cookie = laptop.get_cookie("session")
+    assert cookie is not None and signed_in == {"user": "alice", "this_device": hash_key(cookie.value)}
+    phone_id = phone.post("/sign-in/alice").json["this_device"]
+    devices = laptop.get("/devices").json
+    assert {device["id"] for device in devices} == {signed_in["this_device"], phone_id}
+    assert all(device["user_agent"].startswith("Werkzeug/") for device in devices)
+    assert laptop.post(f"/devices/{phone_id}/sign-out").json == {"ended": True}
+    assert phone.get("/devices").status_code == 401  # that device is signed out
+    phone.post("/sign-in/alice")
+    assert laptop.post("/sign-out-everywhere-else").json == {"ended": 1}
+    assert [device["id"] for device in laptop.get("/devices").json] == [signed_in["this_device"]]
+
+
+def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
+    assert example["settings"].namespace == settings.namespace  # from the file, not the environment
+
+
+# The blocks a test here drives through requests, by heading. Every other block is run (its imports,
+# its module-level code); these sections' blocks are also driven elsewhere:
+#   Starlette and FastAPI: tests/test_asgi.py::test_the_readme_examples_run
+#   Django: tests/test_django.py::test_the_readmes_* (settings, and the sign-out-everywhere-else view)
+#   Testing your app against a real Datastore: tests/test_packaging.py (pytest runs it from an installed wheel)
+DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
+    "Flask": drive_flask,
+    "Flask-Login": drive_flask_login,
+    "Sharing sessions with ViUR": drive_viur_cookie,
+    "Any WSGI framework": drive_wsgi,
+    "Who is signed in, and their devices": drive_devices,
+    "Running in production": drive_settings_file,
+}
+
+
+@pytest.mark.parametrize(
+    "block", readme_blocks(), ids=lambda block: f"{block.heading}: {block.code.splitlines()[0][:40]}"
+)
+def test_every_python_block_of_the_readme_runs(
+    block: Block, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each block runs as its reader would paste it: settings from the environment (or the file it names)."""
+    if match := re.match(r"# not run alone: (.+)", block.code):
+        pytest.skip(f"the README says it cannot run alone: {match[1]}")
+    assert settings.emulator_host and settings.namespace
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    (tmp_path / "settings.json").write_text(json.dumps({"SESSION_NAMESPACE": settings.namespace}))
+    monkeypatch.chdir(tmp_path)
+    code = block.code
+    if match := CONTINUES.match(code):
+        [first, *_] = [other.code for other in readme_blocks() if other.heading == match[1]]
+        code = first + code
+    observers = list(session_module._REGISTERED)  # a block may register Session.on_delete: not beyond this test
+    example: dict[str, Any] = {"__name__": "readme_example"}
+    try:
+        exec(compile(code, f"README.md ({block.heading})", "exec"), example)
+        if block.heading in DRIVERS:
+            DRIVERS[block.heading](example, settings)
+    finally:
+        session_module._REGISTERED[:] = observers
+
+
+def test_every_driver_names_a_readme_section_with_python() -> None:
+    assert set(DRIVERS) <= {block.heading for block in readme_blocks()}
+
+
+# -- the numbers the README states ----------------------------------------------------------------
+
+
+class Billed:
+    """What a client's RPCs are billed as in Datastore mode: entity reads, writes, deletes, small operations.
+
+    A lookup is a read per key; a keys-only query is one read plus a small operation per key it
+    returns (any other query: a read per entity); each mutation of a commit is a write or a delete.
+    """
+
+    def __init__(self, client: datastore.Client) -> None:
+        self.operations: Counter[str] = Counter()
+        api = client._datastore_api
+        lookup, commit, run_query = api.lookup, api.commit, api.run_query
+
+        def counted_lookup(*args: Any, request: dict[str, Any], **kwargs: Any) -> Any:
+            self.operations["reads"] += len(request["keys"])
+            return lookup(*args, request=request, **kwargs)
+
+        def counted_commit(*args: Any, request: dict[str, Any], **kwargs: Any) -> Any:
+            for mutation in request["mutations"]:
+                kind = getattr(mutation, "_pb", mutation).WhichOneof("operation")
+                self.operations["deletes" if kind == "delete" else "writes"] += 1
+            return commit(*args, request=request, **kwargs)
+
+        def counted_query(*args: Any, request: dict[str, Any], **kwargs: Any) -> Any:
+            response = run_query(*args, request=request, **kwargs)
+            found = len(response.batch.entity_results)
+            projection = [field.property.name for field in request["query"].projection]
+            if projection == ["__key__"]:
+                self.operations["reads"] += 1
+                self.operations["small"] += found
+            else:
+                self.operations["reads"] += max(1, found)
+            return response
+
+        api.lookup, api.commit, api.run_query = counted_lookup, counted_commit, counted_query
+
+
+def cleanup_operations(expired: int, page: int = 10_000) -> dict[str, int]:
+    """The README's formula: P = floor(N / page) + 1 query pages."""
+    pages = expired // page + 1
+    return {"deletes": expired + 1, "reads": 2 * pages + 2, "writes": pages + 2, "small": expired}
+
+
+def test_the_sizing_sections_operation_counts_are_what_a_cleanup_costs(
+    client: datastore.Client, settings: Settings
+) -> None:
+    from session_core.maintenance.cleanup import start_clear_sessions
+    from session_core.maintenance.kill import killSessionByUser
+    from tests.test_cleanup import seed
+    from tests.test_revocation import seed_users
+
+    seed(client, settings, 12_000, time.time() - 86400)
+    seed(client, settings, 50, time.time())
+    billed = Billed(client)
+    assert start_clear_sessions(client, settings).deleted == 12_000
+    assert dict(billed.operations) == cleanup_operations(12_000)
+
+    seed_users(client, settings, {"alice": 30})
+    billed.operations.clear()
+    killSessionByUser("alice", client=client, settings=settings)
+    assert dict(billed.operations) == {"deletes": 30, "reads": 2, "writes": 3, "small": 30}
+
+    per_100k = cleanup_operations(100_000)
+    section = (ROOT / "README.md").read_text().split("\n## Sizing and cost\n", 1)[1].split("\n## ", 1)[0]
+    assert f"| {per_100k['deletes']:,} |" in section and f"| {per_100k['reads']} |" in section
+    assert f"| {per_100k['writes']} |" in section
+    assert "A kill of one user with k sessions costs k deletes, 2 reads" in section and "and 3 writes" in section
+
+
+def test_the_command_line_table_names_every_command_and_what_it_reads() -> None:
+    from session_core.cli import COMMANDS
+
+    section = (ROOT / "README.md").read_text().split("\n## The command line\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z-]+)[^`]*` \|[^|]+\|([^|]*)\| `([^`]+)` \|$", section.replace("\\|", "/"), re.M)
+    documented = {name: (set(re.findall(r"`([A-Z_]+)`", reads)), example) for name, reads, example in rows}
+    assert documented == {command.name: (set(command.environment), command.examples[0]) for command in COMMANDS}

@@ -9,7 +9,8 @@ from typing import Any
 from google.cloud import datastore
 from werkzeug.test import Client
 
-from session_core import Session, Settings
+from session_core import Session, Settings, logout_everywhere_else
+from session_core.rules import hash_key
 from session_core.wsgi import ENVIRON_KEY, SessionMiddleware
 
 
@@ -39,3 +40,29 @@ def test_wsgi_middleware_ignores_foreign_cookies(client: datastore.Client, setti
     assert response.json == {"visits": 1}
     cookie = browser.get_cookie(settings.cookie_name)
     assert cookie is not None and cookie.value != "not-ours" and len(cookie.value) == 42
+
+
+def test_misuse_is_answered_400_and_a_new_sessions_id_is_known_at_login(
+    client: datastore.Client, settings: Settings
+) -> None:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        session: Session = environ[ENVIRON_KEY]
+        if environ["PATH_INFO"] == "/everywhere-else":
+            body = {"ended": logout_everywhere_else(session)}
+        else:
+            session.login(environ["PATH_INFO"].removeprefix("/login/"))
+            body = {"session_id": session.session_id}  # the new key's id, before the save
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    wrapped = SessionMiddleware(app, client=client, settings=settings)
+    refused = Client(wrapped).post("/everywhere-else")
+    assert refused.status_code == 400
+    assert refused.text == "Bad request: only a logged-in session can log out its other sessions"
+    assert refused.headers.getlist("Set-Cookie") == []
+    laptop, phone = Client(wrapped), Client(wrapped)
+    signed_in = laptop.post("/login/alice")
+    cookie = laptop.get_cookie(settings.cookie_name)
+    assert cookie is not None and signed_in.json == {"session_id": hash_key(cookie.value)}
+    phone.post("/login/alice")
+    assert laptop.post("/everywhere-else").json == {"ended": 1}

@@ -44,7 +44,7 @@ from session_core.maintenance.runs import Run, RunRecorder, clear_params
 from session_core.maintenance.shards import SliceRange, plan_slices
 from session_core.maintenance.steps import ClearStep, Enqueue
 from session_core.maintenance.sweep import Progress, Sweep, session_query
-from session_core.rules import cutoff_for
+from session_core.rules import cutoff_for, iso_utc
 from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
 
 LEASE_KIND = "session_core-lease"
@@ -54,10 +54,13 @@ log = structlog.get_logger("session_core.cleanup")
 
 @dataclass(frozen=True)
 class ClearResult:
-    """What one invocation or step did (the JSON the function answers).
+    """What one invocation or step did (the JSON the function answers, and the command line prints).
 
-    ``shard`` is the step's chain (None: the run's only chain, or a start
-    that handed its chains to the queue); ``shards`` how many chains the run has.
+    ``counted`` is the expired sessions this step found and ``deleted`` those
+    it deleted: the same number, except in a dry run, which deletes nothing
+    (``deleted`` is 0, ``counted`` what it would delete). ``shard`` is the
+    step's chain (None: the run's only chain, or a start that handed its
+    chains to the queue); ``shards`` how many chains the run has.
     """
 
     run_id: str
@@ -68,11 +71,13 @@ class ClearResult:
     skipped: bool
     elapsed_s: float
     dry_run: bool = False
+    counted: int = 0
     shard: int | None = None
     shards: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, with ``cutoff_utc``: the cutoff as ISO 8601 beside its epoch value."""
+        return {**asdict(self), "cutoff_utc": iso_utc(self.cutoff)}
 
 
 def lease_name(shard: int | None) -> str:
@@ -197,7 +202,7 @@ def start_clear_sessions(
         with translated("run"):
             client.put(record, **FAIL_FAST)
     elif not _take_leases(client, settings, run_id, now, len(slices), record):
-        result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, None, len(slices))
+        result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, shards=len(slices))
         log.info("clear_sessions", **result.to_json())
         return result
     steps = [_first_step(run_id, cutoff, dry_run, now, shard, bounds, sliced) for shard, bounds in enumerate(slices)]
@@ -205,18 +210,18 @@ def start_clear_sessions(
         return run_clear_step(
             client, settings, steps[0], enqueue=enqueue, now=now, progress=progress, observer=observer, lease_held=True
         )
-    started, deleted, batches = time.monotonic(), 0, 0
+    started, deleted, counted, batches = time.monotonic(), 0, 0, 0
     for step in steps:
         if enqueue is not None:
             enqueue(step)
             continue
         done = run_clear_step(
-            client, settings, step, now=now, progress=_offset(progress, deleted), observer=observer, chains=len(steps)
+            client, settings, step, now=now, progress=_offset(progress, counted), observer=observer, chains=len(steps)
         )
-        deleted, batches = deleted + done.deleted, batches + done.batches
+        deleted, counted, batches = deleted + done.deleted, counted + done.counted, batches + done.batches
     elapsed = round(time.monotonic() - started, 3)
     result = ClearResult(
-        run_id, cutoff, deleted, batches, enqueue is not None, False, elapsed, dry_run, None, len(steps)
+        run_id, cutoff, deleted, batches, enqueue is not None, False, elapsed, dry_run, counted, None, len(steps)
     )
     log.info("clear_sessions", **result.to_json())
     return result
@@ -269,7 +274,9 @@ def run_clear_step(
     now = time.time() if now is None else now
     lease = _Lease(client, settings, step.shard)
     if not step.dry_run and not lease_held and not lease.acquire(step.run_id, now):
-        result = ClearResult(step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run, step.shard, chains)
+        result = ClearResult(
+            step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run, shard=step.shard, shards=chains
+        )
         log.info("clear_sessions", **result.to_json())
         return result
     cutoff = min(step.cutoff, cutoff_for(now, settings))  # whatever the step says
@@ -322,12 +329,13 @@ def run_clear_step(
     result = ClearResult(
         run_id=step.run_id,
         cutoff=step.cutoff,
-        deleted=outcome.deleted,
+        deleted=0 if step.dry_run else outcome.deleted,
         batches=outcome.batches,
         continued=next_step is not None,
         skipped=False,
         elapsed_s=round(time.monotonic() - started, 3),
         dry_run=step.dry_run,
+        counted=outcome.deleted,
         shard=step.shard,
         shards=chains,
     )

@@ -358,12 +358,14 @@ def logout_everywhere_else(
 ) -> int:
     """Kill every other session of this session's user; this one survives.
 
-    Needs a logged-in session that has been saved (it has a ``session_id``);
-    otherwise MisuseError, before any RPC. Returns how many sessions were
-    deleted at once (with ``enqueue``, more may follow as Cloud Tasks).
+    Needs a logged-in session (loaded, or logged in during this request: it
+    has a ``session_id``); on a guest session it raises the session's
+    ``misuse_error`` (a MisuseError; the adapters answer 400) before any RPC.
+    Returns how many sessions were deleted at once (with ``enqueue``, more
+    may follow as Cloud Tasks).
     """
     if session.user == GUEST_USER or session.session_id is None:
-        raise MisuseError("only a saved, logged-in session can log out its other sessions")
+        raise session.misuse_error("only a logged-in session can log out its other sessions")
     result = killSessionByUser(
         session.user,
         client=session.store.client,

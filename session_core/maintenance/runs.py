@@ -29,6 +29,7 @@ from google.cloud import datastore
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
 from session_core.maintenance.steps import ClearStep, RehashStep, Step
+from session_core.rules import iso_utc
 from session_core.store import FAIL_FAST, settings_key, translated
 
 KIND = "session_core-run"
@@ -51,15 +52,19 @@ class Run:
     chains: int = 1
 
     def to_json(self) -> dict[str, Any]:
+        """The receipt: a dry run's count is ``counted`` (its ``deleted`` is 0); a cutoff also as ISO 8601."""
+        dry_run = bool(self.params.get("dry_run"))
         return {
             "run_id": self.run_id,
             "kind": self.kind,
             "started": datetime.fromtimestamp(self.started, tz=UTC).isoformat(),
             "status": self.status,
-            "deleted": self.deleted,
+            "deleted": 0 if dry_run else self.deleted,
+            "counted": self.deleted,
             "steps": self.steps,
             "chains": f"{self.chains_done}/{self.chains}",
             **self.params,
+            **({"cutoff_utc": iso_utc(self.params["cutoff"])} if "cutoff" in self.params else {}),
         }
 
 

@@ -10,7 +10,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.utils import timezone
 
-from session_core.django import SessionStore
+from session_core import killSessionByUser
+from session_core.django import SessionStore, configured
 
 
 def visits(request: HttpRequest) -> JsonResponse:
@@ -76,6 +77,20 @@ def change_password(request: HttpRequest, password: str) -> HttpResponse:
     return HttpResponse("changed")
 
 
+def login_showing_id(request: HttpRequest, username: str) -> JsonResponse:
+    """Sign in, and show the new session's id in the same request."""
+    auth.login(request, User.objects.get(username=username))
+    return JsonResponse({"session_id": request.session.session_id})
+
+
+def sign_out_everywhere_else(request: HttpRequest) -> HttpResponse:
+    """The README's view, with the session id to keep taken from the query (so a bad one is misuse)."""
+    settings, client = configured()
+    keep = request.GET.get("keep", request.session.session_id)
+    killSessionByUser(str(request.user.pk), client=client, settings=settings, except_session=keep)
+    return HttpResponse("signed out everywhere else")
+
+
 urlpatterns = [
     path("visits/", visits),
     path("peek/", peek),
@@ -87,4 +102,6 @@ urlpatterns = [
     path("login/<str:username>/", login),
     path("logout/", logout),
     path("password/<str:password>/", change_password),
+    path("login-showing-id/<str:username>/", login_showing_id),
+    path("everywhere-else/", sign_out_everywhere_else),
 ]
