@@ -10,8 +10,9 @@
 #   --database-location LOC      where to create the database if it is missing (default: the region)
 #   --notification-channel NAME  projects/P/notificationChannels/ID that the alerts notify; repeatable
 #   --ttl                        also add a Datastore TTL policy on `expires` (a backstop)
-#   --destroy                    remove what this script created; keep the database and the sessions,
-#                                pause and purge the queue (its name cannot be reused for days)
+#   --destroy                    remove what this script created; keep the database and the sessions
+#                                and SESSION_EVENTS_TOPIC (your subscriptions hang on it), pause and
+#                                purge the queue (its name cannot be reused for days)
 #   --dry-run[=again]            print every command in order and run none: as for a first deploy,
 #                                or (=again, and always with --destroy) as for a project where
 #                                everything is in place
@@ -146,12 +147,13 @@ FN=(--gen2 --region "$REGION" --project "$PROJECT")
 uri_placeholder() { echo "https://${1//_/-}-dryrun-${REGION}.a.run.app"; }
 
 # -- settings and what follows from them -------------------------------------------------------------
-KIND=viur-session DATABASE="(default)" BUDGET=300 SHARDS=16
+KIND=viur-session DATABASE="(default)" BUDGET=300 SHARDS=16 EVENTS_PROJECT="" EVENTS_TOPIC=""
 if [ -n "$SETTINGS" ]; then
   SETTINGS_OUT="$(render settings "$SETTINGS" "$PROJECT")" || exit 2
-  while IFS=$'\t' read -r name val; do
+  while IFS=$'\t' read -r name val extra; do
     case "$name" in
       kind) KIND="$val" ;; database) DATABASE="$val" ;; budget) BUDGET="$val" ;; shards) SHARDS="$val" ;;
+      events) EVENTS_PROJECT="$val" EVENTS_TOPIC="$extra" ;;
     esac
   done <<< "$SETTINGS_OUT"
 fi
@@ -239,7 +241,8 @@ destroy() {
     [ -z "$name" ] || run gcloud iam service-accounts delete "$(sa "$account")" "${AT[@]}" --quiet
   done
 
-  echo "kept: database $DATABASE and its sessions; queue $QUEUE (paused and purged); the enabled APIs"
+  echo "kept: database $DATABASE and its sessions; queue $QUEUE (paused and purged); the enabled APIs;"
+  echo "  the lifecycle events' topic, if SESSION_EVENTS_TOPIC named one (your subscriptions hang on it)"
 }
 
 # =====================================================================================================
@@ -303,6 +306,15 @@ deploy() {
     lookup found "projects/$PROJECT/topics/$topic" -- gcloud pubsub topics describe "$topic" "${AT[@]}" --format 'value(name)'
     [ -n "$found" ] || run gcloud pubsub topics create "$topic" "${AT[@]}"
   done
+  # Lifecycle events (SESSION_EVENTS_TOPIC): the functions may publish to that topic, and to no other.
+  if [ -n "$EVENTS_TOPIC" ]; then
+    local events_at=(--project "$EVENTS_PROJECT")
+    lookup found "projects/$EVENTS_PROJECT/topics/$EVENTS_TOPIC" -- gcloud pubsub topics describe "$EVENTS_TOPIC" \
+      "${events_at[@]}" --format 'value(name)'
+    [ -n "$found" ] || run gcloud pubsub topics create "$EVENTS_TOPIC" "${events_at[@]}"
+    run_retrying gcloud pubsub topics add-iam-policy-binding "$EVENTS_TOPIC" "${events_at[@]}" \
+      --member "serviceAccount:$RUNTIME_SA" --role roles/pubsub.publisher
+  fi
   # Pub/Sub drops what reaches a topic without subscriptions: keep dead letters for a week.
   lookup found "projects/$PROJECT/subscriptions/$DEAD_LETTER" -- gcloud pubsub subscriptions describe "$DEAD_LETTER" \
     "${AT[@]}" --format 'value(name)'
@@ -423,6 +435,7 @@ deploy() {
   [ -z "$DRY_RUN" ] || return 0
   echo "deployed: clear_sessions $uri_clear (scheduled '$SCHEDULE' UTC), session_task $uri_task,"
   echo "  kill-user topic $TOPIC (dead letters kept in subscription $DEAD_LETTER), tasks queue $QUEUE_PATH"
+  [ -z "$EVENTS_TOPIC" ] || echo "  lifecycle events to projects/$EVENTS_PROJECT/topics/$EVENTS_TOPIC (subscribe your apps to it)"
   echo "check it: gcloud scheduler jobs run $JOB --location $REGION --project $PROJECT"
 }
 

@@ -26,6 +26,9 @@ DERIVED = ("SESSION_TASKS_QUEUE", "SESSION_TASK_URL", "SESSION_TASKS_SERVICE_ACC
 # Whole numbers deploy.sh itself uses, with their defaults (the README's settings table).
 NUMBERS = {"SESSION_TIME_BUDGET": 300, "SESSION_SHARDS": 16, "SESSION_CLEAR_SHARDS": 1}
 NAME = re.compile(r"SESSION_[A-Z0-9_]+|GOOGLE_CLOUD_PROJECT")
+TOPIC = re.compile(
+    r"(?:projects/(?P<project>[a-z][a-z0-9\-:.]*[a-z0-9])/topics/)?(?P<topic>(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254})"
+)
 
 
 class RefusedError(Exception):
@@ -54,6 +57,11 @@ def load_settings(path: str, project: str) -> dict[str, str]:
     named = loaded.get("GOOGLE_CLOUD_PROJECT", project)
     if named != project:
         raise RefusedError(f"--settings {path}: GOOGLE_CLOUD_PROJECT is {named}, not {project}")
+    topic = loaded.get("SESSION_EVENTS_TOPIC", "").strip()
+    if topic and not TOPIC.fullmatch(topic):
+        raise RefusedError(
+            f"--settings {path}: SESSION_EVENTS_TOPIC must be a topic id or projects/P/topics/T, not {topic!r}"
+        )
     for name in NUMBERS:
         if name in loaded and not loaded[name].strip().isdigit():
             raise RefusedError(f"--settings {path}: {name} must be a whole number, not {loaded[name]!r}")
@@ -68,6 +76,12 @@ def settings(args: argparse.Namespace) -> None:
     print(f"budget\t{number['SESSION_TIME_BUDGET']}")
     # A kill-all and a parallel cleanup each run one task per shard at once.
     print(f"shards\t{max(number['SESSION_SHARDS'], number['SESSION_CLEAR_SHARDS'])}")
+    # Lifecycle events: the topic's project and id (the functions publish there).
+    topic = loaded.get("SESSION_EVENTS_TOPIC", "").strip()
+    if topic:
+        match = TOPIC.fullmatch(topic)
+        assert match is not None  # load_settings checked it
+        print(f"events\t{match['project'] or args.project}\t{match['topic']}")
 
 
 def env(args: argparse.Namespace) -> None:

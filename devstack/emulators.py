@@ -52,14 +52,25 @@ def pubsub_rest(host: str, method: str, path: str, body: object = None) -> None:
         pass
 
 
-def pubsub_push_subscription(host: str, topic: str, subscription: str, endpoint: str) -> None:
-    """Create ``topic`` (if missing) and a push subscription delivering it to ``endpoint`` (full names)."""
+def pubsub_topic(host: str, topic: str) -> None:
+    """Create ``topic`` (a full name) if it is missing."""
     try:
         pubsub_rest(host, "PUT", topic)
     except urllib.error.HTTPError as exc:
         if exc.code != 409:  # 409: the topic exists already
             raise
+
+
+def pubsub_push_subscription(host: str, topic: str, subscription: str, endpoint: str) -> None:
+    """Create ``topic`` (if missing) and a push subscription delivering it to ``endpoint`` (full names)."""
+    pubsub_topic(host, topic)
     pubsub_rest(host, "PUT", subscription, {"topic": topic, "pushConfig": {"pushEndpoint": endpoint}})
+
+
+def pubsub_pull_subscription(host: str, topic: str, subscription: str) -> None:
+    """Create ``topic`` (if missing) and a pull subscription of it (full names)."""
+    pubsub_topic(host, topic)
+    pubsub_rest(host, "PUT", subscription, {"topic": topic, "ackDeadlineSeconds": 60})
 
 
 def pubsub_publish(host: str, topic: str, data: bytes) -> None:

@@ -2,7 +2,8 @@
 
 Starts, each on a free loopback port and in a process group of its own: the
 Firestore emulator (Datastore mode), the Pub/Sub emulator with the kill-user
-topic and a push subscription, gcloud-tasks-emulator with the project's
+topic and a push subscription and the lifecycle events' topic and a pull
+subscription, gcloud-tasks-emulator with the project's
 queue, and functions-framework serving ``clear_sessions``,
 ``kill_user_sessions`` and ``session_task``. Then it runs a demo (a before and
 after table), and, unless ``once``, seeds a user for each step of a
@@ -41,10 +42,12 @@ from devstack.emulators import (
     functions_framework,
     pubsub,
     pubsub_publish,
+    pubsub_pull_subscription,
     pubsub_push_subscription,
 )
 from session_core.clients import datastore_client
 from session_core.config import Settings
+from session_core.maintenance.events import REASONS, pull_events, subscriber_for
 from session_core.maintenance.runs import list_runs
 from session_core.maintenance.sweep import session_names
 from session_core.rules import GUEST_USER, hash_key, iso_utc, new_key
@@ -56,6 +59,9 @@ LOCATION = "local"
 QUEUE = f"projects/{PROJECT}/locations/{LOCATION}/queues/session-tasks"
 TOPIC = f"projects/{PROJECT}/topics/kill-user"
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/kill-user-push"
+EVENTS = "session-events"  # the lifecycle events' topic, and the pull subscription the demo and `events` read
+EVENTS_TOPIC = f"projects/{PROJECT}/topics/{EVENTS}"
+EVENTS_SUBSCRIPTION = f"{EVENTS}-demo"
 MANY = "alice"
 
 
@@ -94,6 +100,7 @@ def running_stack(log_dir: Path) -> Iterator[Stack]:
     with ExitStack() as stack:
         ds = stack.enter_context(firestore_datastore_mode(log_dir))
         ps = stack.enter_context(pubsub(log_dir, PROJECT))
+        pubsub_pull_subscription(ps.host, EVENTS_TOPIC, f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}")
         tq = stack.enter_context(cloud_tasks(log_dir, TASKS_PYTHON, [QUEUE]))
         ports = {name: free_port() for name in ("clear_sessions", "kill_user_sessions", "session_task")}
         task_url = f"http://127.0.0.1:{ports['session_task']}/"
@@ -106,6 +113,8 @@ def running_stack(log_dir: Path) -> Iterator[Stack]:
             "SESSION_COOKIE_SECURE": "false",
             "SESSION_TASK_AUTH": "none",  # the explicit, emulator-only opt-out: the tasks emulator sends no token
             "SESSION_RAMPUP": "off",  # a demo, not a new load on a production database
+            "SESSION_EVENTS_TOPIC": EVENTS,
+            "PUBSUB_EMULATOR_HOST": ps.host,
         }
         for target, port in ports.items():
             stack.enter_context(
@@ -221,12 +230,42 @@ def run_demo(stack: Stack) -> dict[str, object]:
         f"{kill_s:.2f} s ({len(targets) / kill_s:,.0f}/s)\n"
     )
     print(f"  Flask demo page {stack.demo_url}: {visit_demo_page(stack.demo_url)}")
+    events = received_events(settings, {"expired": cleared["deleted"], "killed": len(targets)})
+    shown = ", ".join(
+        f"{reason} {sessions:,} sessions in {messages} messages" for reason, (sessions, messages) in events.items()
+    )
+    print(f"  lifecycle events (topic {EVENTS}, pull subscription {EVENTS_SUBSCRIPTION}): {shown}")
+    print("  (the sign-in rotated the session's key: a key rotation is no event)")
     print("\n  runs (session-core runs: the receipts every run leaves):")
     for run in list_runs(client, settings, limit=5):
         subject = run.params.get("user", "") if run.kind == "kill" else f"cutoff {iso_utc(run.params['cutoff'])}"
         print(f"    {run.kind:<5} {run.run_id}  {run.status:<7} deleted {run.deleted:>6,}  {subject}")
     print()
-    return {"before": before, "after": after, "cleared": cleared, "clear_s": clear_s, "kill_s": kill_s}
+    return {
+        "before": before,
+        "after": after,
+        "cleared": cleared,
+        "clear_s": clear_s,
+        "kill_s": kill_s,
+        "events": {reason: sessions for reason, (sessions, _) in events.items()},
+    }
+
+
+def received_events(settings: Settings, expected: dict[str, int], timeout: float = 30) -> dict[str, tuple[int, int]]:
+    """Pull the demo's lifecycle events until ``expected`` sessions per reason came (or ``timeout``).
+
+    Returns (sessions, messages) per reason. They are published after each
+    commit, so the last may arrive just after the sessions are gone.
+    """
+    subscriber = subscriber_for(settings)
+    subscription = f"projects/{PROJECT}/subscriptions/{EVENTS_SUBSCRIPTION}"
+    counts: dict[str, tuple[int, int]] = {reason: (0, 0) for reason in REASONS}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(counts[r][0] < n for r, n in expected.items()):
+        for event in pull_events(subscriber, subscription, timeout=1.0):
+            sessions, messages = counts[event["reason"]]
+            counts[event["reason"]] = (sessions + len(event["sessions"]), messages + 1)
+    return counts
 
 
 def visit_demo_page(url: str) -> str:
@@ -322,6 +361,10 @@ def walkthrough_commands(stack: Stack, seeded: Walkthrough) -> tuple[str, list[t
         (
             f"what is left of {DEVICES}, and the receipts of the runs above",
             f"python -m session_core sessions {DEVICES} && python -m session_core runs --limit 4",
+        ),
+        (
+            f"the lifecycle events the steps above published to {EVENTS} (an app anywhere can subscribe)",
+            f"python -m session_core events {EVENTS_SUBSCRIPTION}",
         ),
     ]
     return export, steps

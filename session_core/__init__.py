@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         logout_everywhere_else,
     )
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 _LAZY = {
     "ClearResult": "session_core.maintenance.cleanup",

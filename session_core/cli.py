@@ -20,6 +20,7 @@ import os
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -32,6 +33,7 @@ from session_core.config import Settings
 from session_core.errors import SessionCoreError
 from session_core.logging import configure_logging
 from session_core.maintenance.cleanup import ClearResult, start_clear_sessions
+from session_core.maintenance.events import REASONS, pull_events, subscriber_for
 from session_core.maintenance.kill import KillResult, end_user_session, killSessionByUser, list_user_sessions
 from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
@@ -58,6 +60,8 @@ ENVIRONMENT = {  # what each variable means to a command (the README's settings 
     "SESSION_SHARDS": "key-range shards for --guest and --all (default 16)",
     "SESSION_KEY_STORAGE": "how sessions are named: rehash runs only with `hashed`",
     "SESSION_RAMPUP": "pace the deletes by Datastore's ramp-up rule (default on)",
+    "SESSION_EVENTS_TOPIC": "publish lifecycle events of what a command deletes to this Pub/Sub topic (default: off)",
+    "PUBSUB_EMULATOR_HOST": "host:port of a Pub/Sub emulator instead of Pub/Sub",
 }
 # Summary lines the library logs for each step: the command prints one summary of its own instead.
 STEP_EVENTS = frozenset({"clear_sessions", "kill_sessions", "rehash_sessions"})
@@ -123,6 +127,12 @@ class Console:
             self.stream.write("\r\x1b[K")
             self._open = False
         self.stream.write("".join(f"{line}\n" for line in [outcome.summary, *outcome.rows]))
+        self.stream.flush()
+
+    def row(self, line: str) -> None:
+        """A line printed as it happens (the events a tail receives), after any progress line."""
+        self.end_line()
+        self.stream.write(f"{line}\n")
         self.stream.flush()
 
     def log_processor(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -324,6 +334,62 @@ def _rehash(args: argparse.Namespace, ctx: Context) -> Outcome:
     return Outcome(summary, result.to_json())
 
 
+# -- events -------------------------------------------------------------------------------
+
+
+def _events_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "subscription", help="a pull subscription of SESSION_EVENTS_TOPIC: its name, or projects/P/subscriptions/S"
+    )
+    parser.add_argument("--follow", action="store_true", help="keep waiting for more until Ctrl-C")
+    parser.add_argument("--wait", type=float, default=5.0, help="without --follow, stop after S quiet seconds (5)")
+    parser.add_argument("--limit", type=int, help="stop after N events")
+
+
+def _event_row(event: Mapping[str, Any]) -> str:
+    sessions = event.get("sessions", [])
+    users: Counter[str] = Counter(s.get("user", "?") for s in sessions)
+    shown = ", ".join(f"{user} ({count})" if count > 1 else user for user, count in users.most_common(3))
+    more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+    return (
+        f"  {event.get('at', '?')}  {event.get('reason', '?'):<7} {len(sessions):>5,} sessions"
+        f"  run {event.get('run_id', '?')}  {shown}{more}"
+    )
+
+
+def _events(args: argparse.Namespace, ctx: Context) -> Outcome:
+    from google.api_core import exceptions as gexc
+
+    name = args.subscription
+    subscription = name if name.startswith("projects/") else f"projects/{ctx.settings.project}/subscriptions/{name}"
+    subscriber = subscriber_for(ctx.settings)
+    received: list[Any] = []
+    quiet_since = time.monotonic()
+    try:
+        while args.limit is None or len(received) < args.limit:
+            room = 100 if args.limit is None else min(100, args.limit - len(received))
+            batch = pull_events(subscriber, subscription, max_messages=room, timeout=1.0)
+            if not batch:
+                if not args.follow and time.monotonic() - quiet_since >= args.wait:
+                    break
+                continue
+            quiet_since = time.monotonic()
+            for event in batch:
+                ctx.console.row(_event_row(event))
+            received += batch
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a --follow ends: what was received is acknowledged, and is summed up below
+    except gexc.NotFound:
+        raise UsageError(f"there is no subscription {subscription}") from None
+    counts = {reason: 0 for reason in REASONS}
+    for event in received:
+        if event.get("reason") in counts:
+            counts[event["reason"]] += len(event.get("sessions", []))
+    summed = ", ".join(f"{reason} {count:,}" for reason, count in counts.items())
+    summary = f"{_count(len(received), 'event')} from {subscription}, sessions by reason: {summed}"
+    return Outcome(summary, {"subscription": subscription, "counts": counts, "events": received})
+
+
 # -- runs -----------------------------------------------------------------------------------
 
 
@@ -378,6 +444,7 @@ COMMANDS: tuple[Command, ...] = (
             "SESSION_BATCH_SIZE",
             "SESSION_DELETES_IN_FLIGHT",
             "SESSION_LEASE_TTL",
+            "SESSION_EVENTS_TOPIC",
         ),
         examples=("session-core clear --dry-run", "session-core clear"),
         arguments=_clear_arguments,
@@ -392,7 +459,13 @@ COMMANDS: tuple[Command, ...] = (
             "confirmation on a terminal and need --yes otherwise. A kill also records the user's kill time, so a "
             "Flask-Login remember-me cookie cannot sign them back in. Running it again is safe."
         ),
-        environment=("SESSION_SHARDS", "SESSION_PAGE_SIZE", "SESSION_BATCH_SIZE", "SESSION_DELETES_IN_FLIGHT"),
+        environment=(
+            "SESSION_SHARDS",
+            "SESSION_PAGE_SIZE",
+            "SESSION_BATCH_SIZE",
+            "SESSION_DELETES_IN_FLIGHT",
+            "SESSION_EVENTS_TOPIC",
+        ),
         examples=(
             "session-core kill-user alice",
             "session-core kill-user alice --except SESSION_ID    # keep that one device",
@@ -421,7 +494,7 @@ COMMANDS: tuple[Command, ...] = (
             "End USER's session SESSION_ID (as `session-core sessions USER` lists them): that device is signed out "
             "on its next request. Only that user's session can be ended; exit status 1 when there is none."
         ),
-        environment=("SESSION_PAGE_SIZE",),
+        environment=("SESSION_PAGE_SIZE", "SESSION_EVENTS_TOPIC"),
         examples=("session-core end alice SESSION_ID",),
         arguments=_end_arguments,
         run=_end,
@@ -438,6 +511,21 @@ COMMANDS: tuple[Command, ...] = (
         examples=("session-core runs --limit 5",),
         arguments=_runs_arguments,
         run=_runs,
+    ),
+    Command(
+        name="events",
+        summary="tail the lifecycle events: which sessions ended, and why (expired, killed, ended)",
+        description=(
+            "Pull the lifecycle events that cleanup, kills and `end` publish to SESSION_EVENTS_TOPIC from a pull "
+            "subscription of that topic, print a line per event as it arrives, and acknowledge them. Stops after "
+            "--wait quiet seconds, after --limit events, or with --follow at Ctrl-C; then prints how many "
+            "sessions ended for each reason, and every event as JSON. Events are at-least-once: the same session "
+            "can come twice."
+        ),
+        environment=("PUBSUB_EMULATOR_HOST",),
+        examples=("session-core events session-events-tail --follow", "session-core events session-events-demo"),
+        arguments=_events_arguments,
+        run=_events,
     ),
     Command(
         name="rehash",

@@ -34,6 +34,9 @@ _COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _COOKIE_DOMAIN = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*")
 _QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
+# A Pub/Sub topic id (3-255 characters, starting with a letter, not "goog"), bare or as projects/P/topics/T.
+_TOPIC_ID = r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
+_TOPIC = re.compile(rf"(?:projects/[a-z][a-z0-9\-:.]*[a-z0-9]/topics/)?{_TOPIC_ID}")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -74,6 +77,8 @@ VARIABLES: dict[str, str] = {
     "rampup_start": "SESSION_RAMPUP_START",
     "rampup_period": "SESSION_RAMPUP_PERIOD",
     "rampup_kill": "SESSION_RAMPUP_KILL",
+    "events_topic": "SESSION_EVENTS_TOPIC",
+    "pubsub_emulator_host": "PUBSUB_EMULATOR_HOST",
 }
 # Inclusive bounds: whole numbers, and durations in seconds.
 _NUMBERS: dict[str, tuple[int, int]] = {
@@ -147,6 +152,9 @@ class Settings:
     task_audience: str | None = None
     task_certs_url: str = GOOGLE_CERTS_URL
     task_auth: TaskAuth = "oidc"
+    # Lifecycle events (off while unset): the Pub/Sub topic, a bare id or projects/P/topics/T.
+    events_topic: str | None = None
+    pubsub_emulator_host: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -274,6 +282,12 @@ def _validate(settings: Settings) -> None:
             raise ConfigError("tasks_queue", "projects/P/locations/L/queues/Q", settings.tasks_queue)
         if settings.task_url is None:
             raise ConfigError("task_url", "the URL of the session_task function when a queue is set")
+    if settings.events_topic is not None and not _TOPIC.fullmatch(settings.events_topic):
+        raise ConfigError(
+            "events_topic",
+            "a Pub/Sub topic id (3-255 letters, digits and -_.~+%, starting with a letter) or projects/P/topics/T",
+            settings.events_topic,
+        )
     if settings.task_auth == "none" and settings.emulator_host is None:
         raise ConfigError(
             "task_auth", "'oidc' (the default): 'none' opens session_task and is only for an emulator", "none"

@@ -29,7 +29,7 @@ from functions_framework import create_app
 from google.auth import crypt, jwt
 from google.cloud import datastore
 
-from devstack.emulators import cloud_tasks, functions_framework
+from devstack.emulators import cloud_tasks, functions_framework, pubsub, pubsub_pull_subscription
 from session_core import Settings, rules
 from session_core import logging as logging_module
 from session_core.clients import datastore_client
@@ -185,6 +185,41 @@ def tasks_emulator() -> Iterator[Emulator]:
     """gcloud-tasks-emulator from its own venv, with the project's queue."""
     with cloud_tasks(LOG_DIR, ROOT / ".venv-tasks" / "bin" / "python", queues=[QUEUE]) as emulator:
         yield emulator
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator() -> Iterator[Emulator]:
+    """The Pub/Sub emulator, for the whole run; each test makes topics of its own."""
+    with pubsub(LOG_DIR, "session-core-test") as emulator:
+        yield emulator
+
+
+class EventsTopic(NamedTuple):
+    """A topic of this test's own with a pull subscription, and settings that publish lifecycle events to it."""
+
+    settings: Settings
+    topic: str
+    subscription: str
+
+    def received(self, *, settle: float = 1.0) -> list[Any]:
+        """Every event published so far (pulled and acknowledged), once none came for ``settle`` seconds."""
+        from session_core.maintenance.events import pull_events, subscriber_for
+
+        subscriber = subscriber_for(self.settings)
+        events: list[Any] = []
+        while batch := pull_events(subscriber, self.subscription, timeout=settle):
+            events += batch
+        return events
+
+
+@pytest.fixture
+def events_topic(settings: Settings, pubsub_emulator: Emulator) -> EventsTopic:
+    name = f"events-{uuid.uuid4().hex[:10]}"
+    topic = f"projects/{settings.project}/topics/{name}"
+    subscription = f"projects/{settings.project}/subscriptions/{name}"
+    pubsub_pull_subscription(pubsub_emulator.host, topic, subscription)
+    with_events = replace(settings, events_topic=name, pubsub_emulator_host=pubsub_emulator.host)
+    return EventsTopic(with_events, topic, subscription)
 
 
 def serve_function(target: str, port: int, env: dict[str, str], *, cloudevent: bool = False) -> Emulator:

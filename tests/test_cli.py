@@ -25,6 +25,7 @@ from session_core.cli import COMMANDS, WHERE, Console, Outcome
 from session_core.config import VARIABLES
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.store import SessionStore
+from tests.conftest import EventsTopic
 from tests.test_cleanup import remaining, seed
 from tests.test_revocation import seed_users
 
@@ -330,6 +331,37 @@ def test_rehash_counts_then_moves_the_plain_key_sessions_and_refuses_with_plain_
     assert remaining(client, settings) == {hash_key(c) for c in cookies}
     rows = cli("runs", "--limit", "2").stderr.splitlines()
     assert re.search(r"rehash [0-9a-f]{32}  done +moved +30  plain-key sessions$", rows[1])
+
+
+def test_events_tails_what_the_commands_deleted_one_line_each_and_sums_them_by_reason(
+    cli: Run, client: datastore.Client, events_topic: EventsTopic
+) -> None:
+    settings = events_topic.settings
+    assert settings.events_topic and settings.pubsub_emulator_host
+    publish = {"SESSION_EVENTS_TOPIC": settings.events_topic, "PUBSUB_EMULATOR_HOST": settings.pubsub_emulator_host}
+    seed(client, settings, 30, time.time() - 86400)
+    users = seed_users(client, settings, {"alice": 4})
+    assert cli("clear", **publish).returncode == 0
+    phone = sorted(users["alice"])[0]
+    assert cli("end", "alice", phone, **publish).returncode == 0
+    assert cli("kill-user", "alice", **publish).returncode == 0
+    done = cli("events", events_topic.subscription.rsplit("/", 1)[1], "--wait", "2", **publish)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["counts"] == {"expired": 30, "killed": 3, "ended": 1}
+    assert [event["reason"] for event in result["events"]] == ["expired", "ended", "killed"]
+    lines = done.stderr.splitlines()
+    stamp = ISO[:-1] + r"\.\d{3}Z"
+    assert re.fullmatch(rf"  {stamp}  expired +30 sessions  run [0-9a-f]{{32}}  __guest__ \(30\)", lines[0])
+    assert re.fullmatch(rf"  {stamp}  ended +1 sessions  run [0-9a-f]{{32}}  alice", lines[1])
+    assert lines[-1] == (
+        f"3 events from {events_topic.subscription}, sessions by reason: expired 30, killed 3, ended 1"
+    )
+    assert phone in json.dumps(result["events"][1])  # an opaque session id: the id `sessions` lists
+    again = cli("events", events_topic.subscription, "--wait", "1", **publish)
+    assert json.loads(again.stdout)["events"] == []  # acknowledged: a tail reads each event once
+    missing = cli("events", "no-such-subscription", "--wait", "1", **publish)
+    assert missing.returncode == 2 and "there is no subscription" in missing.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)

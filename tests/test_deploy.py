@@ -212,6 +212,27 @@ def test_least_privilege(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("topic", "project"), [("session-events", PROJECT), ("projects/shop-audit/topics/session-events", "shop-audit")]
+)
+def test_the_functions_may_publish_lifecycle_events_to_their_topic_and_no_other(
+    tmp_path: Path, topic: str, project: str
+) -> None:
+    assert not any("session-events" in line for line in dry_run(tmp_path / "off"))  # off by default
+    lines = dry_run(tmp_path / "on", settings=settings_file(tmp_path, SESSION_EVENTS_TOPIC=topic))
+    created = words(one(lines, r"pubsub topics create session-events"))
+    assert created == ["gcloud", "pubsub", "topics", "create", "session-events", "--project", project]
+    grant = one(lines, r"topics add-iam-policy-binding session-events")
+    assert flag(grant, "--project") == project
+    assert (flag(grant, "--member"), flag(grant, "--role")) == (
+        "serviceAccount:" + SA.format("session-functions"),
+        "roles/pubsub.publisher",
+    )
+    deploy = [line for line in lines if line.startswith("gcloud functions deploy")][-1]
+    assert json.loads(Path(flag(deploy, "--env-vars-file")).read_text())["SESSION_EVENTS_TOPIC"] == topic
+    assert first(lines, r"topics add-iam-policy-binding session-events") < first(lines, r"functions deploy")
+
+
+@pytest.mark.parametrize(
     ("values", "concurrency"),
     [({}, 16), ({"SESSION_SHARDS": "64"}, 64), ({"SESSION_SHARDS": "2"}, 4), ({"SESSION_CLEAR_SHARDS": "40"}, 40)],
 )
@@ -296,6 +317,7 @@ def test_alerts_notify_the_channels_given_and_follow_the_schedule(tmp_path: Path
         ({"SESSION_TASK_AUTH": "none"}, (), "SESSION_TASK_AUTH must be oidc"),
         ({}, ("--schedule", "*/7 * * * *"), "--schedule '*/7 * * * *'"),
         ({}, ("--notification-channel", "email-me"), "expected projects/P/notificationChannels/ID"),
+        ({"SESSION_EVENTS_TOPIC": "goog-events"}, (), "SESSION_EVENTS_TOPIC must be a topic id"),
     ],
 )
 def test_bad_input_is_refused_before_any_command(
@@ -326,6 +348,9 @@ def every_dry_run_command(work: Path) -> dict[str, list[str]]:
         for extra in ((), ("--ttl",), ("--destroy",)):
             name = ("again" if again else "first") + "".join(extra)
             modes[name] = dry_run(work / name, *extra, "--notification-channel", CHANNEL, again=again)
+    work.mkdir(parents=True, exist_ok=True)
+    events = settings_file(work, SESSION_EVENTS_TOPIC="session-events")
+    modes["first+events"] = dry_run(work / "events", settings=events)
     return modes
 
 

@@ -42,7 +42,9 @@ def stack_processes() -> set[int]:
 
 def stack_env() -> dict[str, str]:
     """A new user's shell: nothing of a test's emulator settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("DATASTORE_", "SESSION_", "CLOUD_TASKS_"))}
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATASTORE_", "SESSION_", "CLOUD_TASKS_", "PUBSUB_"))
+    }
 
 
 def test_make_run_once_tells_the_story_and_stops_everything() -> None:
@@ -70,6 +72,11 @@ def test_make_run_once_tells_the_story_and_stops_everything() -> None:
     assert re.search(r"clear_sessions \(HTTP POST, as Cloud Scheduler\): deleted 5,000 in [\d.]+ s", done.stdout)
     assert re.search(r"kill-user 'alice' .*: 1,200 sessions gone in [\d.]+ s", done.stdout)
     assert re.search(r"Flask demo page http://127.0.0.1:\d+/: signed in as 'carol'", done.stdout)
+    assert re.search(  # the Flask sign-in rotated a key: no event; the cleanup and the kill: each session once
+        r"lifecycle events \(topic session-events, pull subscription session-events-demo\): "
+        r"expired 5,000 sessions in \d+ messages, killed 1,200 sessions in \d+ messages, ended 0 sessions in 0",
+        done.stdout,
+    )
     assert re.search(r"clear [0-9a-f]{32}  done +deleted +5,000  cutoff \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", done.stdout)
     assert "export " not in done.stdout  # ONCE: no walkthrough
     assert stack_processes() <= before  # every emulator and function process it started is gone
@@ -133,7 +140,7 @@ def test_make_run_walkthrough_each_printed_command_works_in_order_and_shows_its_
     assert stack.returncode in (0, -signal.SIGINT)  # make itself dies of the Ctrl-C, once its job has stopped
 
     said = [what for what, _ in shown]
-    dry, clear, kill, listed, ended, kept, left = [output for _, output in shown]
+    dry, clear, kill, listed, ended, kept, left, events = [output for _, output in shown]
     assert said[0].startswith("dave has 300 expired sessions")
     assert "would delete 300 expired sessions (a dry run: nothing was deleted)" in dry
     assert '"deleted": 300' in clear and re.search(r'^clear_sessions log: \{.*"deleted": 300', clear, re.M)
@@ -146,6 +153,13 @@ def test_make_run_walkthrough_each_printed_command_works_in_order_and_shows_its_
     assert re.search(r"^ended session [0-9a-f]{64} of user 'frank'$", ended, re.M)
     assert re.search(r"^deleted 10 sessions of user 'frank' in [\d.]+ s .*; kept session [0-9a-f]{64}$", kept, re.M)
     assert "user 'frank' has 1 active session" in left and "4 runs, newest first:" in left
+    assert re.search(  # every step that deleted, as events: dave's expiry, erin's kill, frank's end and kill
+        r"^\d+ events from projects/session-core-local/subscriptions/session-events-demo, "
+        r"sessions by reason: expired 300, killed 50, ended 1$",
+        events,
+        re.M,
+    )
+    assert re.search(r"^  \S+Z  ended +1 sessions  run [0-9a-f]{32}  frank$", events, re.M)
     assert stack_processes() <= before
 
 

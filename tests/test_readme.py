@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import textwrap
@@ -123,6 +125,30 @@ def drive_devices(example: dict[str, Any], settings: Settings) -> None:
     assert [device["id"] for device in laptop.get("/devices").json] == [signed_in["this_device"]]
 
 
+def drive_events_subscriber(example: dict[str, Any], settings: Settings) -> None:
+    """The subscriber example, given a real event twice (as at-least-once delivery may): told once, acked twice."""
+    from session_core.maintenance.events import event_message
+
+    class Message:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.acked = data, False
+
+        def ack(self) -> None:
+            self.acked = True
+
+    data = event_message("killed", "r" * 32, 1795676700.0, [("a" * 64, "alice"), ("b" * 64, "bob")])
+    messages = [Message(data), Message(data)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for message in messages:
+            example["on_event"](message)
+    assert all(message.acked for message in messages)
+    assert printed.getvalue().splitlines() == [
+        f"alice: session {'a' * 12} killed at 2026-11-26T07:05:00.000Z",
+        f"bob: session {'b' * 12} killed at 2026-11-26T07:05:00.000Z",
+    ]
+
+
 def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
     assert example["settings"].namespace == settings.namespace  # from the file, not the environment
 
@@ -139,6 +165,7 @@ DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "Any WSGI framework": drive_wsgi,
     "Who is signed in, and their devices": drive_devices,
     "Running in production": drive_settings_file,
+    "Lifecycle events": drive_events_subscriber,
 }
 
 

@@ -57,6 +57,14 @@ def test_a_pacer_shares_the_schedule_between_chains_and_never_runs_ahead() -> No
     assert clock[0] - 1000.0 == pytest.approx(time_for(20 * 500 * 4, 500, 300))
 
 
+def test_a_run_said_to_start_in_the_future_is_paced_from_now_not_held_until_then() -> None:
+    clock = [1000.0]
+    slept: list[float] = []
+    pacer = Pacer(500, 300, run_started=1000.0 + 30 * 86400, clock=lambda: clock[0], sleep=slept.append)
+    pacer.take(500)  # a simulated `now` a month ahead (tests, a ViUR agreement check): one second, as from now
+    assert slept == [pytest.approx(1.0)]
+
+
 # -- parallel cleanup ---------------------------------------------------------------------
 
 

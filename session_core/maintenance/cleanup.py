@@ -39,6 +39,7 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import DispatchError, StoreError, TransientStoreError
+from session_core.maintenance.events import EventPublisher, batch_events
 from session_core.maintenance.pacing import Pacer
 from session_core.maintenance.runs import Run, RunRecorder, clear_params
 from session_core.maintenance.shards import SliceRange, plan_slices
@@ -181,6 +182,7 @@ def start_clear_sessions(
     now: float | None = None,
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> ClearResult:
     """Start a cleanup run (what Cloud Scheduler triggers). Idempotent.
 
@@ -190,7 +192,9 @@ def start_clear_sessions(
     alive, returns a result with ``skipped=True`` and touches nothing. With
     one chain, runs its first step here (see :func:`run_clear_step`). With
     several, hands each chain's first step to ``enqueue``, or without a queue
-    runs the chains here, one after another.
+    runs the chains here, one after another. With lifecycle events on (a
+    publisher passed, or ``SESSION_EVENTS_TOPIC``) each deleted batch is
+    published as ``expired``.
     """
     now = time.time() if now is None else now
     run_id, cutoff = uuid.uuid4().hex, cutoff_for(now, settings)
@@ -208,7 +212,15 @@ def start_clear_sessions(
     steps = [_first_step(run_id, cutoff, dry_run, now, shard, bounds, sliced) for shard, bounds in enumerate(slices)]
     if not sliced:
         return run_clear_step(
-            client, settings, steps[0], enqueue=enqueue, now=now, progress=progress, observer=observer, lease_held=True
+            client,
+            settings,
+            steps[0],
+            enqueue=enqueue,
+            now=now,
+            progress=progress,
+            observer=observer,
+            lease_held=True,
+            events=events,
         )
     started, deleted, counted, batches = time.monotonic(), 0, 0, 0
     for step in steps:
@@ -216,7 +228,14 @@ def start_clear_sessions(
             enqueue(step)
             continue
         done = run_clear_step(
-            client, settings, step, now=now, progress=_offset(progress, counted), observer=observer, chains=len(steps)
+            client,
+            settings,
+            step,
+            now=now,
+            progress=_offset(progress, counted),
+            observer=observer,
+            chains=len(steps),
+            events=events,
         )
         deleted, counted, batches = deleted + done.deleted, counted + done.counted, batches + done.batches
     elapsed = round(time.monotonic() - started, 3)
@@ -253,6 +272,7 @@ def run_clear_step(
     observer: DeleteObserver | None = None,
     lease_held: bool = False,
     chains: int = 1,
+    events: EventPublisher | None = None,
 ) -> ClearResult:
     """Run one step of a cleanup chain within the time budget. Idempotent.
 
@@ -296,7 +316,16 @@ def run_clear_step(
     if settings.rampup:
         period = settings.rampup_period.total_seconds()
         pacer = Pacer(settings.rampup_start, period, step.started or now, chains=chains, done=step.done)
-    sweep = Sweep(client, settings, query, dry_run=step.dry_run, progress=progress, observer=observer, pacer=pacer)
+    sweep = Sweep(
+        client,
+        settings,
+        query,
+        dry_run=step.dry_run,
+        progress=progress,
+        observer=observer,
+        pacer=pacer,
+        events=batch_events(settings, events, "expired", step.run_id),
+    )
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
     next_step = None
     try:

@@ -31,6 +31,7 @@ from google.cloud.datastore.query import PropertyFilter
 from session_core.config import Settings
 from session_core.errors import MisuseError, StoreError
 from session_core.logins import kill_record
+from session_core.maintenance.events import EventPublisher, batch_events
 from session_core.maintenance.pacing import Pacer
 from session_core.maintenance.runs import Run, RunRecorder, kill_params
 from session_core.maintenance.shards import plan_shards
@@ -107,6 +108,7 @@ def run_kill_step(
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
     chains: int = 1,
+    events: EventPublisher | None = None,
 ) -> KillResult:
     """Run one step of a kill chain within the time budget; enqueue the next. Idempotent.
 
@@ -114,9 +116,11 @@ def run_kill_step(
     commit (the instant part of a one-user kill). ``observer`` is told of each
     deleted session. Kills are not paced unless ``SESSION_RAMPUP_KILL``: then
     this chain takes ``1 / chains`` of the run's ramp-up schedule. Logs one
-    ``kill_sessions`` line.
+    ``kill_sessions`` line. With lifecycle events on, each deleted batch is
+    published as ``killed``.
     """
     started = time.monotonic()
+    batch = batch_events(settings, events, "killed", step.run_id, step.user)
     pacer = None
     if settings.rampup and settings.rampup_kill:
         period = settings.rampup_period.total_seconds()
@@ -131,6 +135,7 @@ def run_kill_step(
         progress=progress,
         observer=observer,
         pacer=pacer,
+        events=batch,
     )
     deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
     outcome = sweep.run(step.cursor, deadline=deadline, max_pages=1 if first_batch_only else None)
@@ -144,6 +149,7 @@ def run_kill_step(
             progress=_offset(progress, deleted),
             observer=observer,
             pacer=pacer,
+            events=batch,
         )
         deleted += rest.run(cursor).deleted
         cursor = None
@@ -209,6 +215,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     run_id: str | None = None,
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> KillResult:
     """Invalidate all active sessions of ``user``: "__guest__" all guests, None everyone.
 
@@ -222,7 +229,9 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     deleted here (steps run later by Cloud Tasks tell the observer of the
     process that runs them). Idempotent; a repeated ``run_id`` names the
     same tasks, so Cloud Tasks drops the duplicates. A bad ``user`` or
-    ``except_session`` raises MisuseError before any RPC.
+    ``except_session`` raises MisuseError before any RPC. With lifecycle
+    events on (a publisher passed, or ``SESSION_EVENTS_TOPIC``) each batch
+    deleted is published as ``killed``.
     """
     if user is not None and not valid_user(user):
         raise MisuseError("user must be None, '__guest__' or a user key string")
@@ -239,6 +248,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
             first_batch_only=True,
             progress=progress,
             observer=observer,
+            events=events,
         )
     started = time.monotonic()
     ranges = [(lo, hi) for lo, hi in run.params["shards"]]
@@ -249,7 +259,13 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
             enqueue(step)
         else:
             shard_result = run_kill_step(
-                client, settings, step, progress=_offset(progress, deleted), observer=observer, chains=len(ranges)
+                client,
+                settings,
+                step,
+                progress=_offset(progress, deleted),
+                observer=observer,
+                chains=len(ranges),
+                events=events,
             )
             deleted += shard_result.deleted
     run_id = run.run_id
@@ -322,10 +338,12 @@ def end_user_session(
     session_id: str,
     *,
     observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> bool:
     """End one of ``user``'s sessions by its opaque id ("sign out this device").
 
-    Only that user's session can be ended. True if one was deleted.
+    Only that user's session can be ended. True if one was deleted. With
+    lifecycle events on, it is published as ``ended`` (a run of its own).
     """
     if not valid_session_id(session_id):
         return False
@@ -345,7 +363,11 @@ def end_user_session(
         if match is None:
             return False
         name = match
-    _, records = delete_batch(client, [store.key(name)], read=observer is not None)
+    keys = [store.key(name)]
+    _, records = delete_batch(client, keys, read=observer is not None)
+    batch = batch_events(settings, events, "ended", uuid.uuid4().hex, user)
+    if batch is not None:
+        batch.deleted(keys, records)
     notify(observer, records)
     return True
 
@@ -355,6 +377,7 @@ def logout_everywhere_else(
     *,
     enqueue: Enqueue | None = None,
     observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> int:
     """Kill every other session of this session's user; this one survives.
 
@@ -373,6 +396,7 @@ def logout_everywhere_else(
         except_session=session.session_id,
         enqueue=enqueue,
         observer=observer,
+        events=events,
     )
     return result.deleted
 
@@ -402,6 +426,7 @@ async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for
     run_id: str | None = None,
     progress: Progress | None = None,
     observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> KillResult:
     """:func:`killSessionByUser`, awaitable: the same promises, its RPCs in a worker thread.
 
@@ -418,6 +443,7 @@ async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for
             run_id=run_id,
             progress=progress,
             observer=observer,
+            events=events,
         )
     )
 
@@ -436,6 +462,8 @@ async def aend_user_session(
     session_id: str,
     *,
     observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> bool:
     """:func:`end_user_session`, awaitable: the same promises, its RPCs in a worker thread."""
-    return await _in_worker_thread(partial(end_user_session, client, settings, user, session_id, observer=observer))
+    call = partial(end_user_session, client, settings, user, session_id, observer=observer, events=events)
+    return await _in_worker_thread(call)

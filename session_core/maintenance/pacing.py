@@ -54,7 +54,8 @@ class Pacer:
     chains); ``done`` what this chain deleted before this step. Call
     :meth:`take` before committing ``count`` deletes: it sleeps until the
     schedule allows them, so a chain never runs ahead by more than the
-    commit it is about to make.
+    commit it is about to make. A start later than the clock (a caller's
+    simulated ``now``) counts as now: nothing waits for a future start.
     """
 
     start: float
@@ -65,6 +66,9 @@ class Pacer:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     waited: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.run_started = min(self.run_started, self.clock())
 
     def take(self, count: int) -> None:
         wanted = (self.done + count) * self.chains  # the run's total, if every chain kept pace with this one

@@ -9,7 +9,9 @@ a page too large for one response is fetched again in halves.
 A delete observer, when given, is told of each session after the commit that
 deleted it (the batch is read first: one more lookup per batch). It is never
 called in a dry run, and an observer that raises is logged and does not stop
-the sweep.
+the sweep. Lifecycle events (:mod:`~session_core.maintenance.events`), when
+given, are published for each batch right after its commit, from the
+commit's thread.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
+from session_core.maintenance.events import BatchEvents
 from session_core.maintenance.pacing import Pacer
 from session_core.store import FAIL_FAST, DeleteObserver, SessionRecord, SessionStore, commit, translated
 
@@ -161,8 +164,10 @@ class Sweep:
     ``keep`` names keys to leave alone (they are neither deleted nor counted).
     With ``dry_run`` it counts instead of deleting. ``observer`` is told of
     each deleted session after its commit; without one, no session entity is
-    read (keys only). ``pacer`` holds the deletes to a run's ramp-up schedule.
-    ``act`` replaces the delete (the rehash moves sessions instead).
+    read (keys only). ``events`` publishes each committed batch (read first
+    if the events need the users). ``pacer`` holds the deletes to a run's
+    ramp-up schedule. ``act`` replaces the delete (the rehash moves sessions
+    instead, and publishes nothing).
     """
 
     def __init__(
@@ -178,6 +183,7 @@ class Sweep:
         observer: DeleteObserver | None = None,
         pacer: Pacer | None = None,
         act: Act | None = None,
+        events: BatchEvents | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -189,6 +195,7 @@ class Sweep:
         self.observer = None if dry_run else observer
         self.pacer = None if dry_run else pacer
         self.act = act
+        self.events = None if dry_run or act is not None else events
         self.deleted = 0
         self.batches = 0
 
@@ -209,7 +216,11 @@ class Sweep:
     def _delete(self, keys: Sequence[datastore.Key]) -> tuple[int, list[SessionRecord]]:
         if self.act is not None and not self.dry_run:
             return self.act(keys)
-        return delete_batch(self.client, keys, dry_run=self.dry_run, read=self.observer is not None)
+        read = self.observer is not None or (self.events is not None and self.events.needs_records)
+        count, records = delete_batch(self.client, keys, dry_run=self.dry_run, read=read)
+        if self.events is not None:
+            self.events.deleted(keys, records)  # after the commit; never raises
+        return count, records
 
     def _collect(self, future: Future[tuple[int, list[SessionRecord]]]) -> None:
         count, records = future.result()
