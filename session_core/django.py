@@ -108,7 +108,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
     ``create``, ``delete``, ``flush`` and ``cycle_key`` one commit each
     (``cycle_key`` inserts the new key and deletes the old in the same
     commit); a first save of a ViUR plain-named session under hashed
-    storage, one transaction that moves it. ``exists`` is one lookup.
+    storage, a transaction that moves it and a commit that deletes the old
+    name (:meth:`session_core.store.SessionStore.move`). ``exists`` is one lookup.
     Concurrency: two requests holding the same session write last-wins, as
     with Django's database backend; a request never re-creates a session
     deleted while it held it (``UpdateError``).
