@@ -15,6 +15,7 @@ needs on stdout, or one ``error: ...`` line on stderr and exits 2.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -25,7 +26,19 @@ from typing import Any
 DERIVED = ("SESSION_TASKS_QUEUE", "SESSION_TASK_URL", "SESSION_TASKS_SERVICE_ACCOUNT", "SESSION_TASK_AUDIENCE")
 # Whole numbers deploy.sh itself uses, with their defaults (the README's settings table).
 NUMBERS = {"SESSION_TIME_BUDGET": 300, "SESSION_SHARDS": 16, "SESSION_CLEAR_SHARDS": 1}
-NAME = re.compile(r"SESSION_[A-Z0-9_]+|GOOGLE_CLOUD_PROJECT")
+CONFIG = Path(__file__).resolve().parent.parent / "session_core" / "config.py"
+
+
+def library_settings(config: Path = CONFIG) -> frozenset[str]:
+    """The SESSION_* variables the library reads: its ``VARIABLES`` table, parsed (not imported: stdlib only)."""
+    for node in ast.parse(config.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "VARIABLES":
+            assert node.value is not None
+            names: dict[str, str] = ast.literal_eval(node.value)
+            return frozenset(name for name in names.values() if name.startswith("SESSION_"))
+    raise RefusedError(f"{config}: no VARIABLES table (is this a session_core checkout?)")
+
+
 TOPIC = re.compile(
     r"(?:projects/(?P<project>[a-z][a-z0-9\-:.]*[a-z0-9])/topics/)?(?P<topic>(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254})"
 )
@@ -45,9 +58,11 @@ def load_settings(path: str, project: str) -> dict[str, str]:
         raise RefusedError(f"--settings {path}: not JSON ({exc})") from None
     if not isinstance(loaded, dict) or not all(isinstance(value, str) for value in loaded.values()):
         raise RefusedError(f"--settings {path}: must be a flat JSON object whose values are all strings")
+    known = library_settings()
     for name in sorted(loaded):
-        if not NAME.fullmatch(name):
-            raise RefusedError(f"--settings {path}: {name} is not a setting the functions read (SESSION_* only)")
+        if name not in known and name != "GOOGLE_CLOUD_PROJECT":
+            hint = "SESSION_* only" if not name.startswith("SESSION_") else "see the README's settings table"
+            raise RefusedError(f"--settings {path}: {name} is not a setting the functions read ({hint})")
         if name in DERIVED:
             raise RefusedError(f"--settings {path}: {name} is set by deploy.sh from the project; remove it")
     if loaded.get("SESSION_TASK_AUTH", "oidc").strip().lower() != "oidc":

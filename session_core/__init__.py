@@ -19,7 +19,9 @@ from session_core.config import Settings
 from session_core.errors import (
     AuthError,
     BadInputError,
+    BodyTooLargeError,
     ConfigError,
+    DependencyUnavailableError,
     DispatchError,
     ForbiddenError,
     MisuseError,
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
         logout_everywhere_else,
     )
 
-__version__ = "0.11.0"
+__version__ = "0.12.0"
 
 _LAZY = {
     "ClearResult": "session_core.maintenance.cleanup",
@@ -79,9 +81,11 @@ __all__ = [
     "GUEST_USER",
     "AuthError",
     "BadInputError",
+    "BodyTooLargeError",
     "ClearResult",
     "ConfigError",
     "DeleteObserver",
+    "DependencyUnavailableError",
     "DispatchError",
     "ForbiddenError",
     "KillResult",

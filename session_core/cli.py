@@ -245,6 +245,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         answer = ctx.ask(f"This ends {whom} in {ctx.where()}.\nType 'yes' to go on: ")
         if answer.strip().lower() not in ("y", "yes"):
             return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
+    before = _active(ctx, user)
     result: KillResult = killSessionByUser(
         user,
         client=ctx.client,
@@ -262,7 +263,23 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         f"deleted {result.deleted:,} {whose}{spread} in {_seconds(result.elapsed_s)}"
         f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
     )
-    return Outcome(summary, result.to_json())
+    if before is None or user is None:
+        return Outcome(summary, result.to_json())
+    after = len(list_user_sessions(ctx.client, ctx.settings, user))
+    return Outcome(f"{summary}; {_before_after(user, before, after)}", {**result.to_json(), **_counts(before, after)})
+
+
+def _active(ctx: Context, user: str | None) -> int | None:
+    """How many active sessions a named user has (None for guests and everyone: not one user's devices)."""
+    return None if user in (None, GUEST_USER) else len(list_user_sessions(ctx.client, ctx.settings, user))
+
+
+def _before_after(user: str, before: int, after: int) -> str:
+    return f"{user!r} has {_count(after, 'active session')} (before: {before:,})"
+
+
+def _counts(before: int, after: int) -> dict[str, int]:
+    return {"active_before": before, "active_after": after}
 
 
 # -- sessions, end ------------------------------------------------------------------------
@@ -302,12 +319,15 @@ def _end_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
+    before = len(list_user_sessions(ctx.client, ctx.settings, args.user))
     ended = end_user_session(
         ctx.client, ctx.settings, args.user, args.session_id, observer=registered_delete_observer()
     )
     result = {"user": args.user, "session_id": args.session_id, "ended": ended}
     if ended:
-        return Outcome(f"ended session {args.session_id} of user {args.user!r}", result)
+        after = len(list_user_sessions(ctx.client, ctx.settings, args.user))
+        summary = f"ended session {args.session_id} of user {args.user!r}; {_before_after(args.user, before, after)}"
+        return Outcome(summary, {**result, **_counts(before, after)})
     return Outcome(f"user {args.user!r} has no session {args.session_id}: nothing was ended", result, status=1)
 
 

@@ -270,6 +270,16 @@ def _validate(settings: Settings) -> None:
     domain = settings.cookie_domain
     if domain is not None and not (isinstance(domain, str) and len(domain) <= 254 and _COOKIE_DOMAIN.fullmatch(domain)):
         raise ConfigError("cookie_domain", "a host name such as example.com or .example.com, or unset", str(domain))
+    lowered = settings.cookie_name.lower()  # browsers match the prefixes case-insensitively
+    if lowered.startswith(("__host-", "__secure-")) and not settings.cookie_secure:
+        name = settings.cookie_name
+        raise ConfigError("cookie_secure", f"true for a cookie named {name} (browsers drop it)", "false")
+    if lowered.startswith("__host-") and (settings.cookie_path != "/" or domain is not None):
+        raise ConfigError(
+            "cookie_path",
+            f"'/' and no cookie_domain for a cookie named {settings.cookie_name} (browsers drop it otherwise)",
+            f"{settings.cookie_path} with domain {domain}",
+        )
     if settings.same_site == "none" and not settings.cookie_secure:
         raise ConfigError(
             "same_site",

@@ -36,8 +36,10 @@ StoreError where the session is first used, and again at every later use in
 that request: never an empty session in place of a logged-in user's.
 :class:`SessionMiddleware` (Django's, plus that) answers it with 503 and
 ``Retry-After``, and a MisuseError (a view's misuse of the library, a session
-value that no user key can name) with 400; with Django's own middleware both
-are 500s.
+value that no user key can name) with 400. With Django's own middleware, the
+engine's own misuse is still a 400 (:class:`SessionMisuseError` is Django's
+``SuspiciousOperation``), but a store that does not answer is a 500, and so
+is a maintenance call's misuse.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
 from google.cloud import datastore
@@ -281,7 +283,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         now = timezone.now()
         lifetime = self.get_expiry_age(modification=now, expiry=data.get("_session_expiry"))
         if lifetime > MAX_LIFETIME.total_seconds():
-            raise MisuseError("a session lifetime must be at most ten years")
+            raise SessionMisuseError("a session lifetime must be at most ten years")
         if self._security_key is None:
             self._security_key = rules.new_security_key()
         return SessionRecord(
@@ -292,6 +294,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             seen=now.timestamp(),
             lifetime=float(lifetime),
         )
+
+
+class SessionMisuseError(MisuseError, SuspiciousOperation):  # type: ignore[misc]  # Django ships no annotations
+    """The engine's MisuseError; also Django's ``SuspiciousOperation``, so any middleware answers it 400."""
 
 
 def _names(session_key: str) -> list[str]:
@@ -306,7 +312,7 @@ def _user_of(data: dict[str, Any]) -> str:
         return GUEST_USER
     user = str(user_id)
     if not rules.valid_login(user):
-        raise MisuseError(f"{USER_KEY} must be a user key kill-by-user can name (a printable string)")
+        raise SessionMisuseError(f"{USER_KEY} must be a user key kill-by-user can name (a printable string)")
     return user
 
 
@@ -354,4 +360,4 @@ def _unavailable(exc: StoreError) -> HttpResponse:
     return response
 
 
-__all__ = ["SessionMiddleware", "SessionStore", "configured"]
+__all__ = ["SessionMiddleware", "SessionMisuseError", "SessionStore", "configured"]

@@ -21,6 +21,11 @@ contract and its own tests), stored server-side in Datastore:
   the session key (keeping Flask-Login's own keys), sets the session's user and
   records the login; ``logout_user`` makes it a guest; a remember-me cookie
   cannot log in a user killed since their last interactive login.
+- Misuse is a 400, never a 500: what ``flask.session`` raises is
+  :class:`SessionMisuseError` (also werkzeug's ``BadRequest``), and any other
+  MisuseError a view raises (a maintenance call's) is answered 400 with its
+  reason through the app's own ``errorhandler(400)`` if it has one. An
+  ``errorhandler(MisuseError)`` registered by the app wins.
 
 The session loads on first use and is saved when Flask finishes the response;
 changes made while a streamed body is generated are not saved. A store that
@@ -89,6 +94,7 @@ class FlaskSession(Session, SessionMixin):
     stored. If the store does not answer the load in time, the first use
     raises :class:`SessionUnavailable` (503); misuse (``login(None)``,
     ``logout_everywhere_else`` on a guest) raises :class:`SessionMisuseError` (400).
+    Any other MisuseError a view raises (a maintenance call's) is a 400 too.
     """
 
     misuse_error = SessionMisuseError
@@ -149,6 +155,7 @@ class DatastoreSessionInterface(SessionInterface):
         _connect_flask_login()
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        _answer_misuse_with_400(app)
         session = FlaskSession(
             self.client,
             self.settings,
@@ -192,6 +199,21 @@ class DatastoreSessionInterface(SessionInterface):
         max_age = app.permanent_session_lifetime if permanent else None
         response.set_cookie(name, session.cookie_key or "", max_age=_seconds(max_age), **attributes)
         response.vary.add("Cookie")
+
+
+def _answer_misuse_with_400(app: Flask) -> None:
+    """Make any MisuseError a view raises a 400, unless the app registered its own handler for it.
+
+    Set on the app's first request (Flask refuses ``register_error_handler``
+    once it serves, so this writes the handler table it reads).
+    """
+    app.error_handler_spec[None][None].setdefault(MisuseError, _misuse_answer)
+
+
+def _misuse_answer(exc: MisuseError) -> Any:
+    """A 400 with the reason, through the app's own ``errorhandler(400)`` if it has one."""
+    log.warning("session_misuse", error=exc.reason)
+    return flask.current_app.handle_http_exception(BadRequest(description=exc.reason))
 
 
 def _seconds(value: timedelta | None) -> int | None:

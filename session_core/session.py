@@ -369,7 +369,14 @@ class Session(MutableMapping[str, Any]):
         rewritten on save only if the lifetime really changed; a new one is
         written only if its data changed. ``login``, ``logout`` and ``reset``
         start a new session with the default lifetime: call this after them.
+        A session whose adapter fixes every lifetime (Flask's, to
+        ``PERMANENT_SESSION_LIFETIME``) raises MisuseError: it cannot keep one.
         """
+        if self._lifetime_is_fixed:
+            raise self.misuse_error(
+                "this framework gives every session one lifetime (Flask: PERMANENT_SESSION_LIFETIME, "
+                "with session.permanent): set_expiry cannot change it"
+            )
         if lifetime is None:
             wanted = self.default_lifetime
         elif isinstance(lifetime, timedelta):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -13,6 +14,7 @@ from google.cloud import datastore
 from session_core import Session, SessionRecord, Settings, TransientStoreError
 from session_core.errors import StoreError
 from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME, _Lease, run_clear_step, start_clear_sessions
+from session_core.maintenance.runs import Run, RunRecorder, clear_params, list_runs
 from session_core.maintenance.steps import ClearStep
 from session_core.maintenance.sweep import batches, page_limit, session_names, with_retries
 from session_core.rules import cutoff_for, hash_key, new_key
@@ -84,7 +86,7 @@ def test_clear_with_small_pages_and_batches_pages_with_the_cursor(
     assert remaining(client, settings) == mixed["live"] | mixed["expired_in_grace"]
     assert result.deleted == 1200
     assert result.batches == 7 * 5 + 1  # 7 pages of 170 in commits of 40,40,40,40,10; then 10
-    assert queries == 8  # 7 full pages and one short one
+    assert queries == 8 + 1  # 7 full pages and one short one; one for the run receipts past seven days
 
 
 def test_dry_run_counts_and_deletes_nothing(
@@ -331,3 +333,17 @@ def test_two_runs_started_at_the_same_moment_one_runs_one_is_skipped(
     ran = next(result for result in results if not result.skipped)
     assert ran.deleted + sum(drain(client, settings, queued)) == 1200
     assert remaining(client, settings) == mixed["live"] | mixed["expired_in_grace"]
+
+
+def test_each_cleanup_deletes_the_run_receipts_older_than_seven_days(
+    client: datastore.Client, settings: Settings
+) -> None:
+    recorder = RunRecorder(client, settings)
+    now = time.time()
+    old, recent = (
+        Run(name * 32, "clear", clear_params(now, False), now - days * 86400) for name, days in (("a", 8), ("b", 6))
+    )
+    client.put_multi([recorder.entity(old), recorder.entity(recent)])
+    start_clear_sessions(client, settings, now=now)
+    kept = {run.run_id for run in list_runs(client, settings)}
+    assert old.run_id not in kept and recent.run_id in kept  # no TTL policy needed for the receipts

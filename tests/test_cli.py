@@ -132,11 +132,15 @@ def test_kill_user_ends_one_users_sessions_and_keeps_the_one_named(
     done = cli("kill-user", "alice")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["deleted"] == 30
-    assert re.fullmatch(r"deleted 30 sessions of user 'alice' in [\d.]+ s \([\d,]+/s\)", summary_of(done))
+    assert re.fullmatch(
+        r"deleted 30 sessions of user 'alice' in [\d.]+ s \([\d,]+/s\); 'alice' has 0 active sessions \(before: 30\)",
+        summary_of(done),
+    )
+    assert json.loads(done.stdout) | {"active_before": 30, "active_after": 0} == json.loads(done.stdout)
     kept = sorted(users["bob"])[0]
     bob = cli("kill-user", "bob", "--except", kept)
     assert json.loads(bob.stdout)["deleted"] == 3
-    assert summary_of(bob).endswith(f"; kept session {kept}")
+    assert summary_of(bob).endswith(f"; kept session {kept}; 'bob' has 1 active session (before: 4)")
     assert remaining(client, settings) == users[GUEST_USER] | {kept}
     refused = cli("kill-user", "bob", "--except", "not-a-session-id")
     assert refused.returncode == 1 and "except_session must be a session id" in refused.stderr
@@ -282,8 +286,15 @@ def test_sessions_lists_a_users_devices_and_end_signs_one_out(
 
     first = sessions[0]["session_id"]
     ended = cli("end", "frank", first)
-    assert ended.returncode == 0 and json.loads(ended.stdout) == {"user": "frank", "session_id": first, "ended": True}
-    assert ended.stderr.strip() == f"ended session {first} of user 'frank'"
+    assert ended.returncode == 0
+    assert json.loads(ended.stdout) == {
+        "user": "frank",
+        "session_id": first,
+        "ended": True,
+        "active_before": 3,
+        "active_after": 2,
+    }
+    assert ended.stderr.strip() == f"ended session {first} of user 'frank'; 'frank' has 2 active sessions (before: 3)"
     again = cli("end", "frank", first)
     assert again.returncode == 1 and json.loads(again.stdout)["ended"] is False
     assert again.stderr.strip() == f"user 'frank' has no session {first}: nothing was ended"

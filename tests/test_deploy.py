@@ -313,6 +313,7 @@ def test_alerts_notify_the_channels_given_and_follow_the_schedule(tmp_path: Path
         ({"GOOGLE_CLOUD_PROJECT": "other"}, (), "GOOGLE_CLOUD_PROJECT is other, not shop-prod"),
         ({"SESSION_SHARDS": 16}, (), "flat JSON object whose values are all strings"),
         ({"DATASTORE_EMULATOR_HOST": "localhost:1"}, (), "not a setting the functions read"),
+        ({"SESSION_LIFETIME": "3600"}, (), "SESSION_LIFETIME is not a setting the functions read"),  # a misspelling
         ({"SESSION_SHARDS": "many"}, (), "SESSION_SHARDS must be a whole number"),
         ({"SESSION_TASK_AUTH": "none"}, (), "SESSION_TASK_AUTH must be oidc"),
         ({}, ("--schedule", "*/7 * * * *"), "--schedule '*/7 * * * *'"),
@@ -357,7 +358,12 @@ def every_dry_run_command(work: Path) -> dict[str, list[str]]:
 def parse_with_gcloud(line: str, config: Path) -> str:
     """What gcloud says to the command with an empty configuration: '' when only the account is missing."""
     done = subprocess.run(
-        words(line), capture_output=True, text=True, timeout=120, env={**os.environ, "CLOUDSDK_CONFIG": str(config)}
+        words(line),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # No account at all: not even the one a Google Cloud machine's metadata server offers (Cloud Build's).
+        env={**os.environ, "CLOUDSDK_CONFIG": str(config), "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false"},
     )
     return "" if "You do not currently have an active account selected" in done.stderr else done.stderr[-600:]
 

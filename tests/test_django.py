@@ -462,6 +462,13 @@ def test_misuse_in_a_view_is_answered_400_by_our_middleware_never_500(browser: C
     assert browser.post("/everywhere-else/").content == b"signed out everywhere else"
 
 
+@override_settings(MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"])
+def test_with_djangos_own_middleware_the_engines_misuse_is_still_a_400() -> None:
+    refused = Client().get(f"/expiry/seconds:{11 * 365 * 86400}/")  # a lifetime over ten years: refused on save
+    assert refused.status_code == 400  # Django answers SuspiciousOperation 400: never a 500
+    assert COOKIE not in refused.cookies
+
+
 def test_logout_deletes_the_session_and_its_cookie(
     browser: Client, client: datastore.Client, settings: Settings
 ) -> None:

@@ -394,6 +394,37 @@ def test_misuse_through_flask_session_is_a_400_never_a_500(client: datastore.Cli
     assert laptop.post("/everywhere-else").json == {"ended": 1}
 
 
+def test_a_maintenance_calls_misuse_in_a_view_is_a_400_through_the_apps_own_400_page(
+    client: datastore.Client, settings: Settings
+) -> None:
+    app = flask.Flask(__name__)
+    app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
+    app.register_error_handler(400, lambda exc: (f"our 400 page: {exc.description}", 400))
+
+    @app.post("/kill/<user>")
+    def kill(user: str) -> dict[str, object]:
+        return killSessionByUser(user, client=client, settings=settings, except_session="not-an-id").to_json()
+
+    refused = app.test_client().post("/kill/alice")
+    assert refused.status_code == 400
+    assert refused.text == "our 400 page: except_session must be a session id (64 hex digits)"
+
+
+def test_set_expiry_in_flask_is_refused_with_a_400_as_flask_gives_every_session_one_lifetime(
+    client: datastore.Client, settings: Settings
+) -> None:
+    app = flask.Flask(__name__)
+    app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
+
+    @app.post("/remember")
+    def remember() -> str:
+        flask.session.set_expiry(timedelta(days=30))  # type: ignore[attr-defined]
+        return "remembered"
+
+    refused = app.test_client().post("/remember")
+    assert refused.status_code == 400 and b"PERMANENT_SESSION_LIFETIME" in refused.data
+
+
 def test_an_app_can_restyle_misuse_with_its_own_handler(client: datastore.Client, settings: Settings) -> None:
     app = flask.Flask(__name__)
     app.session_interface = DatastoreSessionInterface(client=client, settings=settings)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from functions_framework import create_app
@@ -377,3 +378,19 @@ def test_of_duplicate_cookies_of_our_name_the_one_that_loads_a_live_session_wins
 
 def test_a_host_prefixed_cookie_name_is_accepted() -> None:
     assert Settings(cookie_name="__Host-sid").cookie_name == "__Host-sid"
+
+
+@pytest.mark.parametrize(
+    ("changes", "setting"),
+    [
+        ({"cookie_name": "__Host-sid", "cookie_secure": False}, "cookie_secure"),
+        ({"cookie_name": "__secure-sid", "cookie_secure": False}, "cookie_secure"),
+        ({"cookie_name": "__Host-sid", "cookie_path": "/app"}, "cookie_path"),
+        ({"cookie_name": "__HOST-sid", "cookie_domain": "example.com"}, "cookie_path"),
+    ],
+)
+def test_a_prefixed_cookie_name_without_what_browsers_require_is_refused_at_start(
+    changes: dict[str, Any], setting: str
+) -> None:
+    with pytest.raises(ConfigError, match=setting):  # browsers would drop the cookie: nobody could stay signed in
+        Settings(**changes)

@@ -150,8 +150,15 @@ def test_make_run_walkthrough_each_printed_command_works_in_order_and_shows_its_
     assert re.search(r'^kill_user_sessions log: \{.*"user": "erin".*"deleted": 40', kill, re.M)
     assert "erin's sessions: 40 before, 0 after (the run deleted 40)" in kill
     assert said[3].startswith("frank has 12 live sessions") and "user 'frank' has 12 active sessions" in listed
-    assert re.search(r"^ended session [0-9a-f]{64} of user 'frank'$", ended, re.M)
-    assert re.search(r"^deleted 10 sessions of user 'frank' in [\d.]+ s .*; kept session [0-9a-f]{64}$", kept, re.M)
+    assert re.search(
+        r"^ended session [0-9a-f]{64} of user 'frank'; 'frank' has 11 active sessions \(before: 12\)$", ended, re.M
+    )
+    assert re.search(
+        r"^deleted 10 sessions of user 'frank' in [\d.]+ s .*; kept session [0-9a-f]{64}; "
+        r"'frank' has 1 active session \(before: 11\)$",
+        kept,
+        re.M,
+    )
     assert "user 'frank' has 1 active session" in left and "4 runs, newest first:" in left
     assert re.search(  # every step that deleted, as events: dave's expiry, erin's kill, frank's end and kill
         r"^\d+ events from projects/session-core-local/subscriptions/session-events-demo, "

@@ -11,6 +11,7 @@ from google.cloud import datastore
 
 from session_core import GUEST_USER, Session, SessionRecord, Settings, killSessionByUser
 from session_core.errors import MisuseError, PoisonMessageError
+from session_core.functions import run_step
 from session_core.maintenance.kill import end_user_session, list_user_sessions, logout_everywhere_else, run_kill_step
 from session_core.maintenance.messages import parse_kill_message, parse_pubsub_event, run_id_for
 from session_core.maintenance.shards import shard_of, shard_ranges, split_points
@@ -100,6 +101,15 @@ def test_guest_kills_every_guest_session_through_shards(
     assert result.shards == settings.shards == len(queued)
     assert drain(client, settings, queued) == 40
     assert remaining(client, settings) == everyone_but(population, GUEST_USER)
+
+
+def test_each_shard_step_reports_how_many_shards_its_run_has(
+    client: datastore.Client, settings: Settings, population: dict[str, set[str]]
+) -> None:
+    queued: list[Step] = []
+    killSessionByUser(GUEST_USER, client=client, settings=settings, enqueue=queued.append)
+    results = [run_step(client, settings, step, enqueue=None, chains=len(queued)) for step in queued]
+    assert [(result.shard, result.shards) for result in results] == [(n, settings.shards) for n in range(len(queued))]
 
 
 def test_no_user_kills_every_session(

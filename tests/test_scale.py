@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -17,11 +18,13 @@ from functions_framework import create_app
 from google.cloud import datastore
 
 from session_core import MisuseError, Session, Settings
+from session_core.functions import run_step
 from session_core.maintenance.cleanup import LEASE_KIND, lease_name, start_clear_sessions
 from session_core.maintenance.pacing import Pacer, budget, rate, time_for
 from session_core.maintenance.rehash import start_rehash
 from session_core.maintenance.runs import list_runs
 from session_core.maintenance.shards import plan_slices
+from session_core.maintenance.sweep import Sweep, session_query
 from session_core.rules import cutoff_for, hash_key, new_key
 from session_core.store import SessionRecord, SessionStore
 from session_core.testing import Emulator, free_port
@@ -63,6 +66,29 @@ def test_a_run_said_to_start_in_the_future_is_paced_from_now_not_held_until_then
     pacer = Pacer(500, 300, run_started=1000.0 + 30 * 86400, clock=lambda: clock[0], sleep=slept.append)
     pacer.take(500)  # a simulated `now` a month ahead (tests, a ViUR agreement check): one second, as from now
     assert slept == [pytest.approx(1.0)]
+
+
+def test_a_chain_that_starts_late_catches_up_at_its_share_of_the_rate_not_in_a_burst() -> None:
+    clock = [1600.0]  # 600 s into the run: the schedule's running total alone would allow 375,000 at once
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    pacer = Pacer(500, 300, run_started=1000.0, chains=2, clock=lambda: clock[0], sleep=sleep)
+    commits = []
+    for _ in range(10):
+        pacer.take(500)
+        commits.append(clock[0])
+    share = rate(600, 500, 300) / 2
+    assert all(later - earlier == pytest.approx(500 / share) for earlier, later in itertools.pairwise(commits))
+
+
+def test_a_pacer_allows_no_more_in_a_window_than_its_share_of_the_schedule() -> None:
+    pacer = Pacer(500, 300, run_started=1000.0, chains=4, clock=lambda: 1000.0)
+    assert pacer.allowance(300) == 150_000 // 4  # the whole first period, shared by four chains
+    assert pacer.allowance(10) == 10 * 500 // 4
+    pacer.took(1250)
+    assert pacer.allowance(10) == 0  # that commit used this chain's next ten seconds
 
 
 # -- parallel cleanup ---------------------------------------------------------------------
@@ -152,10 +178,29 @@ def test_four_chains_through_cloud_tasks_end_exactly_with_every_chain_in_the_log
     assert max(per_chain.values()) <= 1.5 * statistics.mean(per_chain.values())
     [run] = [run for run in list_runs(client, settings) if run.run_id == body["run_id"]]
     assert run.status == "done" and run.deleted == len(expired) and run.chains == 4
-    assert all(
-        client.get(client.key(LEASE_KIND, lease_name(shard), namespace=settings.namespace)) is None
-        for shard in range(4)
-    )
+    leases = [client.get(client.key(LEASE_KIND, lease_name(shard), namespace=settings.namespace)) for shard in range(4)]
+    assert leases[1:] == [None, None, None]  # released
+    assert leases[0] is not None and leases[0]["until"] == 0 and leases[0]["chains"] == 4  # free, remembering 4
+
+
+def test_a_last_step_delivered_twice_finishes_its_chain_once(client: datastore.Client, settings: Settings) -> None:
+    sliced = replace(settings, clear_shards=2, time_budget=timedelta(0), page_size=100)
+    now = time.time()
+    seed_spread(client, settings, 400, now - 2 * 86400, 86400)
+    queued: list[Any] = []
+    run_id = start_clear_sessions(client, sliced, enqueue=queued.append).run_id
+    chain0 = [step for step in queued if step.shard == 0]
+    while chain0:  # chain 0 to its end, each step delivered twice (a retry after a killed handler)
+        step = chain0.pop()
+        for _ in range(2):
+            run_step(client, sliced, step, enqueue=chain0.append, chains=2)
+        chain0[:] = list({following.task_id: following for following in chain0}.values())
+    [run] = [run for run in list_runs(client, settings) if run.run_id == run_id]
+    assert run.status == "running" and run.chains_done == 1  # chain 1 has not run: the run is not done
+    [chain1] = [step for step in queued if step.shard == 1]
+    assert not run_step(client, sliced, chain1, enqueue=None, chains=2).skipped
+    [run] = [run for run in list_runs(client, settings) if run.run_id == run_id]
+    assert run.status == "done" and run.chains_done == 2
 
 
 def test_a_second_run_does_not_start_while_any_chain_of_the_first_is_alive(
@@ -171,13 +216,47 @@ def test_a_second_run_does_not_start_while_any_chain_of_the_first_is_alive(
     assert second.skipped and second.deleted == 0
     single = start_clear_sessions(client, replace(sliced, clear_shards=1))  # fewer chains still see all three
     assert single.skipped
+    [chain0] = [step for step in queued if step.shard == 0]
+    run_step(client, sliced, replace(chain0, lo=chain0.hi), enqueue=None, chains=3)  # chain 0 ends first
+    assert start_clear_sessions(client, replace(sliced, clear_shards=1)).skipped  # chains 1 and 2 still live
+
+
+def test_a_paced_step_asks_for_no_more_than_its_budget_allows_and_continues_in_a_task(
+    client: datastore.Client, settings: Settings
+) -> None:
+    paced = replace(settings, rampup=True, rampup_start=500, time_budget=timedelta(seconds=1), batch_size=100)
+    now = time.time()
+    seed_spread(client, settings, 3_000, now - 2 * 86400, 86400)
+    queued: list[Any] = []
+    result = start_clear_sessions(client, paced, enqueue=queued.append, now=now)
+    assert result.continued and len(queued) == 1
+    assert 0 < result.deleted <= 500 + paced.batch_size  # 500 a second for its one-second budget, one commit more
+
+
+def test_a_paced_wait_longer_than_the_lease_renews_the_lease_while_it_waits(
+    client: datastore.Client, settings: Settings
+) -> None:
+    slow = replace(settings, lease_ttl=timedelta(seconds=3), batch_size=4)
+    seed(client, settings, 4, time.time() - 2 * 86400)
+    beats: list[float] = []
+
+    def heartbeat() -> bool:
+        beats.append(time.monotonic())
+        return True
+
+    pacer = Pacer(1, 300, run_started=time.time())  # one delete a second: the first commit of 4 waits 4 s
+    started = time.monotonic()
+    outcome = Sweep(client, slow, lambda: session_query(client, slow), pacer=pacer).run(None, heartbeat=heartbeat)
+    assert outcome.deleted == 4
+    waits = [beat - started for beat in beats]
+    assert len(waits) >= 3 and all(later - earlier <= 1.5 for earlier, later in itertools.pairwise([0.0, *waits[:3]]))
 
 
 # -- ramp-up -------------------------------------------------------------------------------
 
 
 class CommitClock:
-    """Records when each delete commit finished and how many keys it carried (the client's own RPC)."""
+    """Records when each delete commit was sent and how many keys it carried (the client's own RPC)."""
 
     def __init__(self, client: datastore.Client) -> None:
         self.commits: list[tuple[float, int]] = []
@@ -187,16 +266,15 @@ class CommitClock:
         def commit(*args: Any, **kwargs: Any) -> Any:
             request = kwargs.get("request") or args[0]
             deletes = sum(1 for mutation in request["mutations"] if "delete" in mutation)
-            answer = original(*args, **kwargs)
             if deletes:
                 self.commits.append((time.time(), deletes))
-            return answer
+            return original(*args, **kwargs)
 
         api.commit = commit
 
 
 @pytest.mark.parametrize("chains", [1, 2])
-def test_deletes_never_run_ahead_of_the_compressed_schedule_by_more_than_one_commit(
+def test_deletes_in_any_window_never_exceed_the_compressed_schedule_by_more_than_one_commit(
     client: datastore.Client, settings: Settings, chains: int
 ) -> None:
     paced = replace(settings, rampup=True, rampup_start=500, rampup_period=timedelta(seconds=2), clear_shards=chains)
@@ -206,11 +284,14 @@ def test_deletes_never_run_ahead_of_the_compressed_schedule_by_more_than_one_com
     started = time.time()
     result = start_clear_sessions(client, paced, now=started)
     assert result.deleted == 4_000 and not result.skipped
-    total = 0
-    for finished, count in clock.commits:
-        total += count
-        assert total <= budget(finished - started, 500, 2) + settings.batch_size, (finished - started, total)
-    assert clock.commits[-1][0] - started >= time_for(4_000, 500, 2) / chains - 0.05  # it was held back
+    sent = sorted(clock.commits)
+    for first in range(len(sent)):  # every window from one commit to a later one, the run's start included
+        opened = started if first == 0 else sent[first - 1][0]
+        for last in range(first, len(sent)):
+            closed, deletes = sent[last][0], sum(count for _, count in sent[first : last + 1])
+            allowed = budget(closed - started, 500, 2) - budget(opened - started, 500, 2)
+            assert deletes <= allowed + settings.batch_size, (opened - started, closed - started, deletes, allowed)
+    assert sent[-1][0] - started >= time_for(4_000, 500, 2) / chains - 0.05  # it was held back
 
 
 # -- rehash ---------------------------------------------------------------------------------

@@ -341,3 +341,29 @@ def test_on_delete_registers_for_the_process_that_deletes_and_unregisters() -> N
     finally:
         Session.remove_on_delete(observer)
     assert registered_delete_observer() is None
+
+
+# -- a new key's id is known at once --------------------------------------------
+
+
+@pytest.mark.parametrize("rotation", ["login", "logout", "reset"])
+def test_a_rotations_new_session_id_is_known_at_once_and_written_only_on_save(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter, rotation: str
+) -> None:
+    signed_in = Session(client, settings)
+    signed_in.load(Ctx())
+    signed_in.login("alice")
+    first = Ctx()
+    signed_in.save(first)
+    session = loaded(client, settings, cookie_from(first))
+    old_id = session.session_id
+    rpcs.reset()
+    {"login": lambda: session.login("bob"), "logout": session.logout, "reset": session.reset}[rotation]()
+    new_id = session.session_id
+    assert new_id is not None and new_id != old_id
+    assert rpcs.total == 0  # nothing is written until the save
+    assert stored(client, settings, new_id) is None
+    saved = Ctx()
+    session.save(saved)
+    assert hash_key(cookie_from(saved)) == new_id and stored(client, settings, new_id) is not None
+    assert old_id is not None and stored(client, settings, old_id) is None

@@ -64,6 +64,7 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_a_stopped_datastore_gives_503_with_retry_after_never_a_hang_never_a_logout(
     emulator: DatastoreEmulator,
 ) -> None:

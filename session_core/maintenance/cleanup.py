@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -97,25 +97,25 @@ class _Lease:
 
     def __init__(self, client: datastore.Client, settings: Settings, shard: int | None = None) -> None:
         self.client = client
+        self.shard = shard
         self.key = settings_key(client, settings, LEASE_KIND, lease_name(shard))
         self.seconds = settings.lease_ttl.total_seconds()
 
-    def acquire(self, run_id: str, now: float, *, with_entities: Sequence[datastore.Entity] = ()) -> bool:
-        """Take or renew the lease for ``run_id``; False if another live run holds it.
+    def acquire(self, run_id: str, now: float, *, chains: int = 1) -> bool:
+        """Take or renew the lease for ``run_id`` (a run of ``chains`` chains); False if another live run holds it.
 
-        ``with_entities`` are written in the same commit. A transaction that
-        loses a race with a concurrent run (ABORTED) looks again; any other
-        failure raises StoreError.
+        A transaction that loses a race with a concurrent run (ABORTED) looks
+        again; any other failure raises StoreError.
         """
-        return _transact(self.client, lambda: self._acquire(run_id, now, with_entities))
+        return _transact(self.client, lambda: self._acquire(run_id, now, chains))
 
-    def _acquire(self, run_id: str, now: float, with_entities: Sequence[datastore.Entity]) -> bool:
+    def _acquire(self, run_id: str, now: float, chains: int) -> bool:
         held = self.client.get(self.key, **FAIL_FAST)
         if held is not None and held["run_id"] != run_id and held["until"] > now:
             return False
         lease = datastore.Entity(self.key)
-        lease.update(run_id=run_id, until=now + self.seconds)
-        self.client.put_multi([lease, *with_entities])
+        lease.update(run_id=run_id, until=now + self.seconds, chains=chains)
+        self.client.put(lease)
         return True
 
     def release_quietly(self, run_id: str) -> None:
@@ -126,10 +126,16 @@ class _Lease:
             log.warning("lease_not_released", run_id=run_id, error=type(exc.cause).__name__)
 
     def release(self, run_id: str) -> None:
+        """Free the lease if ``run_id`` holds it. The first lease of a run of several chains stays, lapsed:
+        it remembers how many chains to look at while the others may still run."""
         with translated("lease"), self.client.transaction():
             held = self.client.get(self.key, **FAIL_FAST)
             if held is not None and held["run_id"] == run_id:
-                self.client.delete(self.key)
+                if not self.shard and int(held.get("chains", 1)) > 1:
+                    held["until"] = 0.0
+                    self.client.put(held)
+                else:
+                    self.client.delete(self.key)
 
 
 def _transact(client: datastore.Client, work: Callable[[], bool]) -> bool:
@@ -209,6 +215,8 @@ def start_clear_sessions(
         result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, shards=len(slices))
         log.info("clear_sessions", **result.to_json())
         return result
+    if not dry_run:
+        _prune_receipts(client, settings, now)
     steps = [_first_step(run_id, cutoff, dry_run, now, shard, bounds, sliced) for shard, bounds in enumerate(slices)]
     if not sliced:
         return run_clear_step(
@@ -244,6 +252,17 @@ def start_clear_sessions(
     )
     log.info("clear_sessions", **result.to_json())
     return result
+
+
+def _prune_receipts(client: datastore.Client, settings: Settings, now: float) -> None:
+    """Delete run receipts past their seven days (no TTL policy needed); a failure only waits for the next run."""
+    try:
+        pruned = RunRecorder(client, settings).prune(now)
+    except StoreError as exc:
+        log.warning("runs_not_pruned", error=type(exc.cause).__name__)
+        return
+    if pruned:
+        log.info("runs_pruned", count=pruned)
 
 
 def _first_step(
@@ -293,7 +312,7 @@ def run_clear_step(
     started = time.monotonic()
     now = time.time() if now is None else now
     lease = _Lease(client, settings, step.shard)
-    if not step.dry_run and not lease_held and not lease.acquire(step.run_id, now):
+    if not step.dry_run and not lease_held and not lease.acquire(step.run_id, now, chains=chains):
         result = ClearResult(
             step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run, shard=step.shard, shards=chains
         )
@@ -310,7 +329,7 @@ def run_clear_step(
         return q
 
     def heartbeat() -> bool:
-        return lease.acquire(step.run_id, now + time.monotonic() - started)
+        return lease.acquire(step.run_id, now + time.monotonic() - started, chains=chains)
 
     pacer = None
     if settings.rampup:
@@ -354,7 +373,9 @@ def run_clear_step(
         if not step.dry_run:
             lease.release_quietly(step.run_id)  # so that a retry need not wait for it to lapse
         raise
-    RunRecorder(client, settings).record_step(step.run_id, outcome.deleted, chain_finished=next_step is None)
+    RunRecorder(client, settings).record_step(
+        step.run_id, outcome.deleted, chain_finished=next_step is None, chain=step.shard
+    )
     result = ClearResult(
         run_id=step.run_id,
         cutoff=step.cutoff,

@@ -159,13 +159,13 @@ def run_kill_step(
             step.run_id, step.user, step.except_session, step.shard, step.lo, step.hi, cursor, page, step.started, done
         )
         enqueue(following)
-    RunRecorder(client, settings).record_step(step.run_id, deleted, chain_finished=cursor is None)
+    RunRecorder(client, settings).record_step(step.run_id, deleted, chain_finished=cursor is None, chain=step.shard)
     result = KillResult(
         run_id=step.run_id,
         user=_label(step.user),
         shard=step.shard,
         deleted=deleted,
-        shards=0 if step.shard is None else 1,
+        shards=0 if step.shard is None else chains,
         continued=cursor is not None,
         elapsed_s=round(time.monotonic() - started, 3),
     )

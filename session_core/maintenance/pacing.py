@@ -53,9 +53,13 @@ class Pacer:
     ``run_started`` is the run's start (epoch seconds, the same for all its
     chains); ``done`` what this chain deleted before this step. Call
     :meth:`take` before committing ``count`` deletes: it sleeps until the
-    schedule allows them, so a chain never runs ahead by more than the
-    commit it is about to make. A start later than the clock (a caller's
-    simulated ``now``) counts as now: nothing waits for a future start.
+    schedule allows them. Two limits hold: the chain's running total never
+    runs ahead of its share of the schedule's total by more than the commit
+    it is about to make, and after each commit the chain waits as long as
+    that commit takes at its share of the current rate, so a chain that fell
+    behind (or started late) catches up at the allowed rate, not in a burst.
+    A start later than the clock (a caller's simulated ``now``) counts as
+    now: nothing waits for a future start.
     """
 
     start: float
@@ -66,15 +70,39 @@ class Pacer:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     waited: float = field(default=0.0, init=False)
+    free_at: float = field(default=0.0, init=False)  # when the last commit's share of the rate is used up
 
     def __post_init__(self) -> None:
         self.run_started = min(self.run_started, self.clock())
 
-    def take(self, count: int) -> None:
+    def _share(self, now: float) -> float:
+        """This chain's deletes a second at ``now``."""
+        return rate(now - self.run_started, self.start, self.period) / self.chains
+
+    def delay(self, count: int) -> float:
+        """Seconds to wait before committing ``count`` more deletes (0: now)."""
+        now = self.clock()
         wanted = (self.done + count) * self.chains  # the run's total, if every chain kept pace with this one
-        ready_at = self.run_started + time_for(wanted, self.start, self.period)
-        delay = ready_at - self.clock()
+        ready_at = max(self.run_started + time_for(wanted, self.start, self.period), self.free_at)
+        return max(0.0, ready_at - now)
+
+    def took(self, count: int) -> None:
+        """Count ``count`` deletes as committed now."""
+        now = self.clock()
+        self.done += count
+        self.free_at = now + count / self._share(now)
+
+    def take(self, count: int) -> None:
+        """Wait until the schedule allows ``count`` more deletes, then count them."""
+        delay = self.delay(count)
         if delay > 0:
             self.waited += delay
             self.sleep(delay)
-        self.done += count
+        self.took(count)
+
+    def allowance(self, within: float) -> int:
+        """How many deletes this chain may commit in the next ``within`` seconds (at most; for sizing a page)."""
+        now = self.clock()
+        by_schedule = budget(now + within - self.run_started, self.start, self.period) / self.chains - self.done
+        by_rate = self._share(now) * max(within - max(self.free_at - now, 0.0), 0.0)
+        return max(0, math.floor(min(by_schedule, by_rate)))

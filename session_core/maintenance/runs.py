@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
+from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
@@ -97,7 +98,7 @@ class RunRecorder:
 
     def entity(self, run: Run) -> datastore.Entity:
         """The entity that records ``run``; commit it with the run's first work."""
-        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=("params", "expires"))
+        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=("params", "expires", "finished_chains"))
         entity.update(
             kind=run.kind,
             params=json.dumps(run.params, sort_keys=True),
@@ -130,8 +131,14 @@ class RunRecorder:
             entity = self.client.get(self.key(run_id), **FAIL_FAST)
         return None if entity is None else self.from_entity(entity)
 
-    def record_step(self, run_id: str, deleted: int, *, chain_finished: bool) -> None:
-        """Add a step's count to its run; a finished chain may finish the run. One transaction, retried on races."""
+    def record_step(self, run_id: str, deleted: int, *, chain_finished: bool, chain: int | None = None) -> None:
+        """Add a step's count to its run; a finished chain may finish the run. One transaction, retried on races.
+
+        Chains are counted by number (``chain``: the step's shard; None is a
+        one-chain run's), so a last step delivered twice, or a chain forked by
+        a retried step, finishes its chain once: the run is done only when
+        every one of its chains is.
+        """
         for attempt in range(5):
             try:
                 with translated("run"), self.client.transaction():
@@ -141,14 +148,34 @@ class RunRecorder:
                     entity["deleted"] = int(entity["deleted"]) + deleted
                     entity["steps"] = int(entity["steps"]) + 1
                     if chain_finished:
-                        entity["chains_done"] = int(entity.get("chains_done", 0)) + 1
-                        if entity["chains_done"] >= int(entity.get("chains", 1)):
+                        finished = {int(n) for n in entity.get("finished_chains") or []} | {chain or 0}
+                        entity["finished_chains"] = sorted(finished)
+                        entity.exclude_from_indexes.add("finished_chains")
+                        entity["chains_done"] = len(finished)
+                        if len(finished) >= int(entity.get("chains", 1)):
                             entity["status"] = "done"
                     self.client.put(entity)
                 return
             except TransientStoreError as exc:
                 if not isinstance(exc.cause, gexc.Aborted) or attempt == 4:
                     raise
+
+    def prune(self, now: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` receipts started more than seven days before ``now``; how many went.
+
+        What a TTL policy on ``expires`` does, for projects without one: one
+        keys-only query on the built-in ``started`` index, and one commit if
+        any are found. The scheduled cleanup calls it once a run.
+        """
+        query = self.client.query(kind=KIND, namespace=self.settings.namespace)
+        query.keys_only()
+        query.add_filter(filter=PropertyFilter("started", "<", now - KEEP.total_seconds()))
+        with translated("query"):
+            keys = [entity.key for entity in query.fetch(limit=limit, **FAIL_FAST)]
+        if keys:
+            with translated("commit"):
+                self.client.delete_multi(keys, **FAIL_FAST)
+        return len(keys)
 
     def recent(self, limit: int = 20) -> list[Run]:
         """The most recently started runs, newest first (one query on the built-in ``started`` index)."""

@@ -154,6 +154,17 @@ class SweepOutcome:
     lost: bool = False  # the heartbeat said stop
 
 
+@dataclass
+class _Beat:
+    """When a paced sweep must next renew its lease (monotonic seconds), and how often."""
+
+    every: float
+    due: float
+
+    def __post_init__(self) -> None:
+        self.due += self.every
+
+
 Act = Callable[[Sequence[datastore.Key]], tuple[int, list[SessionRecord]]]
 """What a sweep does to one batch of keys: (how many it handled, the records an observer is told of)."""
 
@@ -199,19 +210,45 @@ class Sweep:
         self.deleted = 0
         self.batches = 0
 
-    def _page(self, cursor: str | None) -> tuple[list[datastore.Key], str | None, bool]:
-        """One page of keys from ``cursor``: (keys, next cursor, last page?)."""
+    def _page(self, cursor: str | None, deadline: float | None) -> tuple[list[datastore.Key], str | None, bool]:
+        """One page of keys from ``cursor``: (keys, next cursor, last page?).
+
+        A paced sweep with a deadline asks for no more keys than its pace
+        allows before the deadline (at least one batch), so a step ends
+        within its budget however slow its share of the schedule is.
+        """
         while True:
+            limit = self.limit
+            if self.pacer is not None and deadline is not None:
+                allowed = self.pacer.allowance(deadline - time.monotonic())
+                limit = max(min(self.limit, allowed), min(self.limit, self.settings.batch_size))
             try:
-                keys, next_cursor = with_retries(lambda: fetch_page(self.make_query, self.limit, cursor))
+                keys, next_cursor = with_retries(partial(fetch_page, self.make_query, limit, cursor))
             except StoreError as exc:
-                if isinstance(exc.cause, gexc.ResourceExhausted) and self.limit > 1:
-                    self.limit //= 2  # the response was too large: smaller pages
+                if isinstance(exc.cause, gexc.ResourceExhausted) and limit > 1:
+                    self.limit = limit // 2  # the response was too large: smaller pages
                     continue
                 raise
             # The legacy emulator reports more results after every limit: a short or
             # empty page is the end, whatever the cursor says.
-            return keys, next_cursor, len(keys) < self.limit or next_cursor is None
+            return keys, next_cursor, len(keys) < limit or next_cursor is None
+
+    def _pace(self, count: int, heartbeat: Callable[[], bool] | None, beat: _Beat) -> bool:
+        """Wait until the pace allows ``count`` deletes, renewing the lease as often as ``beat`` says.
+
+        False if the heartbeat said stop (the deletes are not counted then).
+        """
+        assert self.pacer is not None
+        while (delay := self.pacer.delay(count)) > 0:
+            wait = delay if heartbeat is None else min(delay, max(beat.due - time.monotonic(), 0.0))
+            self.pacer.waited += wait
+            self.pacer.sleep(wait)
+            if heartbeat is not None and time.monotonic() >= beat.due:
+                if not heartbeat():
+                    return False
+                beat.due = time.monotonic() + beat.every
+        self.pacer.took(count)
+        return True
 
     def _delete(self, keys: Sequence[datastore.Key]) -> tuple[int, list[SessionRecord]]:
         if self.act is not None and not self.dry_run:
@@ -238,8 +275,8 @@ class Sweep:
     ) -> SweepOutcome:
         """Sweep from ``cursor`` until the end, the monotonic ``deadline``, or ``max_pages``.
 
-        ``heartbeat`` is called after each page (and while a paced sweep waits,
-        at least every ``lease_ttl / 3``); when it answers False the sweep
+        ``heartbeat`` is called after each page, and while a paced sweep waits
+        at least every ``lease_ttl / 3``; when it answers False the sweep
         stops where it is (``lost`` in the outcome).
 
         All deletes are committed before it returns; on an error, those already
@@ -250,12 +287,12 @@ class Sweep:
         pending: deque[Future[tuple[int, list[SessionRecord]]]] = deque()
         pages = 0
         lost = False
-        last_report = last_beat = started
-        beat_every = self.settings.lease_ttl.total_seconds() / 3
+        last_report = started
+        beat = _Beat(self.settings.lease_ttl.total_seconds() / 3, started)
         with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="sweep") as pool:
             try:
                 while True:
-                    keys, cursor, last = self._page(cursor)  # overlaps with the deletes in flight
+                    keys, cursor, last = self._page(cursor, deadline)  # overlaps with the deletes in flight
                     pages += 1
                     if self.keep is not None:
                         keys = [key for key in keys if not self.keep(key)]
@@ -264,12 +301,9 @@ class Sweep:
                     while chunks and not lost:
                         while len(pending) >= in_flight:
                             self._collect(pending.popleft())
-                        if self.pacer is not None:
-                            self.pacer.take(len(chunks[0]))  # waits for the schedule
-                            if heartbeat is not None and time.monotonic() - last_beat >= beat_every:
-                                lost, last_beat = not heartbeat(), time.monotonic()
-                                if lost:
-                                    break
+                        if self.pacer is not None and not self._pace(len(chunks[0]), heartbeat, beat):
+                            lost = True
+                            break
                         pending.append(pool.submit(self._delete, chunks.popleft()))
                     if lost:
                         break
@@ -282,7 +316,7 @@ class Sweep:
                     if heartbeat is not None and not heartbeat():
                         lost = True
                         break
-                    last_beat = time.monotonic()
+                    beat.due = time.monotonic() + beat.every
                     if (deadline is not None and time.monotonic() >= deadline) or (
                         max_pages is not None and pages >= max_pages
                     ):
