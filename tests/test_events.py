@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
+import pytest
+from functions_framework import create_app
 from google.cloud import datastore
 from structlog.testing import capture_logs
 
@@ -20,7 +22,9 @@ from session_core.maintenance.events import event_message, topic_path
 from session_core.maintenance.kill import end_user_session, killSessionByUser, logout_everywhere_else
 from session_core.rules import GUEST_USER, hash_key, new_key, new_security_key
 from session_core.store import SessionStore
-from tests.conftest import ROOT, Ctx, EventsTopic, FunctionClient, RpcCounter
+from session_core.testing import Emulator, free_port
+from tests.conftest import ROOT, Ctx, EventsTopic, FunctionClient, RpcCounter, queue_env, serve_function
+from tests.test_cleanup import remaining
 
 ISO_MS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
@@ -228,3 +232,40 @@ def test_with_events_the_cleanup_reads_each_batch_once_more_and_nothing_else(
     start_clear_sessions(client, settings)
     assert dict(rpcs.calls) == {**without_events, "lookup": without_events["lookup"] + 3}  # one lookup per batch
     assert len(sessions_in(events_topic.received())) == 300
+
+
+@pytest.mark.slow
+def test_sharded_cleanup_steps_run_by_cloud_tasks_publish_every_expired_session(
+    client: datastore.Client, events_topic: EventsTopic, tasks_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = events_topic.settings
+    seeded = Seeded(client, settings)
+    now = time.time()
+    expired = seeded.add(GUEST_USER, 600, now - 2 * 86400) | seeded.add("alice", 200, now - 3 * 86400)
+    live = seeded.add("alice", 20, now)
+    assert settings.pubsub_emulator_host is not None and settings.events_topic is not None
+    port = free_port()
+    env = queue_env(
+        settings,
+        tasks_emulator,
+        port,
+        SESSION_CLEAR_SHARDS="2",
+        SESSION_TIME_BUDGET="0",  # one page a step: each chain goes on in Cloud Tasks
+        SESSION_PAGE_SIZE="100",
+        PUBSUB_EMULATOR_HOST=settings.pubsub_emulator_host,
+        SESSION_EVENTS_TOPIC=settings.events_topic,
+    )
+    with serve_function("session_task", port, env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        sys.modules.pop("main", None)
+        response = create_app("clear_sessions", str(ROOT / "main.py")).test_client().post("/")
+        assert response.status_code == 200 and response.get_json()["shards"] == 2
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and remaining(client, settings) != live:
+            time.sleep(0.5)
+    assert remaining(client, settings) == live
+    events = events_topic.received(settle=2.0)
+    published = {(s["session_id"], s["user"]) for event in events for s in event["sessions"]}  # a retry may repeat
+    assert published == {(session_id, seeded.users[session_id]) for session_id in expired}
+    assert {(e["reason"], e["run_id"]) for e in events} == {("expired", response.get_json()["run_id"])}
