@@ -263,10 +263,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         f"deleted {result.deleted:,} {whose}{spread} in {_seconds(result.elapsed_s)}"
         f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
     )
-    if before is None or user is None:
-        return Outcome(summary, result.to_json())
-    after = len(list_user_sessions(ctx.client, ctx.settings, user))
-    return Outcome(f"{summary}; {_before_after(user, before, after)}", {**result.to_json(), **_counts(before, after)})
+    return _with_counts(ctx, user, before, summary, result.to_json())
 
 
 def _active(ctx: Context, user: str | None) -> int | None:
@@ -274,12 +271,13 @@ def _active(ctx: Context, user: str | None) -> int | None:
     return None if user in (None, GUEST_USER) else len(list_user_sessions(ctx.client, ctx.settings, user))
 
 
-def _before_after(user: str, before: int, after: int) -> str:
-    return f"{user!r} has {_count(after, 'active session')} (before: {before:,})"
-
-
-def _counts(before: int, after: int) -> dict[str, int]:
-    return {"active_before": before, "active_after": after}
+def _with_counts(ctx: Context, user: str | None, before: int | None, summary: str, result: dict[str, Any]) -> Outcome:
+    """The outcome, with one named user's active sessions before and after it (JSON: active_before, active_after)."""
+    after = _active(ctx, user)
+    if before is None or after is None:
+        return Outcome(summary, result)
+    counts = {"active_before": before, "active_after": after}
+    return Outcome(f"{summary}; {user!r} has {_count(after, 'active session')} (before: {before:,})", result | counts)
 
 
 # -- sessions, end ------------------------------------------------------------------------
@@ -319,15 +317,13 @@ def _end_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
-    before = len(list_user_sessions(ctx.client, ctx.settings, args.user))
+    before = _active(ctx, args.user)
     ended = end_user_session(
         ctx.client, ctx.settings, args.user, args.session_id, observer=registered_delete_observer()
     )
     result = {"user": args.user, "session_id": args.session_id, "ended": ended}
     if ended:
-        after = len(list_user_sessions(ctx.client, ctx.settings, args.user))
-        summary = f"ended session {args.session_id} of user {args.user!r}; {_before_after(args.user, before, after)}"
-        return Outcome(summary, {**result, **_counts(before, after)})
+        return _with_counts(ctx, args.user, before, f"ended session {args.session_id} of user {args.user!r}", result)
     return Outcome(f"user {args.user!r} has no session {args.session_id}: nothing was ended", result, status=1)
 
 

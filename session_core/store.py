@@ -125,6 +125,25 @@ def translated(operation: str) -> Iterator[None]:
         raise StoreError(operation, exc) from exc
 
 
+def rehome(
+    client: datastore.Client, olds: Sequence[datastore.Entity], news: Sequence[datastore.Entity], rpc: dict[str, Any]
+) -> None:
+    """Update ``olds`` and insert ``news`` all or none: one transaction that reads nothing, so takes no locks.
+
+    NotFound if an old one is gone, AlreadyExists if a new one exists (raw
+    Google exceptions: the caller translates them).
+    """
+    transaction = client.transaction()
+    transaction.begin(**rpc)
+    try:
+        commit(client, update=olds, insert=news, transaction=transaction)
+        transaction.commit(**rpc)
+    except BaseException:
+        if transaction.id is not None:
+            transaction.rollback(**rpc)
+        raise
+
+
 def commit(
     client: datastore.Client,
     *,
@@ -279,20 +298,8 @@ class SessionStore:
         """
         new = self.to_entity(record)
         old = self.to_entity(replace(record, key_name=old_name))
-
-        def atomically(rpc: dict[str, Any]) -> None:  # a transaction makes the mutations all or none; it reads nothing
-            transaction = self.client.transaction()
-            transaction.begin(**rpc)
-            try:
-                commit(self.client, update=[old], insert=[new], transaction=transaction)
-                transaction.commit(**rpc)
-            except BaseException:
-                if transaction.id is not None:
-                    transaction.rollback(**rpc)
-                raise
-
         try:
-            self._within("move", atomically)
+            self._within("move", lambda rpc: rehome(self.client, [old], [new], rpc))
         except StoreError as exc:
             if not isinstance(exc.cause, (gexc.NotFound, gexc.AlreadyExists)):
                 raise

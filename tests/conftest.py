@@ -277,6 +277,35 @@ def readme_python_blocks(heading: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
+# A task step's JSON exactly as our code enqueues it (the wire format); tests change fields with {**STEP, ...}.
+VALID_CLEAR = {
+    "op": "clear",
+    "run_id": "a" * 32,
+    "cutoff": 1.0,
+    "cursor": None,
+    "page": 0,
+    "dry_run": False,
+    "shard": None,
+    "lo": None,
+    "hi": None,
+    "started": 1_900_000_000.0,
+    "done": 0,
+}
+VALID_KILL = {
+    "op": "kill",
+    "run_id": "b" * 32,
+    "user": None,
+    "except_session": None,
+    "shard": None,
+    "lo": None,
+    "hi": None,
+    "cursor": None,
+    "page": 0,
+    "started": 1_900_000_000.0,
+    "done": 0,
+}
+
+
 def record_run(client: datastore.Client, settings: Settings, step: dict[str, Any]) -> None:
     """Write the run a step payload belongs to, as its starter would have, so that session_task accepts it."""
     from session_core.maintenance.runs import Run, RunRecorder, clear_params, kill_params

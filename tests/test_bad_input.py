@@ -28,7 +28,7 @@ from session_core.flask import DatastoreSessionInterface
 from session_core.maintenance.messages import parse_kill_message
 from session_core.maintenance.steps import parse_step
 from session_core.rules import hash_key, is_valid_key, new_key
-from tests.conftest import FunctionClient, RpcCounter
+from tests.conftest import VALID_CLEAR, VALID_KILL, FunctionClient, RpcCounter
 from tests.test_cleanup import remaining
 from tests.test_revocation import POISON, seed_users
 
@@ -196,33 +196,6 @@ def test_a_thousand_generated_poison_messages_delete_nothing(
 
 
 # -- task payloads ---------------------------------------------------------------------------
-
-VALID_CLEAR = {
-    "op": "clear",
-    "run_id": "a" * 32,
-    "cutoff": 1.0,
-    "cursor": None,
-    "page": 0,
-    "dry_run": False,
-    "shard": None,
-    "lo": None,
-    "hi": None,
-    "started": 1_900_000_000.0,
-    "done": 0,
-}
-VALID_KILL = {
-    "op": "kill",
-    "run_id": "b" * 32,
-    "user": None,
-    "except_session": None,
-    "shard": None,
-    "lo": None,
-    "hi": None,
-    "cursor": None,
-    "page": 0,
-    "started": 1_900_000_000.0,
-    "done": 0,
-}
 
 
 def mutated(base: dict[str, Any]) -> st.SearchStrategy[bytes]:

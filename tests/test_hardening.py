@@ -25,7 +25,18 @@ from session_core.maintenance.kill import killSessionByUser
 from session_core.maintenance.runs import list_runs
 from session_core.rules import cutoff_for, hash_key, new_key
 from session_core.store import SessionRecord, SessionStore
-from tests.conftest import AUDIENCE, TASKS_ACCOUNT, Ctx, FunctionClient, SigningKey, record_run, serve_function, token
+from tests.conftest import (
+    AUDIENCE,
+    TASKS_ACCOUNT,
+    VALID_CLEAR,
+    VALID_KILL,
+    Ctx,
+    FunctionClient,
+    SigningKey,
+    record_run,
+    serve_function,
+    token,
+)
 from tests.test_cleanup import remaining, seed
 from tests.test_main import pubsub_push_body
 from tests.test_revocation import seed_users
@@ -35,32 +46,11 @@ DEEP = b"[" * 10_000  # ten thousand nested lists, 10 KB: under the body cap
 
 
 def kill_step(run_id: str, user: str | None, **extra: object) -> dict[str, object]:
-    return {
-        "op": "kill",
-        "run_id": run_id,
-        "user": user,
-        "except_session": None,
-        "shard": None,
-        "lo": None,
-        "hi": None,
-        "cursor": None,
-        "page": 1,
-        "started": 1_900_000_000.0,
-        "done": 0,
-        **extra,
-    }
+    return {**VALID_KILL, "run_id": run_id, "user": user, "page": 1, **extra}
 
 
 def clear_step(run_id: str, cutoff: float) -> dict[str, object]:
-    return {
-        "op": "clear",
-        "run_id": run_id,
-        "cutoff": cutoff,
-        "cursor": None,
-        "page": 1,
-        "dry_run": False,
-        **{"shard": None, "lo": None, "hi": None, "started": 1_900_000_000.0, "done": 0},
-    }
+    return {**VALID_CLEAR, "run_id": run_id, "cutoff": cutoff, "page": 1}
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from google.cloud import datastore
 from session_core import Settings
 from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME
 from session_core.store import settings_key
-from tests.conftest import FunctionClient, record_run
+from tests.conftest import VALID_CLEAR, VALID_KILL, FunctionClient, record_run
 from tests.test_cleanup import remaining, seed
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
@@ -99,19 +99,7 @@ def test_session_task_runs_a_clear_step(
     expired_and_live: tuple[set[str], set[str]],
 ) -> None:
 
-    step = {
-        "op": "clear",
-        "run_id": "d" * 32,
-        "cutoff": time.time() - 3900,
-        "cursor": None,
-        "page": 0,
-        "dry_run": False,
-        "shard": None,
-        "lo": None,
-        "hi": None,
-        "started": time.time(),
-        "done": 0,
-    }
+    step = {**VALID_CLEAR, "run_id": "d" * 32, "cutoff": time.time() - 3900, "started": time.time()}
     record_run(client, settings, step)
     task = function("session_task")
     for _ in range(2):  # a duplicated delivery is harmless
@@ -122,15 +110,7 @@ def test_session_task_runs_a_clear_step(
 
 def clear_payload(**changed: object) -> bytes:
     """A clear step's JSON with some fields changed (``drop=...`` removes one)."""
-    step: dict[str, object] = {
-        "op": "clear",
-        "run_id": "d" * 32,
-        "cutoff": 1,
-        "cursor": None,
-        "page": 0,
-        "dry_run": False,
-        **{"shard": None, "lo": None, "hi": None, "started": 1, "done": 0},
-    }
+    step: dict[str, object] = {**VALID_CLEAR, "run_id": "d" * 32, "cutoff": 1, "started": 1}
     step.pop(str(changed.pop("drop", "")), None)
     return json.dumps({**step, **changed}).encode()
 
@@ -243,19 +223,7 @@ def test_session_task_runs_a_kill_step(
     settings: Settings,
     users: dict[str, set[str]],
 ) -> None:
-    step = {
-        "op": "kill",
-        "run_id": "f" * 32,
-        "user": "bob",
-        "except_session": None,
-        "shard": None,
-        "lo": None,
-        "hi": None,
-        "cursor": None,
-        "page": 1,
-        "started": 1_900_000_000.0,
-        "done": 0,
-    }
+    step = {**VALID_KILL, "run_id": "f" * 32, "user": "bob", "page": 1}
     record_run(client, settings, step)
     response = function("session_task").post("/", json=step)
     assert response.status_code == 200 and response.get_json()["deleted"] == 5

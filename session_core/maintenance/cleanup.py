@@ -44,7 +44,7 @@ from session_core.maintenance.pacing import Pacer
 from session_core.maintenance.runs import Run, RunRecorder, clear_params
 from session_core.maintenance.shards import SliceRange, plan_slices
 from session_core.maintenance.steps import ClearStep, Enqueue
-from session_core.maintenance.sweep import Progress, Sweep, session_query
+from session_core.maintenance.sweep import Progress, Sweep, offset_progress, session_query
 from session_core.rules import cutoff_for, iso_utc
 from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
 
@@ -113,10 +113,14 @@ class _Lease:
         held = self.client.get(self.key, **FAIL_FAST)
         if held is not None and held["run_id"] != run_id and held["until"] > now:
             return False
+        self.client.put(self.entity(run_id, now, chains))
+        return True
+
+    def entity(self, run_id: str, now: float, chains: int) -> datastore.Entity:
+        """The lease as ``run_id`` holds it from ``now``: it lapses after ``SESSION_LEASE_TTL``."""
         lease = datastore.Entity(self.key)
         lease.update(run_id=run_id, until=now + self.seconds, chains=chains)
-        self.client.put(lease)
-        return True
+        return lease
 
     def release_quietly(self, run_id: str) -> None:
         """Release if the store answers; a lease that cannot be released lapses by itself."""
@@ -164,16 +168,12 @@ def _take_leases(
     def work() -> bool:
         head = client.get(first.key, **FAIL_FAST)
         known = max(chains, int(head.get("chains", 1)) if head is not None else 1)
-        keys = [_Lease(client, settings, shard).key for shard in range(known)]
-        held = ([head] if head is not None else []) + (client.get_multi(keys[1:], **FAIL_FAST) if known > 1 else [])
+        leases = [_Lease(client, settings, shard) for shard in range(known)]
+        others = client.get_multi([lease.key for lease in leases[1:]], **FAIL_FAST) if known > 1 else []
+        held = ([head] if head is not None else []) + others
         if any(lease["run_id"] != run_id and lease["until"] > now for lease in held):
             return False
-        leases = []
-        for key in keys[:chains]:
-            lease = datastore.Entity(key)
-            lease.update(run_id=run_id, until=now + first.seconds, chains=chains)
-            leases.append(lease)
-        client.put_multi([*leases, record])
+        client.put_multi([*(lease.entity(run_id, now, chains) for lease in leases[:chains]), record])
         return True
 
     return _transact(client, work)
@@ -240,7 +240,7 @@ def start_clear_sessions(
             settings,
             step,
             now=now,
-            progress=_offset(progress, counted),
+            progress=offset_progress(progress, counted),
             observer=observer,
             chains=len(steps),
             events=events,
@@ -270,14 +270,6 @@ def _first_step(
 ) -> ClearStep:
     lo, hi = bounds
     return ClearStep(run_id, cutoff, dry_run=dry_run, shard=shard if sliced else None, lo=lo, hi=hi, started=started)
-
-
-def _offset(progress: Progress | None, done: int) -> Progress | None:
-    """Progress of a later chain, counted on from ``done``."""
-    if progress is None:
-        return None
-    report = progress
-    return lambda count, elapsed: report(done + count, elapsed)
 
 
 def run_clear_step(

@@ -32,7 +32,7 @@ from google.cloud import datastore
 
 from session_core.config import Settings
 from session_core.rules import session_id_of
-from session_core.store import SessionRecord
+from session_core.store import TRANSIENT, SessionRecord
 
 Reason = Literal["expired", "killed", "ended"]
 REASONS: tuple[Reason, ...] = ("expired", "killed", "ended")
@@ -99,14 +99,7 @@ class EventPublisher:
             degraded = self.clock() < self._degraded_until
         retry = None
         if not degraded:
-            transient = if_exception_type(
-                gexc.Aborted,
-                gexc.DeadlineExceeded,
-                gexc.InternalServerError,
-                gexc.ResourceExhausted,
-                gexc.ServiceUnavailable,
-                gexc.Unknown,
-            )
+            transient = if_exception_type(*TRANSIENT, gexc.ResourceExhausted, gexc.Unknown)  # Pub/Sub's too
             retry = Retry(predicate=transient, initial=0.1, maximum=2.0, multiplier=2.0, timeout=PUBLISH_DEADLINE_S)
         data = event_message(reason, run_id, time.time(), sessions)
         message = PubsubMessage(data=data, attributes={"reason": reason})

@@ -42,6 +42,7 @@ from session_core.maintenance.sweep import (
     delete_batch,
     key_names,
     notify,
+    offset_progress,
     page_limit,
     session_query,
 )
@@ -146,7 +147,7 @@ def run_kill_step(
             settings,
             _query(client, settings, step),
             keep=_keeper(step.except_session),
-            progress=_offset(progress, deleted),
+            progress=offset_progress(progress, deleted),
             observer=observer,
             pacer=pacer,
             events=batch,
@@ -195,14 +196,6 @@ def _start_run(
             raise
         return found  # the same message again: its run, with the shards it recorded
     return run
-
-
-def _offset(progress: Progress | None, done: int) -> Progress | None:
-    """Progress of a later sweep, counted on from ``done``."""
-    if progress is None:
-        return None
-    report = progress
-    return lambda count, elapsed: report(done + count, elapsed)
 
 
 def killSessionByUser(  # noqa: N802 - ViUR's name
@@ -262,7 +255,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
                 client,
                 settings,
                 step,
-                progress=_offset(progress, deleted),
+                progress=offset_progress(progress, deleted),
                 observer=observer,
                 chains=len(ranges),
                 events=events,

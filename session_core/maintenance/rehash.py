@@ -37,7 +37,7 @@ from session_core.maintenance.runs import Run, RunRecorder, rehash_params
 from session_core.maintenance.steps import Enqueue, RehashStep
 from session_core.maintenance.sweep import Progress, Sweep, session_query, with_retries
 from session_core.rules import hash_key, is_valid_key
-from session_core.store import FAIL_FAST, SessionRecord, commit, translated
+from session_core.store import FAIL_FAST, SessionRecord, commit, rehome, translated
 
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024  # a commit request may carry 10 MiB; stay well below
 MAX_MOVES_PER_TRANSACTION = 250  # two mutations each: Datastore's 500 per commit
@@ -195,15 +195,7 @@ class _Mover:
 
     def _transaction(self, olds: list[datastore.Entity], news: list[datastore.Entity]) -> None:
         with translated("rehash"):
-            transaction = self.client.transaction()
-            transaction.begin(**FAIL_FAST)
-            try:
-                commit(self.client, update=olds, insert=news, transaction=transaction)
-                transaction.commit(**FAIL_FAST)
-            except BaseException:
-                if transaction.id is not None:
-                    transaction.rollback(**FAIL_FAST)
-                raise
+            rehome(self.client, olds, news, FAIL_FAST)
 
     def _delete(self, keys: list[datastore.Key]) -> None:
         def delete() -> None:

@@ -42,6 +42,14 @@ Progress = Callable[[int, float], None]
 QueryFactory = Callable[[], datastore.Query]
 
 
+def offset_progress(progress: Progress | None, done: int) -> Progress | None:
+    """Progress of a later sweep of the same run (another chain, the rest), counted on from ``done``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda count, elapsed: report(done + count, elapsed)
+
+
 def page_limit(settings: Settings, key_bytes: int = 64) -> int:
     """Keys per query page: the configured size, bounded so a response stays small.
 
