@@ -15,7 +15,11 @@
   ``Set-Cookie`` is added when the browser's cookie must change, and
   ``Vary: Cookie`` whenever the session was used. ``clear()`` on a guest
   session deletes it and clears the cookie, as Starlette does. A bad or
-  unknown cookie gives a fresh session, never an error.
+  unknown cookie gives a fresh session, never an error; of several cookies
+  of our name (a sibling subdomain may plant one), the first that loads a
+  live session wins. A session deleted while the request held it (killed, or
+  rotated by a parallel login) is not re-created and its cookie is left
+  alone: a parallel login's new cookie survives.
 - The cookie's name, Path, Domain, Secure, SameSite and browser-session or
   ``Max-Age`` come from the :class:`~session_core.config.Settings`.
 - WebSocket connections get the session loaded and read-only (no response
@@ -50,10 +54,9 @@ import structlog
 from google.cloud import datastore
 
 from session_core.config import Settings
-from session_core.cookies import clear_cookie_header, parse_cookie_header, set_cookie_header
+from session_core.cookies import clear_cookie_header, parse_cookie_values, set_cookie_header
 from session_core.errors import MisuseError, StoreError
-from session_core.rules import is_valid_key
-from session_core.session import Saved, Session
+from session_core.session import Saved, Session, request_keys
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -212,10 +215,19 @@ class ASGIContext:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
 
-    def get_cookie(self, name: str) -> str | None:
-        """Our cookie from every ``Cookie`` header (HTTP/2 may split them); None without one."""
+    def _cookie_header(self) -> str:
+        """Every ``Cookie`` header of the request as one (HTTP/2 may split them)."""
         found = [value.decode("latin-1") for key, value in self.scope.get("headers", ()) if key.lower() == b"cookie"]
-        return parse_cookie_header("; ".join(found), name) if found else None
+        return "; ".join(found)
+
+    def get_cookie(self, name: str) -> str | None:
+        """The first value of cookie ``name``; None without one."""
+        values = self.get_cookies(name)
+        return values[0] if values else None
+
+    def get_cookies(self, name: str) -> list[str]:
+        """Every value of cookie ``name``, in the order sent: the session tries each (as WSGI's and Flask's do)."""
+        return parse_cookie_values(self._cookie_header(), name)
 
     def add_header(self, name: str, value: str) -> None:
         raise RuntimeError("the ASGI middleware sets its cookie itself, when the response starts")
@@ -288,8 +300,7 @@ class SessionMiddleware:
             await self._answer(send, 400, f"Bad request: {exc.reason}".encode())
 
     async def _load(self, session: ASGISession, context: ASGIContext) -> None:
-        cookie = context.get_cookie(session.cookie_name)
-        if cookie is not None and is_valid_key(cookie):
+        if request_keys(context, session.cookie_name):
             await self._off_loop(lambda: session.load(context))
         else:
             session.load(context)  # no cookie of our format: a fresh session, no RPC
@@ -307,7 +318,7 @@ class SessionMiddleware:
             headers.append(
                 (b"set-cookie", set_cookie_header(self.settings, session.cookie_key, max_age=max_age).encode())
             )
-        elif saved is Saved.GONE or (saved is Saved.DELETED and context.get_cookie(session.cookie_name) is not None):
+        elif saved is Saved.GONE or (saved is Saved.DELETED and context.get_cookies(session.cookie_name)):
             headers.append((b"set-cookie", clear_cookie_header(self.settings).encode()))
         if headers or session.accessed:  # a shared cache must not serve one user's page to another
             headers.append((b"vary", b"Cookie"))

@@ -6,11 +6,19 @@ every device of the user, so it cannot be revoked per device. So a kill
 records when it happened, every interactive login records when it happened,
 and a login from a remember-me cookie is refused while the kill is newer.
 
-Two small entities per user, kind ``session_core-login``, in the settings'
-namespace: ``kill:<sha256(user)>`` and ``login:<sha256(user)>`` with an
-``at`` epoch time; a kill of everyone writes ``kill:*``. Costs: one commit
+Small entities of kind ``session_core-login``, in the settings' namespace,
+each with an ``at`` epoch time: ``kill:user:<sha256(user)>`` and
+``login:user:<sha256(user)>`` per user, and ``kill:all`` for a kill of
+everyone. A user's names always carry ``user:`` and a hash, so no user key
+(``*``, ``all``, ``user:x``) can name the everyone-record. Costs: one commit
 per kill and per interactive login, one lookup per remember-me login, none
 per request; each within the request deadline (``SESSION_REQUEST_TIMEOUT``).
+
+Names of 0.12 and earlier (``kill:<sha256>``, ``login:<sha256>``, and ``kill:*`` for
+everyone *and* for a user named ``*``) are still read, never written, so a
+kill recorded before the upgrade still refuses a remember-me login after it.
+An old ``kill:*`` counts as a kill of everyone: it cannot tell the two
+apart, and taking it for less would let a kill of everyone be undone.
 """
 
 from __future__ import annotations
@@ -23,12 +31,24 @@ from session_core.config import Settings
 from session_core.store import settings_key, within
 
 KIND = "session_core-login"
-EVERYONE = "*"
+EVERYONE = "all"  # the everyone-record's name: ``kill:all``; a user's names are ``<event>:user:<sha256>``
+_LEGACY_EVERYONE = "*"  # 0.12 and earlier: ``kill:*``, which a user named ``*`` wrote too
 
 
-def _name(event: str, user: str) -> str:
-    who = EVERYONE if user == EVERYONE else hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{event}:{who}"
+def _digest(user: str) -> str:
+    return hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _name(event: str, user: str | None) -> str:
+    """The record of ``event`` ("kill" or "login") for ``user``; None: everyone."""
+    return f"{event}:{EVERYONE}" if user is None else f"{event}:user:{_digest(user)}"
+
+
+def _legacy_name(event: str, user: str | None) -> str:
+    """The name the same record had in 0.12 and earlier (read, never written)."""
+    if user is None or user == _LEGACY_EVERYONE:
+        return f"{event}:{_LEGACY_EVERYONE}"
+    return f"{event}:{_digest(user)}"
 
 
 def _entity(client: datastore.Client, settings: Settings, name: str, at: float) -> datastore.Entity:
@@ -39,7 +59,7 @@ def _entity(client: datastore.Client, settings: Settings, name: str, at: float) 
 
 def kill_record(client: datastore.Client, settings: Settings, user: str | None, at: float) -> datastore.Entity:
     """The entity recording that ``user`` (None: everyone) was killed at ``at``; upsert it with the kill."""
-    return _entity(client, settings, _name("kill", EVERYONE if user is None else user), at)
+    return _entity(client, settings, _name("kill", user), at)
 
 
 def record_login(client: datastore.Client, settings: Settings, user: str, at: float) -> None:
@@ -51,13 +71,14 @@ def record_login(client: datastore.Client, settings: Settings, user: str, at: fl
 def remembered_login_allowed(client: datastore.Client, settings: Settings, user: str) -> bool:
     """False while a kill of ``user`` (or of everyone) is newer than their last interactive login.
 
-    One lookup RPC of three keys.
+    One lookup RPC (of the current names and those of 0.12 and earlier).
     """
-    names = [_name("kill", user), _name("kill", EVERYONE), _name("login", user)]
-    keys = [settings_key(client, settings, KIND, name) for name in names]
+    kills = {_name("kill", user), _name("kill", None), _legacy_name("kill", user), _legacy_name("kill", None)}
+    logins = {_name("login", user), _legacy_name("login", user)}
+    keys = [settings_key(client, settings, KIND, name) for name in sorted(kills | logins)]
     entities = within(
         settings.request_timeout.total_seconds(), "login record", lambda rpc: client.get_multi(keys, **rpc)
     )
     found = {entity.key.name: float(entity["at"]) for entity in entities}
-    killed = max(found.get(names[0], 0.0), found.get(names[1], 0.0))
-    return killed <= found.get(names[2], 0.0)
+    killed = max((found.get(name, 0.0) for name in kills), default=0.0)
+    return killed <= max((found.get(name, 0.0) for name in logins), default=0.0)

@@ -12,8 +12,9 @@ adapters call) or :meth:`save` (ViUR's: commit and send the cookie).
 
 Concurrency contract: two requests holding the same session write last-wins
 (as ViUR and Flask-Session do). A request never re-creates a session that was
-deleted while it held it: its changes are dropped, its cookie is cleared and a
-warning is logged.
+deleted while it held it: its changes are dropped and a warning is logged. The
+browser's cookie is left alone (a parallel login may just have replaced it
+with a new one), unless this request itself issued the session that is gone.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Saved(enum.Enum):
 
     NOTHING = "nothing"  # no write was needed: the cookie stays as it is
     WRITTEN = "written"  # stored under ``cookie_key``: send that cookie
-    GONE = "gone"  # deleted meanwhile (killed, cleared): the changes are dropped, clear the cookie
+    GONE = "gone"  # the session this request issued was deleted meanwhile: changes dropped, clear its cookie
+    DROPPED = "dropped"  # deleted meanwhile (killed, rotated by a parallel login): changes dropped, cookie left alone
     DELETED = "deleted"  # an emptied guest session was deleted (``drop_empty``): clear the cookie
 
 
@@ -103,6 +105,7 @@ class Session(MutableMapping[str, Any]):
         self._obsolete: list[str] = []
         self._pending: RequestContext | None = None
         self._unavailable: StoreError | None = None  # a deferred load failed: the session is unknown
+        self._issued: str | None = None  # the key this request inserted and sent (not the browser's own)
         self._start_fresh()
 
     def _start_fresh(self) -> None:
@@ -200,11 +203,12 @@ class Session(MutableMapping[str, Any]):
         """
         self._pending = None
         self._obsolete = []
+        self._issued = None
         self._start_fresh()
-        cookies = [value for value in dict.fromkeys(_cookies(req, self.cookie_name)) if is_valid_key(value)]
+        cookies = request_keys(req, self.cookie_name)
         if not cookies:
             return False
-        records = self.store.lookup_all(cookies[:MAX_DUPLICATE_COOKIES])
+        records = self.store.lookup_all(cookies)
         now = self.clock()
         live = [cookie for cookie in cookies if cookie in records and not self._expired(records[cookie], now)]
         if not live:
@@ -242,6 +246,7 @@ class Session(MutableMapping[str, Any]):
         """
         self._start_fresh()
         self._obsolete = []
+        self._issued = None
         self._pending = req
 
     def _ensure_loaded(self) -> None:
@@ -266,10 +271,13 @@ class Session(MutableMapping[str, Any]):
         A new session is written only if it changed: inserted under its key. A
         stored one is written when it changed, or its lifetime, or when its
         refresh is due: with an ``update``, never an upsert, so a session that
-        was deleted meanwhile is not re-created (``GONE``, and a warning is
-        logged). A ViUR plain-key session moves to its hashed name in one
-        transaction. With ``drop_empty`` an emptied guest session is deleted
-        instead (``DELETED``), as Flask, Starlette and Django drop theirs.
+        was deleted meanwhile is not re-created: its changes are dropped and a
+        warning is logged (``DROPPED``: the browser's cookie is left alone, for
+        a parallel login may have replaced it; ``GONE`` when the session was
+        one this object inserted, whose cookie the response carries). A ViUR
+        plain-key session moves to its hashed name in one transaction. With
+        ``drop_empty`` an emptied guest session is deleted instead
+        (``DELETED``), as Flask, Starlette and Django drop theirs.
         """
         if self._pending is not None or self._unavailable is not None:
             return Saved.NOTHING  # never used, or never loaded: nothing to write, nothing to overwrite
@@ -291,8 +299,9 @@ class Session(MutableMapping[str, Any]):
         moving = target != self._stored_name
         written = self.store.move(record, self._stored_name) if moving else self.store.update(record)
         if not written:
+            issued = self._issued == self._cookie_key
             self._gone()
-            return Saved.GONE
+            return Saved.GONE if issued else Saved.DROPPED
         self._stored_name = target
         self._written(now)
         return Saved.WRITTEN
@@ -307,7 +316,7 @@ class Session(MutableMapping[str, Any]):
             assert self._cookie_key is not None
             max_age = None if self.settings.use_session_cookie else self.lifetime
             req.add_header("Set-Cookie", set_cookie_header(self.settings, self._cookie_key, max_age=max_age))
-        elif saved is not Saved.NOTHING:
+        elif saved in (Saved.GONE, Saved.DELETED):
             req.add_header("Set-Cookie", clear_cookie_header(self.settings))
 
     def _record(self, name: str, now: float) -> SessionRecord:
@@ -327,6 +336,7 @@ class Session(MutableMapping[str, Any]):
             if self.store.insert(self._record(name, now), delete=self._obsolete):
                 self._obsolete = []
                 self._cookie_key, self._stored_name = key, name
+                self._issued = key
                 self._written(now)
                 return
             key = rules.new_key()  # taken (about 2^-250 likely): another one
@@ -497,13 +507,20 @@ class Session(MutableMapping[str, Any]):
         return f"<Session user={self._user!r} fields={len(self._data)} changed={self.changed}>"
 
 
-def _cookies(req: RequestContext, name: str) -> list[str]:
-    """Every value of our cookie in the request (contexts that can tell several), in the order sent."""
+def request_keys(req: RequestContext, name: str) -> list[str]:
+    """The session keys a request offers: its cookies of ``name`` of our exact format, no repeats, in the order sent.
+
+    Every value counts where the context can tell several (``get_cookies``):
+    a sibling subdomain may plant a cookie of our name before the real one. At
+    most :data:`MAX_DUPLICATE_COOKIES`. Empty means a fresh session, no RPC.
+    """
     every = getattr(req, "get_cookies", None)
     if every is not None:
-        return list(every(name))
-    one = req.get_cookie(name)
-    return [] if one is None else [one]
+        values = list(every(name))
+    else:
+        one = req.get_cookie(name)
+        values = [] if one is None else [one]
+    return [value for value in dict.fromkeys(values) if is_valid_key(value)][:MAX_DUPLICATE_COOKIES]
 
 
 def registered_delete_observer() -> DeleteObserver | None:

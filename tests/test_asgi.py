@@ -51,6 +51,7 @@ from session_core import (
     aend_user_session,
     akillSessionByUser,
     alist_user_sessions,
+    alogout_everywhere_else,
     logout_everywhere_else,
 )
 from session_core.asgi import ASGISession, SessionMiddleware, session_of
@@ -413,6 +414,64 @@ def test_login_rotates_the_cookie_and_logout_makes_a_guest(app: Starlette, setti
     assert http.get("/me").json()["user"] == GUEST_USER
 
 
+@pytest.mark.parametrize("planted", ["x", new_key()], ids=["malformed", "well-formed-unknown"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-header", "split-headers"])
+def test_every_cookie_of_our_name_is_tried_so_a_planted_one_cannot_hide_the_login(
+    app: Starlette, client: datastore.Client, settings: Settings, planted: str, split: bool
+) -> None:
+    """``sid=x; sid=<alice>`` (a sibling subdomain planted the first): alice is loaded, as WSGI and Session.load do.
+
+    Her next write goes to her session, under her cookie, instead of a guest's replacing it.
+    """
+    alice = browser(app)
+    alice.post("/login/alice")
+    cookie = alice.cookies[settings.cookie_name]
+    name = settings.cookie_name
+    sent = [("cookie", f"{name}={planted}"), ("cookie", f"{name}={cookie}")]
+    headers = sent if split else [("cookie", f"{name}={planted}; {name}={cookie}")]
+    http = TestClient(app, base_url="https://testserver")
+
+    assert http.get("/me", headers=headers).json()["user"] == "alice"
+    response = http.post("/count", headers=headers)
+    assert response.json() == {"n": 1}
+    assert set_cookie(response).startswith(f"{name}={cookie}; ")  # her own cookie again, never a guest's
+    [entity] = stored_sessions(client, settings)
+    assert (entity.key.name, entity["user"], entity["data"]["n"]) == (hash_key(cookie), "alice", 1)
+
+
+def slow_write(request: Request) -> PlainTextResponse:
+    """Hold the loaded session while another request runs to its end, then change it."""
+    request.app.state.meanwhile()
+    request.session["note"] = "written on the old key"
+    return PlainTextResponse("ok")
+
+
+def test_a_slow_request_on_the_old_session_leaves_a_parallel_logins_cookie_alone(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """Request 1 loads the guest session, request 2 logs in (a new key), request 1 then saves a change.
+
+    Request 1 finds its session gone: its change is dropped and it sends no ``Set-Cookie`` at all, so the
+    ``Max-Age=0`` that used to follow cannot delete the new login cookie.
+    """
+    app = make_app(client, settings, routes=[*ROUTES, Route("/slow-write", slow_write, methods=["POST"])])
+    name = settings.cookie_name
+    login_tab = browser(app)
+    login_tab.post("/count")
+    guest = login_tab.cookies[name]
+    slow_tab = browser(app, cookies={name: guest})
+    app.state.meanwhile = lambda: login_tab.post("/login/alice")
+
+    response = slow_tab.post("/slow-write")
+
+    assert response.status_code == 200 and response.headers.get_list("set-cookie") == []
+    fresh = login_tab.cookies[name]
+    assert fresh != guest
+    assert browser(app, cookies={name: fresh}).get("/me").json()["user"] == "alice"
+    [entity] = stored_sessions(client, settings)  # the login's session; the old one is not resurrected
+    assert entity.key.name == hash_key(fresh) and "note" not in entity["data"]
+
+
 def test_modified_and_mark_modified_are_the_one_change_flag(client: datastore.Client, settings: Settings) -> None:
     async def in_place(request: Request) -> PlainTextResponse:
         session = session_of(request)
@@ -554,6 +613,45 @@ def test_a_fastapi_app_uses_request_session_in_a_dependency(client: datastore.Cl
     assert http.post("/login/alice").json() == {"user": "alice", "cart": ["book", "pen"]}
     assert http.get("/session").json() == {"session": {"cart": ["book", "pen"]}}
     assert browser(api).get("/session").json() == {"session": {}}
+
+
+def test_a_fastapi_app_signs_out_everywhere_else_off_the_event_loop(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """``alogout_everywhere_else``: the other sessions of the user end, this one and other users' stay."""
+    rpc_threads = RpcThreads(client)
+    api = FastAPI()
+    api.add_middleware(SessionMiddleware, client=client, settings=settings)
+
+    @api.post("/login/{user}")
+    async def sign_in(user: str, session: Annotated[ASGISession, Depends(current_session)]) -> str:
+        session.login(user)
+        return "ok"
+
+    @api.get("/me")
+    async def me(session: Annotated[ASGISession, Depends(current_session)]) -> str:
+        return session.user
+
+    @api.post("/everywhere-else")
+    async def everywhere_else(session: Annotated[ASGISession, Depends(current_session)]) -> dict[str, int]:
+        rpc_threads.threads.clear()
+        ended = await alogout_everywhere_else(session)
+        return {"ended": ended, "loop": threading.get_ident(), "rpcs": len(rpc_threads.threads)}
+
+    laptop, phone, tablet, bob = browser(api), browser(api), browser(api), browser(api)
+    refused = browser(api).post("/everywhere-else")
+    assert (refused.status_code, refused.text) == (
+        400,
+        "Bad request: only a logged-in session can log out its other sessions",
+    )
+    for http, user in ((laptop, "alice"), (phone, "alice"), (tablet, "alice"), (bob, "bob")):
+        assert http.post(f"/login/{user}").json() == "ok"
+
+    answer = laptop.post("/everywhere-else").json()
+
+    assert answer["ended"] == 2
+    assert answer["rpcs"] > 0 and answer["loop"] not in rpc_threads.threads[: answer["rpcs"]]
+    assert [http.get("/me").json() for http in (laptop, phone, tablet, bob)] == ["alice", GUEST_USER, GUEST_USER, "bob"]
 
 
 # -- the README's examples --------------------------------------------------------------------

@@ -145,3 +145,53 @@ def test_without_grace_clock_skew_would_delete_a_live_session(client: datastore.
     assert cutoff_for(worker_now, no_grace) > entity["lastseen"]
     start_clear_sessions(client, no_grace, now=worker_now)
     assert remaining(client, settings) == set()
+
+
+def test_a_slow_flask_request_on_the_old_session_leaves_a_parallel_logins_cookie_alone(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """Flask's adapter in the login race: request 1 holds the guest session while request 2 logs in.
+
+    Request 1's save finds its session gone: its change is dropped and its response deletes no cookie.
+    """
+    import flask
+
+    from session_core.flask import DatastoreSessionInterface
+
+    app = flask.Flask(__name__)
+    app.session_interface = DatastoreSessionInterface(client=client, settings=settings)
+    login_tab, slow_tab = app.test_client(), app.test_client()
+
+    @app.post("/cart")
+    def cart() -> str:
+        flask.session["cart"] = ["book"]
+        return "ok"
+
+    @app.post("/login")
+    def login() -> str:
+        flask.session.login("alice")  # type: ignore[attr-defined]
+        return "ok"
+
+    @app.post("/slow")
+    def slow() -> str:
+        flask.session.get("cart")  # loaded now
+        login_tab.post("/login")  # runs to its end while this request holds the session
+        flask.session["note"] = "written on the old key"
+        return "ok"
+
+    @app.get("/me")
+    def me() -> str:
+        return str(flask.session.user)  # type: ignore[attr-defined]
+
+    login_tab.post("/cart")
+    guest = login_tab.get_cookie("session")
+    assert guest is not None
+    slow_tab.set_cookie("session", guest.value)
+
+    response = slow_tab.post("/slow")
+
+    assert response.status_code == 200 and response.headers.getlist("Set-Cookie") == []
+    fresh = login_tab.get_cookie("session")
+    assert fresh is not None and fresh.value != guest.value
+    assert login_tab.get("/me").text == "alice"
+    assert remaining(client, settings) == {hash_key(fresh.value)}  # the old session is not resurrected

@@ -328,7 +328,8 @@ def test_rehash_under_concurrent_saves_logs_nobody_out_fails_nothing_and_resurre
                     session["n"] = session["n"] + 1
                     ctx = Ctx()
                     session.save(ctx)
-                    outcomes["cleared" if any("Max-Age=0" in h for h in ctx.set_cookies) else "saved"] += 1
+                    cleared = any("Max-Age=0" in h for h in ctx.set_cookies)
+                    outcomes["cleared" if cleared else "dropped" if session.new else "saved"] += 1
                 except Exception as exc:
                     outcomes[type(exc).__name__] += 1
 

@@ -134,9 +134,52 @@ def test_session_deleted_while_request_holds_it_is_not_recreated(client: datasto
 
     assert stored(client, settings, hash_key(cookie)) is None
     assert stored(client, settings, cookie) is None
-    [header] = ctx.set_cookies
-    assert header.startswith(f"{settings.cookie_name}=;") and "Max-Age=0" in header
+    assert ctx.set_cookies == []  # the browser may hold a newer cookie by now: it is left alone
     assert len(session) == 0 and session.cookie_key is None
+
+
+def test_a_slow_request_on_the_old_session_leaves_a_parallel_login_alone(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """Request 1 loads the guest session, request 2 logs in (a new key), request 1 then saves a change.
+
+    Request 1's change is dropped and it sends no ``Set-Cookie``: a ``Max-Age=0`` would delete the login cookie.
+    """
+    guest = saved_session(client, settings, cart=["book"])
+    slow = loaded(client, settings, guest)
+    login = loaded(client, settings, guest)
+    login.login("alice")
+    login_ctx = Ctx()
+    login.save(login_ctx)
+
+    slow["cart"] = ["book", "pen"]
+    ctx = Ctx()
+    slow.save(ctx)
+
+    assert ctx.set_cookies == []
+    fresh = cookie_from(login_ctx)
+    assert loaded(client, settings, fresh).user == "alice"
+    assert stored(client, settings, hash_key(guest)) is None  # nothing resurrected
+    assert not Session(client, settings).load(Ctx({settings.cookie_name: guest}))
+
+
+def test_a_session_this_request_issued_and_lost_gets_its_cookie_cleared(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """The one case a gone session still clears the cookie: the response itself handed it out."""
+    session = Session(client, settings)
+    session.load(Ctx())
+    session["a"] = 1
+    ctx = Ctx()
+    session.save(ctx)
+    issued = cookie_from(ctx)
+    client.delete(client.key(settings.kind, hash_key(issued), namespace=settings.namespace))
+    session["a"] = 2
+    session.save(ctx)
+    first, last = ctx.set_cookies
+    assert first.startswith(f"{settings.cookie_name}={issued};")
+    assert last.startswith(f"{settings.cookie_name}=;") and "Max-Age=0" in last  # the browser keeps the last
+    assert stored(client, settings, hash_key(issued)) is None
 
 
 def test_plain_session_deleted_before_migration_is_not_recreated(

@@ -66,3 +66,46 @@ def test_misuse_is_answered_400_and_a_new_sessions_id_is_known_at_login(
     assert cookie is not None and signed_in.json == {"session_id": hash_key(cookie.value)}
     phone.post("/login/alice")
     assert laptop.post("/everywhere-else").json == {"ended": 1}
+
+
+def test_a_slow_request_on_the_old_session_leaves_a_parallel_logins_cookie_alone(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """Request 1 loads the guest session, request 2 logs in (a new key), request 1 then saves a change.
+
+    Request 1 finds its session gone: its change is dropped and it sends no ``Set-Cookie`` (no ``Max-Age=0``).
+    """
+    name = settings.cookie_name
+    meanwhile: list[Callable[[], object]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        session: Session = environ[ENVIRON_KEY]
+        path = environ["PATH_INFO"]
+        if path == "/guest":
+            session["cart"] = ["book"]
+        elif path == "/login":
+            session.login("alice")
+        elif path == "/slow":
+            for other_request in meanwhile:
+                other_request()  # runs to its end while this request holds the session
+            session["note"] = "written on the old key"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [session.user.encode()]
+
+    wrapped = SessionMiddleware(app, client=client, settings=settings)
+    login_tab = Client(wrapped)
+    login_tab.post("/guest")
+    guest = login_tab.get_cookie(name)
+    assert guest is not None
+    slow_tab = Client(wrapped)
+    slow_tab.set_cookie(name, guest.value)
+    meanwhile.append(lambda: login_tab.post("/login"))
+
+    response = slow_tab.post("/slow")
+
+    assert response.status_code == 200 and response.headers.getlist("Set-Cookie") == []
+    fresh = login_tab.get_cookie(name)
+    assert fresh is not None and fresh.value != guest.value
+    assert login_tab.get("/me").text == "alice"
+    names = [entity.key.name for entity in client.query(kind=settings.kind, namespace=settings.namespace).fetch()]
+    assert names == [hash_key(fresh.value)]  # the old session is not resurrected

@@ -10,8 +10,9 @@ Every step is idempotent (deleting an absent key is a no-op) and its task
 name is derived from the run id, the shard and the page.
 
 Async apps call the awaitable forms (``akillSessionByUser``,
-``alist_user_sessions``, ``aend_user_session``): the same functions, run in a
-worker thread so that the event loop never waits on Datastore.
+``alist_user_sessions``, ``aend_user_session``, ``alogout_everywhere_else``):
+the same functions, run in a worker thread so that the event loop never waits
+on Datastore.
 """
 
 from __future__ import annotations
@@ -459,4 +460,22 @@ async def aend_user_session(
 ) -> bool:
     """:func:`end_user_session`, awaitable: the same promises, its RPCs in a worker thread."""
     call = partial(end_user_session, client, settings, user, session_id, observer=observer, events=events)
+    return await _in_worker_thread(call)
+
+
+async def alogout_everywhere_else(
+    session: Session,
+    *,
+    enqueue: Enqueue | None = None,
+    observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
+) -> int:
+    """:func:`logout_everywhere_else`, awaitable: the same promises, its RPCs in a worker thread.
+
+    On a guest session it raises the session's ``misuse_error`` before any
+    RPC (the ASGI middleware answers 400). ``enqueue`` and ``observer`` are
+    called in that thread. Awaited while the request holds its session, as
+    every use of a request's session is.
+    """
+    call = partial(logout_everywhere_else, session, enqueue=enqueue, observer=observer, events=events)
     return await _in_worker_thread(call)
