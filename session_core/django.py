@@ -53,10 +53,12 @@ import structlog
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
+from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core import rules
@@ -64,7 +66,7 @@ from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import MisuseError, StoreError
 from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
-from session_core.store import SessionRecord
+from session_core.store import SessionRecord, rehome, within
 from session_core.store import SessionStore as RecordStore
 
 SETTINGS_NAME = "SESSION_CORE_SETTINGS"
@@ -107,14 +109,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
     RPCs: constructing one costs none; the first use of a session whose
     cookie has our format, one lookup (none for any other cookie); ``save``,
-    ``create``, ``delete``, ``flush`` and ``cycle_key`` one commit each
-    (``cycle_key`` inserts the new key and deletes the old in the same
-    commit); a first save of a ViUR plain-named session under hashed
-    storage, a transaction that moves it and a commit that deletes the old
-    name (:meth:`session_core.store.SessionStore.move`). ``exists`` is one lookup.
+    ``create``, ``delete`` and ``flush`` one commit each; ``cycle_key`` of a
+    stored session a transaction (begin and commit) that updates the old
+    entity and inserts the new, then a commit that deletes the old; a first
+    save of a ViUR plain-named session under hashed storage, a transaction
+    that moves it and a commit that deletes the old name
+    (:meth:`session_core.store.SessionStore.move`). ``exists`` is one lookup.
     Concurrency: two requests holding the same session write last-wins, as
     with Django's database backend; a request never re-creates a session
-    deleted while it held it (``UpdateError``).
+    deleted while it held it (``UpdateError`` on save, ``SessionInterrupted``
+    from ``cycle_key``).
     """
 
     _session_key: str | None  # Django's property: only keys that pass _validate_session_key are kept
@@ -213,10 +217,23 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             self._stored_name = None
 
     def cycle_key(self) -> None:
-        """A new key for the same data: the new entity is inserted and the old deleted in one commit."""
+        """A new key for the same data, never a resurrection (``django.contrib.auth.login`` calls it).
+
+        A stored session moves: one transaction updates the old entity (as it
+        was) and inserts the new one, all or none, then a commit deletes the
+        old name (the move :class:`~session_core.session.Session` makes). If
+        the old entity is gone (killed, cleared, logged out meanwhile), nothing
+        is written, the session becomes empty and ``SessionInterrupted`` is
+        raised (Django answers it 400). A session never stored (or never
+        loaded: ``clear()`` empties it without loading it) is created under
+        a new key in one insert, which also deletes the old names.
+        """
         data = self._session
-        old = self.session_key
-        self._create(obsolete=_names(old) if old is not None else ())
+        old, stored = self.session_key, self._stored_name
+        if old is not None and stored is not None:
+            self._move(data, stored)
+        else:
+            self._create(obsolete=_names(old) if old is not None else ())
         self._session_cache = data
 
     async def acycle_key(self) -> None:
@@ -249,6 +266,42 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             self.modified = True
             return
         raise StoreError("insert", RuntimeError("no free session key after several attempts"))
+
+    def _move(self, data: dict[str, Any], stored: str) -> None:
+        """Re-home the session stored as ``stored`` under a new key; SessionInterrupted if it is gone."""
+        old = self.store.to_entity(self._record(stored, data))  # it keeps its own security key until deleted
+        self._security_key = None  # the new key gets a new security key, as in ViUR
+        seconds = self.settings.request_timeout.total_seconds()
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = self._get_new_session_key()
+            name = storage_name(self._session_key, self.settings)
+            new = self.store.to_entity(self._record(name, data))
+            try:
+                within(seconds, "move", functools.partial(rehome, self.store.client, [old], [new]))
+            except StoreError as exc:
+                if isinstance(exc.cause, gexc.AlreadyExists):
+                    continue  # the new name is taken (about 2^-250 likely): another key
+                if isinstance(exc.cause, gexc.NotFound):
+                    self._interrupted(dropped_fields=len(data))
+                raise
+            self.store.delete([stored])
+            self._stored_name = name
+            self.modified = True
+            return
+        raise StoreError("move", RuntimeError("no free session key after several attempts"))
+
+    def _interrupted(self, *, dropped_fields: int) -> None:
+        """The session was deleted meanwhile: forget it (the middleware then clears the cookie) and say so."""
+        self._session_key = None
+        self._stored_name = None
+        self._security_key = None
+        self._session_cache = {}
+        self.modified = False
+        log.warning("session_gone_on_cycle_key", kind=self.settings.kind, dropped_fields=dropped_fields)
+        raise SessionInterrupted(
+            "The request's session was deleted before the request completed (a logout or a kill in a "
+            "concurrent request): it was not re-created."
+        )
 
     def _insert(self, data: dict[str, Any], *, obsolete: Iterable[str]) -> None:
         key = self.session_key

@@ -225,7 +225,7 @@ def test_exists_delete_and_flush(client: datastore.Client, settings: Settings, r
     assert dict(session.items()) == {}
 
 
-def test_cycle_key_keeps_the_data_under_a_new_key_in_one_commit(
+def test_cycle_key_moves_the_data_to_a_new_key_in_one_transaction(
     client: datastore.Client, settings: Settings, rpcs: RpcCounter
 ) -> None:
     session = SessionStore()
@@ -236,7 +236,7 @@ def test_cycle_key_keeps_the_data_under_a_new_key_in_one_commit(
     loaded = SessionStore(old)  # Django's test_cycle_with_no_session_cache
     rpcs.reset()
     loaded.cycle_key()
-    assert dict(rpcs.calls) == {"lookup": 1, "commit": 1}
+    assert dict(rpcs.calls) == {"lookup": 1, "begin_transaction": 1, "commit": 2}  # a move, then the delete
     new = loaded.session_key
     assert new is not None and new != old
     assert dict(loaded.items()) == {"a": "c", "b": "d"}
@@ -445,6 +445,35 @@ def test_a_login_rotates_the_key_and_writes_the_user_id_to_the_indexed_user(
     assert before is not None and stored["static_security_key"] != before["static_security_key"]
     assert stored["data"]["visits"] == 1  # cycle_key keeps the data
     assert browser.get("/me/").content.decode() == alice.username
+
+
+def sessions_in(client: datastore.Client, settings: Settings) -> list[datastore.Entity]:
+    return list(client.query(kind=settings.kind, namespace=settings.namespace).fetch())
+
+
+def test_a_login_on_a_session_deleted_meanwhile_is_a_400_and_re_creates_nothing(
+    browser: Client, client: datastore.Client, settings: Settings
+) -> None:
+    """login()'s cycle_key is a move: with the old entity gone it writes nothing (Django's SessionInterrupted)."""
+    alice = user("alice")
+    browser.get("/visits/")
+    response = browser.post(f"/login-after-a-concurrent-delete/{alice.username}/")
+    assert response.status_code == 400
+    assert sessions_in(client, settings) == []  # neither the guest's data nor alice's login was written
+    assert response.cookies[COOKIE].value == "" and response.cookies[COOKIE]["max-age"] == 0
+    assert browser.get("/me/").content == b"anonymous"
+
+
+def test_a_password_change_racing_a_kill_is_a_400_and_never_brings_the_killed_session_back(
+    browser: Client, client: datastore.Client, settings: Settings
+) -> None:
+    """update_session_auth_hash's cycle_key after a kill: no session of the user under any key."""
+    alice = user("alice")
+    browser.post(f"/login/{alice.username}/")
+    response = browser.post("/password-after-a-kill/second-password/")
+    assert response.status_code == 400
+    assert [s for s in sessions_in(client, settings) if s["user"] == str(alice.pk)] == []
+    assert browser.get("/me/").content == b"anonymous"
 
 
 def test_a_new_sessions_id_is_known_in_the_login_request(browser: Client) -> None:
