@@ -28,8 +28,21 @@ clear_expired), with these choices of ours:
 Configuration lives in Django's settings, which is where a Django project
 reads its environment (this module never does): ``SESSION_CORE_SETTINGS`` (a
 :class:`Settings`, built there with ``Settings.from_env`` or
-``Settings.from_file``) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
+``Settings.from_file``, or a function of no arguments that returns one, such
+as ``lambda: Settings.from_env(os.environ)``: it is called once, on the first
+use of a session, so ``manage.py migrate`` or ``collectstatic`` need no
+Datastore settings) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
 client; by default one is built from the settings, once per process).
+
+With ``"session_core.django.SessionCoreConfig"`` in ``INSTALLED_APPS``,
+``manage.py check --deploy`` checks the engine: ``session_core.E001`` no
+usable ``SESSION_CORE_SETTINGS``; ``E002`` its function raised ConfigError;
+``W001`` ``SESSION_COOKIE_SECURE`` is False (Django's default: set it True so
+the cookie never travels over plain HTTP); and, when
+``SESSION_CORE_FUNCTIONS_SETTINGS`` names the settings file the functions are
+deployed with (``deploy.sh --settings FILE``), ``E003`` that file is not
+readable settings and ``E004`` its ``SESSION_LIFE_TIME`` differs from the
+app's (the cleanup would then delete sessions that are still alive).
 
 A store that does not answer within ``SESSION_REQUEST_TIMEOUT`` raises
 StoreError where the session is first used, and again at every later use in
@@ -46,15 +59,17 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 from asgiref.sync import sync_to_async
+from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
@@ -64,12 +79,13 @@ from google.cloud import datastore
 from session_core import rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.errors import MisuseError, StoreError
+from session_core.errors import ConfigError, MisuseError, StoreError
 from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
 from session_core.store import SessionRecord, rehome, within
 from session_core.store import SessionStore as RecordStore
 
 SETTINGS_NAME = "SESSION_CORE_SETTINGS"
+FUNCTIONS_SETTINGS_NAME = "SESSION_CORE_FUNCTIONS_SETTINGS"  # optional: the functions' settings file, for checks
 CLIENT_NAME = "SESSION_CORE_CLIENT"
 USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
 UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
@@ -80,23 +96,42 @@ log = structlog.get_logger("session_core.django")
 def configured() -> tuple[Settings, datastore.Client]:
     """The settings and client the engine uses now (read from Django's settings on each call).
 
-    Raises ImproperlyConfigured when ``SESSION_CORE_SETTINGS`` is not a
-    :class:`Settings`. Without ``SESSION_CORE_CLIENT`` the client is built
-    once per process for each distinct settings.
+    Raises ImproperlyConfigured when ``SESSION_CORE_SETTINGS`` is neither a
+    :class:`Settings` nor a function returning one, and the function's
+    ConfigError (naming the variable) when it raises one. Without
+    ``SESSION_CORE_CLIENT`` the client is built once per process for each
+    distinct settings.
     """
-    settings = getattr(django_settings, SETTINGS_NAME, None)
-    if not isinstance(settings, Settings):
-        raise ImproperlyConfigured(
-            f"{SETTINGS_NAME} must be a session_core.Settings when SESSION_ENGINE is 'session_core.django', "
-            f"built in settings.py with Settings.from_env or Settings.from_file; "
-            f"got {type(settings).__name__}"
-        )
+    settings = _settings()
     client = getattr(django_settings, CLIENT_NAME, None)
     if client is None:
         client = _client_for(settings)
     elif not isinstance(client, datastore.Client):
         raise ImproperlyConfigured(f"{CLIENT_NAME} must be a google.cloud.datastore.Client or unset")
     return settings, client
+
+
+def _settings() -> Settings:
+    value = getattr(django_settings, SETTINGS_NAME, None)
+    if callable(value):
+        value = _called(value)
+    if not isinstance(value, Settings):
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME} must be a session_core.Settings, or a function of no arguments that returns one "
+            f"(such as lambda: Settings.from_env(os.environ)), when SESSION_ENGINE is 'session_core.django'; "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _called(factory: Callable[[], object]) -> object:
+    """What ``SESSION_CORE_SETTINGS()`` returns: called once per process (a failure is not kept: it is raised again)."""
+    try:
+        return factory()
+    except ConfigError as exc:
+        exc.add_note(f"raised by {SETTINGS_NAME}(), called on the first use of a session")
+        raise
 
 
 @functools.lru_cache(maxsize=8)
@@ -413,4 +448,65 @@ def _unavailable(exc: StoreError) -> HttpResponse:
     return response
 
 
-__all__ = ["SessionMiddleware", "SessionMisuseError", "SessionStore", "configured"]
+# -- manage.py check --deploy ---------------------------------------------------------------
+
+
+class SessionCoreConfig(AppConfig):  # type: ignore[misc]  # Django ships no annotations
+    """``INSTALLED_APPS += ["session_core.django.SessionCoreConfig"]``: the engine's checks for ``check --deploy``.
+
+    No models, no migrations: it only registers the checks.
+    """
+
+    name = "session_core"
+    label = "session_core"
+    verbose_name = "session_core (Datastore sessions)"
+
+    def ready(self) -> None:
+        checks.register(check_deploy, checks.Tags.security, deploy=True)
+
+
+def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The engine's deployment checks (only while ``SESSION_ENGINE`` is this engine); no RPC."""
+    if getattr(django_settings, "SESSION_ENGINE", None) != __name__:
+        return []
+    try:
+        settings = _settings()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="session_core.E001")]
+    except ConfigError as exc:
+        hint = "The function builds the settings on the first use of a session: every request would fail."
+        return [checks.Error(f"{SETTINGS_NAME}() raised: {exc}", hint=hint, id="session_core.E002")]
+    found: list[checks.CheckMessage] = []
+    if not django_settings.SESSION_COOKIE_SECURE:
+        found.append(
+            checks.Warning(
+                "SESSION_COOKIE_SECURE is False: the session cookie also travels over plain HTTP.",
+                hint="Set SESSION_COOKIE_SECURE = True in settings.py (Django's default is False).",
+                id="session_core.W001",
+            )
+        )
+    path = getattr(django_settings, FUNCTIONS_SETTINGS_NAME, None)
+    if path is not None:
+        found.extend(_compare_with_functions(settings, path))
+    return found
+
+
+def _compare_with_functions(settings: Settings, path: Any) -> list[checks.CheckMessage]:
+    try:
+        functions = Settings.from_file(path, {"GOOGLE_CLOUD_PROJECT": settings.project})
+    except (ConfigError, TypeError) as exc:
+        return [checks.Error(f"{FUNCTIONS_SETTINGS_NAME}: {exc}", id="session_core.E003")]
+    if functions.life_time == settings.life_time:
+        return []
+    here, there = int(settings.life_time.total_seconds()), int(functions.life_time.total_seconds())
+    return [
+        checks.Error(
+            f"SESSION_LIFE_TIME is {here} s in {SETTINGS_NAME} but {there} s in the functions' settings ({path}).",
+            hint="The cleanup function reads sessions' idle time with its own SESSION_LIFE_TIME: give the app and "
+            "the functions one value (one settings file for both).",
+            id="session_core.E004",
+        )
+    ]
+
+
+__all__ = ["SessionCoreConfig", "SessionMiddleware", "SessionMisuseError", "SessionStore", "check_deploy", "configured"]
