@@ -29,9 +29,9 @@ Configuration lives in Django's settings, which is where a Django project
 reads its environment (this module never does): ``SESSION_CORE_SETTINGS`` (a
 :class:`Settings`, built there with ``Settings.from_env`` or
 ``Settings.from_file``, or a function of no arguments that returns one, such
-as ``lambda: Settings.from_env(os.environ)``: it is called once, on the first
-use of a session, so ``manage.py migrate`` or ``collectstatic`` need no
-Datastore settings) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
+as a ``lambda`` that calls ``Settings.from_env`` with ``os.environ``: it is
+called once, on the first use of a session, so ``manage.py migrate`` or
+``collectstatic`` need no Datastore settings) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
 client; by default one is built from the settings, once per process).
 
 With ``"session_core.django.SessionCoreConfig"`` in ``INSTALLED_APPS``,
@@ -118,7 +118,8 @@ def _settings() -> Settings:
     if not isinstance(value, Settings):
         raise ImproperlyConfigured(
             f"{SETTINGS_NAME} must be a session_core.Settings, or a function of no arguments that returns one "
-            f"(such as lambda: Settings.from_env(os.environ)), when SESSION_ENGINE is 'session_core.django'; "
+            f"(such as a lambda calling Settings.from_env with the environment), "
+            f"when SESSION_ENGINE is 'session_core.django'; "
             f"got {type(value).__name__}"
         )
     return value
