@@ -28,8 +28,21 @@ clear_expired), with these choices of ours:
 Configuration lives in Django's settings, which is where a Django project
 reads its environment (this module never does): ``SESSION_CORE_SETTINGS`` (a
 :class:`Settings`, built there with ``Settings.from_env`` or
-``Settings.from_file``) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
+``Settings.from_file``, or a function of no arguments that returns one, such
+as a ``lambda`` that calls ``Settings.from_env`` with ``os.environ``: it is
+called once, on the first use of a session, so ``manage.py migrate`` or
+``collectstatic`` need no Datastore settings) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
 client; by default one is built from the settings, once per process).
+
+With ``"session_core.django.SessionCoreConfig"`` in ``INSTALLED_APPS``,
+``manage.py check --deploy`` checks the engine: ``session_core.E001`` no
+usable ``SESSION_CORE_SETTINGS``; ``E002`` its function raised ConfigError;
+``W001`` ``SESSION_COOKIE_SECURE`` is False (Django's default: set it True so
+the cookie never travels over plain HTTP); and, when
+``SESSION_CORE_FUNCTIONS_SETTINGS`` names the settings file the functions are
+deployed with (``deploy.sh --settings FILE``), ``E003`` that file is not
+readable settings and ``E004`` its ``SESSION_LIFE_TIME`` differs from the
+app's (the cleanup would then delete sessions that are still alive).
 
 A store that does not answer within ``SESSION_REQUEST_TIMEOUT`` raises
 StoreError where the session is first used, and again at every later use in
@@ -46,28 +59,33 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 from asgiref.sync import sync_to_async
+from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import CreateError, SessionBase, UpdateError
+from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
+from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core import rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.errors import MisuseError, StoreError
+from session_core.errors import ConfigError, MisuseError, StoreError
 from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
-from session_core.store import SessionRecord
+from session_core.store import SessionRecord, rehome, within
 from session_core.store import SessionStore as RecordStore
 
 SETTINGS_NAME = "SESSION_CORE_SETTINGS"
+FUNCTIONS_SETTINGS_NAME = "SESSION_CORE_FUNCTIONS_SETTINGS"  # optional: the functions' settings file, for checks
 CLIENT_NAME = "SESSION_CORE_CLIENT"
 USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
 UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
@@ -78,23 +96,43 @@ log = structlog.get_logger("session_core.django")
 def configured() -> tuple[Settings, datastore.Client]:
     """The settings and client the engine uses now (read from Django's settings on each call).
 
-    Raises ImproperlyConfigured when ``SESSION_CORE_SETTINGS`` is not a
-    :class:`Settings`. Without ``SESSION_CORE_CLIENT`` the client is built
-    once per process for each distinct settings.
+    Raises ImproperlyConfigured when ``SESSION_CORE_SETTINGS`` is neither a
+    :class:`Settings` nor a function returning one, and the function's
+    ConfigError (naming the variable) when it raises one. Without
+    ``SESSION_CORE_CLIENT`` the client is built once per process for each
+    distinct settings.
     """
-    settings = getattr(django_settings, SETTINGS_NAME, None)
-    if not isinstance(settings, Settings):
-        raise ImproperlyConfigured(
-            f"{SETTINGS_NAME} must be a session_core.Settings when SESSION_ENGINE is 'session_core.django', "
-            f"built in settings.py with Settings.from_env or Settings.from_file; "
-            f"got {type(settings).__name__}"
-        )
+    settings = _settings()
     client = getattr(django_settings, CLIENT_NAME, None)
     if client is None:
         client = _client_for(settings)
     elif not isinstance(client, datastore.Client):
         raise ImproperlyConfigured(f"{CLIENT_NAME} must be a google.cloud.datastore.Client or unset")
     return settings, client
+
+
+def _settings() -> Settings:
+    value = getattr(django_settings, SETTINGS_NAME, None)
+    if callable(value):
+        value = _called(value)
+    if not isinstance(value, Settings):
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME} must be a session_core.Settings, or a function of no arguments that returns one "
+            f"(such as a lambda calling Settings.from_env with the environment), "
+            f"when SESSION_ENGINE is 'session_core.django'; "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _called(factory: Callable[[], object]) -> object:
+    """What ``SESSION_CORE_SETTINGS()`` returns: called once per process (a failure is not kept: it is raised again)."""
+    try:
+        return factory()
+    except ConfigError as exc:
+        exc.add_note(f"raised by {SETTINGS_NAME}(), called on the first use of a session")
+        raise
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,14 +145,16 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
     RPCs: constructing one costs none; the first use of a session whose
     cookie has our format, one lookup (none for any other cookie); ``save``,
-    ``create``, ``delete``, ``flush`` and ``cycle_key`` one commit each
-    (``cycle_key`` inserts the new key and deletes the old in the same
-    commit); a first save of a ViUR plain-named session under hashed
-    storage, a transaction that moves it and a commit that deletes the old
-    name (:meth:`session_core.store.SessionStore.move`). ``exists`` is one lookup.
+    ``create``, ``delete`` and ``flush`` one commit each; ``cycle_key`` of a
+    stored session a transaction (begin and commit) that updates the old
+    entity and inserts the new, then a commit that deletes the old; a first
+    save of a ViUR plain-named session under hashed storage, a transaction
+    that moves it and a commit that deletes the old name
+    (:meth:`session_core.store.SessionStore.move`). ``exists`` is one lookup.
     Concurrency: two requests holding the same session write last-wins, as
     with Django's database backend; a request never re-creates a session
-    deleted while it held it (``UpdateError``).
+    deleted while it held it (``UpdateError`` on save, ``SessionInterrupted``
+    from ``cycle_key``).
     """
 
     _session_key: str | None  # Django's property: only keys that pass _validate_session_key are kept
@@ -213,10 +253,23 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             self._stored_name = None
 
     def cycle_key(self) -> None:
-        """A new key for the same data: the new entity is inserted and the old deleted in one commit."""
+        """A new key for the same data, never a resurrection (``django.contrib.auth.login`` calls it).
+
+        A stored session moves: one transaction updates the old entity (as it
+        was) and inserts the new one, all or none, then a commit deletes the
+        old name (the move :class:`~session_core.session.Session` makes). If
+        the old entity is gone (killed, cleared, logged out meanwhile), nothing
+        is written, the session becomes empty and ``SessionInterrupted`` is
+        raised (Django answers it 400). A session never stored (or never
+        loaded: ``clear()`` empties it without loading it) is created under
+        a new key in one insert, which also deletes the old names.
+        """
         data = self._session
-        old = self.session_key
-        self._create(obsolete=_names(old) if old is not None else ())
+        old, stored = self.session_key, self._stored_name
+        if old is not None and stored is not None:
+            self._move(data, stored)
+        else:
+            self._create(obsolete=_names(old) if old is not None else ())
         self._session_cache = data
 
     async def acycle_key(self) -> None:
@@ -249,6 +302,42 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             self.modified = True
             return
         raise StoreError("insert", RuntimeError("no free session key after several attempts"))
+
+    def _move(self, data: dict[str, Any], stored: str) -> None:
+        """Re-home the session stored as ``stored`` under a new key; SessionInterrupted if it is gone."""
+        old = self.store.to_entity(self._record(stored, data))  # it keeps its own security key until deleted
+        self._security_key = None  # the new key gets a new security key, as in ViUR
+        seconds = self.settings.request_timeout.total_seconds()
+        for _ in range(_CREATE_ATTEMPTS):
+            self._session_key = self._get_new_session_key()
+            name = storage_name(self._session_key, self.settings)
+            new = self.store.to_entity(self._record(name, data))
+            try:
+                within(seconds, "move", functools.partial(rehome, self.store.client, [old], [new]))
+            except StoreError as exc:
+                if isinstance(exc.cause, gexc.AlreadyExists):
+                    continue  # the new name is taken (about 2^-250 likely): another key
+                if isinstance(exc.cause, gexc.NotFound):
+                    self._interrupted(dropped_fields=len(data))
+                raise
+            self.store.delete([stored])
+            self._stored_name = name
+            self.modified = True
+            return
+        raise StoreError("move", RuntimeError("no free session key after several attempts"))
+
+    def _interrupted(self, *, dropped_fields: int) -> None:
+        """The session was deleted meanwhile: forget it (the middleware then clears the cookie) and say so."""
+        self._session_key = None
+        self._stored_name = None
+        self._security_key = None
+        self._session_cache = {}
+        self.modified = False
+        log.warning("session_gone_on_cycle_key", kind=self.settings.kind, dropped_fields=dropped_fields)
+        raise SessionInterrupted(
+            "The request's session was deleted before the request completed (a logout or a kill in a "
+            "concurrent request): it was not re-created."
+        )
 
     def _insert(self, data: dict[str, Any], *, obsolete: Iterable[str]) -> None:
         key = self.session_key
@@ -360,4 +449,65 @@ def _unavailable(exc: StoreError) -> HttpResponse:
     return response
 
 
-__all__ = ["SessionMiddleware", "SessionMisuseError", "SessionStore", "configured"]
+# -- manage.py check --deploy ---------------------------------------------------------------
+
+
+class SessionCoreConfig(AppConfig):  # type: ignore[misc]  # Django ships no annotations
+    """``INSTALLED_APPS += ["session_core.django.SessionCoreConfig"]``: the engine's checks for ``check --deploy``.
+
+    No models, no migrations: it only registers the checks.
+    """
+
+    name = "session_core"
+    label = "session_core"
+    verbose_name = "session_core (Datastore sessions)"
+
+    def ready(self) -> None:
+        checks.register(check_deploy, checks.Tags.security, deploy=True)
+
+
+def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The engine's deployment checks (only while ``SESSION_ENGINE`` is this engine); no RPC."""
+    if getattr(django_settings, "SESSION_ENGINE", None) != __name__:
+        return []
+    try:
+        settings = _settings()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="session_core.E001")]
+    except ConfigError as exc:
+        hint = "The function builds the settings on the first use of a session: every request would fail."
+        return [checks.Error(f"{SETTINGS_NAME}() raised: {exc}", hint=hint, id="session_core.E002")]
+    found: list[checks.CheckMessage] = []
+    if not django_settings.SESSION_COOKIE_SECURE:
+        found.append(
+            checks.Warning(
+                "SESSION_COOKIE_SECURE is False: the session cookie also travels over plain HTTP.",
+                hint="Set SESSION_COOKIE_SECURE = True in settings.py (Django's default is False).",
+                id="session_core.W001",
+            )
+        )
+    path = getattr(django_settings, FUNCTIONS_SETTINGS_NAME, None)
+    if path is not None:
+        found.extend(_compare_with_functions(settings, path))
+    return found
+
+
+def _compare_with_functions(settings: Settings, path: Any) -> list[checks.CheckMessage]:
+    try:
+        functions = Settings.from_file(path, {"GOOGLE_CLOUD_PROJECT": settings.project})
+    except (ConfigError, TypeError) as exc:
+        return [checks.Error(f"{FUNCTIONS_SETTINGS_NAME}: {exc}", id="session_core.E003")]
+    if functions.life_time == settings.life_time:
+        return []
+    here, there = int(settings.life_time.total_seconds()), int(functions.life_time.total_seconds())
+    return [
+        checks.Error(
+            f"SESSION_LIFE_TIME is {here} s in {SETTINGS_NAME} but {there} s in the functions' settings ({path}).",
+            hint="The cleanup function reads sessions' idle time with its own SESSION_LIFE_TIME: give the app and "
+            "the functions one value (one settings file for both).",
+            id="session_core.E004",
+        )
+    ]
+
+
+__all__ = ["SessionCoreConfig", "SessionMiddleware", "SessionMisuseError", "SessionStore", "check_deploy", "configured"]

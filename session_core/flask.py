@@ -17,10 +17,17 @@ contract and its own tests), stored server-side in Datastore:
   cookie. On the server every session lives ``PERMANENT_SESSION_LIFETIME``
   idle, as with Flask-Session.
 - No ``SECRET_KEY`` is needed: nothing is signed, the store is server-side.
+- Flask's defaults send the cookie without Secure: set ``SESSION_COOKIE_SECURE
+  = True`` in production. On an app's first request a ``__Host-``/``__Secure-``
+  cookie name without it is a ConfigError, and a cookie without Secure outside
+  debug and testing logs one ``session_cookie_not_secure`` warning.
 - Flask-Login works out of the box, through its signals: ``login_user`` rotates
   the session key (keeping Flask-Login's own keys), sets the session's user and
   records the login; ``logout_user`` makes it a guest; a remember-me cookie
-  cannot log in a user killed since their last interactive login.
+  cannot log in a user killed since their last interactive login: that request
+  goes on as an anonymous one (public pages answer, ``login_required`` ones
+  answer as for anyone anonymous) and the cookie is deleted with the
+  ``REMEMBER_COOKIE_*`` attributes it was set with.
 - Misuse is a 400, never a 500: what ``flask.session`` raises is
   :class:`SessionMisuseError` (also werkzeug's ``BadRequest``), and any other
   MisuseError a view raises (a maintenance call's) is answered 400 with its
@@ -48,7 +55,7 @@ from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from session_core import logins
 from session_core.config import Settings
-from session_core.errors import MisuseError, StoreError
+from session_core.errors import ConfigError, MisuseError, StoreError
 from session_core.session import Saved, Session
 
 if TYPE_CHECKING:
@@ -98,12 +105,43 @@ class FlaskSession(Session, SessionMixin):
     """
 
     misuse_error = SessionMisuseError
+    # Flask-Login's remember-me cookie of this request, checked when the session loads (set by open_session).
+    _remember_cookie: str | None = None
+    remember_allowed: str | None = None  # the user a remember-me login may log in (checked on load)
+    remember_refused = False  # a killed user's remember-me cookie was refused: it is deleted on save
 
     def _ensure_loaded(self) -> None:
         try:
             super()._ensure_loaded()
+            if self._remember_cookie is not None:
+                cookie, self._remember_cookie = self._remember_cookie, None
+                self._check_remembered(cookie)
         except StoreError as exc:
+            self._unavailable = exc  # every later use raises again: never a fresh session, never a remembered user
             raise SessionUnavailable(retry_after=_retry_after(self.settings)) from exc
+
+    def _check_remembered(self, cookie: str) -> None:
+        """Refuse a remember-me cookie of a user killed since their last interactive login, before Flask-Login reads it.
+
+        Only when the session has no ``_user_id`` (Flask-Login reads the
+        cookie only then): one lookup of the kill records. Refused: the
+        request goes on as an anonymous one (``_remember = "clear"`` makes
+        Flask-Login skip the cookie, as it does itself when session
+        protection fails), and the cookie is deleted on save.
+        """
+        if self.peek("_user_id") is not None:
+            return
+        from flask_login.utils import decode_cookie  # the app uses Flask-Login: open_session saw its manager
+
+        user_id = decode_cookie(cookie)
+        if user_id is None:
+            return  # not signed with this app's key: Flask-Login ignores it too
+        if logins.remembered_login_allowed(self.store.client, self.settings, user_id):
+            self.remember_allowed = user_id
+            return
+        self.remember_refused = True
+        self["_remember"] = "clear"
+        log.info("remembered_login_refused", reason="killed since the last interactive login")
 
     @property
     def modified(self) -> bool:
@@ -155,6 +193,15 @@ class DatastoreSessionInterface(SessionInterface):
         _connect_flask_login()
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        """The request's session, loaded on first use.
+
+        On an app's first request, the cookie settings are checked: a
+        ``__Host-`` or ``__Secure-`` name without ``SESSION_COOKIE_SECURE``
+        (or a ``__Host-`` one with a domain or a path other than ``/``) is a
+        ConfigError, on that request and every later one until fixed; a
+        cookie without Secure outside debug and testing logs one warning.
+        """
+        self._check_cookie_settings(app)
         _answer_misuse_with_400(app)
         session = FlaskSession(
             self.client,
@@ -163,11 +210,37 @@ class DatastoreSessionInterface(SessionInterface):
             lifetime=app.permanent_session_lifetime,
         )
         session.defer_load(WerkzeugContext(request))
+        session._remember_cookie = _remember_cookie(app, request)
         return session
+
+    def _check_cookie_settings(self, app: Flask) -> None:
+        state = app.extensions.setdefault("session_core", {})
+        if state.get("cookie_checked"):
+            return
+        name, secure = self.get_cookie_name(app), self.get_cookie_secure(app)
+        lowered = name.lower()  # browsers match the prefixes case-insensitively
+        if lowered.startswith(("__host-", "__secure-")) and not secure:
+            raise ConfigError("SESSION_COOKIE_SECURE", f"True for a cookie named {name} (browsers drop it)", "False")
+        path, domain = self.get_cookie_path(app), self.get_cookie_domain(app)
+        if lowered.startswith("__host-") and (path != "/" or domain is not None):
+            raise ConfigError(
+                "SESSION_COOKIE_PATH",
+                f"'/' and no SESSION_COOKIE_DOMAIN for a cookie named {name} (browsers drop it otherwise)",
+                f"{path} with domain {domain}",
+            )
+        if not secure and not (app.debug or app.testing):
+            log.warning(
+                "session_cookie_not_secure",
+                name=name,
+                fix="set SESSION_COOKIE_SECURE = True (HTTPS only): without it the cookie also travels over plain HTTP",
+            )
+        state["cookie_checked"] = True
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         if not isinstance(session, FlaskSession):
             return
+        if session.remember_refused:
+            _clear_remember_cookie(app, session, response)
         name, domain, path = self.get_cookie_name(app), self.get_cookie_domain(app), self.get_cookie_path(app)
         secure, httponly = self.get_cookie_secure(app), self.get_cookie_httponly(app)
         partitioned, same_site = self.get_cookie_partitioned(app), self.get_cookie_samesite(app)
@@ -201,6 +274,45 @@ class DatastoreSessionInterface(SessionInterface):
         response.vary.add("Cookie")
 
 
+def _remember_cookie(app: Flask, request: Request) -> str | None:
+    """Flask-Login's remember-me cookie in this request, if the app uses Flask-Login."""
+    if getattr(app, "login_manager", None) is None:
+        return None
+    from flask_login.config import COOKIE_NAME
+
+    return request.cookies.get(app.config.get("REMEMBER_COOKIE_NAME", COOKIE_NAME))
+
+
+def _clear_remember_cookie(app: Flask, session: FlaskSession, response: Response) -> None:
+    """Delete a refused remember-me cookie with every attribute Flask-Login sets it with.
+
+    Flask-Login's own deletion names only the path and the domain; a browser
+    (or curl's jar) can then keep a Secure or SameSite=None cookie. Its header
+    is replaced by one that carries ``REMEMBER_COOKIE_SECURE``, ``_SAMESITE``,
+    ``_HTTPONLY``, ``_PATH`` and ``_DOMAIN``. Flask-Login's leftovers of the
+    refused login (``_fresh``, ``_id``) leave the session.
+    """
+    from flask_login import config as defaults
+
+    for key in ("_fresh", "_id"):
+        if session.peek("_user_id") is None and session.peek(key) is not None:
+            session.pop(key)
+    config = app.config
+    name = config.get("REMEMBER_COOKIE_NAME", defaults.COOKIE_NAME)
+    others = [value for value in response.headers.getlist("Set-Cookie") if not value.startswith(f"{name}=")]
+    response.headers.remove("Set-Cookie")
+    for value in others:
+        response.headers.add("Set-Cookie", value)
+    response.delete_cookie(
+        name,
+        path=config.get("REMEMBER_COOKIE_PATH", "/"),
+        domain=config.get("REMEMBER_COOKIE_DOMAIN"),
+        secure=config.get("REMEMBER_COOKIE_SECURE", defaults.COOKIE_SECURE),
+        httponly=config.get("REMEMBER_COOKIE_HTTPONLY", defaults.COOKIE_HTTPONLY),
+        samesite=config.get("REMEMBER_COOKIE_SAMESITE", defaults.COOKIE_SAMESITE),
+    )
+
+
 def _answer_misuse_with_400(app: Flask) -> None:
     """Make any MisuseError a view raises a 400, unless the app registered its own handler for it.
 
@@ -226,7 +338,8 @@ def _retry_after(settings: Settings) -> int:
 
 def _unavailable(response: Response, settings: Settings, exc: Exception) -> None:
     """Rewrite the response into a 503 (the save failed: the page must not claim it worked)."""
-    log.warning("session_unavailable", operation=getattr(exc.__cause__ or exc, "operation", "load"))
+    failed = exc if isinstance(exc, StoreError) else exc.__cause__  # SessionUnavailable wraps the load's
+    log.warning("session_unavailable", operation=failed.operation if isinstance(failed, StoreError) else "load")
     response.status_code = 503
     response.set_data(SessionUnavailable.description)
     response.mimetype = "text/plain"
@@ -288,11 +401,16 @@ def _on_remembered(app: Flask, user: Any, **extra: Any) -> None:
         return
     interface, session = ours
     user_id = str(user.get_id())
-    if logins.remembered_login_allowed(interface.client, interface.settings, user_id):
+    if session.remember_allowed == user_id or logins.remembered_login_allowed(
+        interface.client, interface.settings, user_id
+    ):
         _rotate_into(session, user)
         return
+    # Refused, though the check on load let it through (the session named a user the app's user_loader did not
+    # find): Flask-Login ignores what this receiver returns, so this request can only end unauthorized.
     for key in ("_user_id", "_fresh", "_id"):
         session.pop(key, None)
-    session["_remember"] = "clear"  # Flask-Login deletes its cookie on the way out
+    session["_remember"] = "clear"
+    session.remember_refused = True
     log.info("remembered_login_refused", reason="killed since the last interactive login")
     flask.abort(app.login_manager.unauthorized())  # type: ignore[attr-defined]

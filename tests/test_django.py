@@ -13,12 +13,19 @@ key format (Django's 8-character minimum does not make a key).
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.cookies import Morsel
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,15 +34,25 @@ from django.conf import settings as django_settings
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.test.utils import setup_test_environment, teardown_test_environment
 from google.cloud import datastore
 
-from session_core import MisuseError, Session, SessionDataError, Settings, StoreError, killSessionByUser, rules
+from session_core import (
+    ConfigError,
+    MisuseError,
+    Session,
+    SessionDataError,
+    Settings,
+    StoreError,
+    killSessionByUser,
+    rules,
+)
 from session_core.rules import GUEST_USER, hash_key, is_valid_key
 from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
-from tests.conftest import Ctx, RpcCounter, readme_python_blocks
+from tests.conftest import ROOT, Ctx, RpcCounter, readme_python_blocks
 from tests.django_site import configure
 
 configure()
@@ -225,7 +242,7 @@ def test_exists_delete_and_flush(client: datastore.Client, settings: Settings, r
     assert dict(session.items()) == {}
 
 
-def test_cycle_key_keeps_the_data_under_a_new_key_in_one_commit(
+def test_cycle_key_moves_the_data_to_a_new_key_in_one_transaction(
     client: datastore.Client, settings: Settings, rpcs: RpcCounter
 ) -> None:
     session = SessionStore()
@@ -236,7 +253,7 @@ def test_cycle_key_keeps_the_data_under_a_new_key_in_one_commit(
     loaded = SessionStore(old)  # Django's test_cycle_with_no_session_cache
     rpcs.reset()
     loaded.cycle_key()
-    assert dict(rpcs.calls) == {"lookup": 1, "commit": 1}
+    assert dict(rpcs.calls) == {"lookup": 1, "begin_transaction": 1, "commit": 2}  # a move, then the delete
     new = loaded.session_key
     assert new is not None and new != old
     assert dict(loaded.items()) == {"a": "c", "b": "d"}
@@ -445,6 +462,35 @@ def test_a_login_rotates_the_key_and_writes_the_user_id_to_the_indexed_user(
     assert before is not None and stored["static_security_key"] != before["static_security_key"]
     assert stored["data"]["visits"] == 1  # cycle_key keeps the data
     assert browser.get("/me/").content.decode() == alice.username
+
+
+def sessions_in(client: datastore.Client, settings: Settings) -> list[datastore.Entity]:
+    return list(client.query(kind=settings.kind, namespace=settings.namespace).fetch())
+
+
+def test_a_login_on_a_session_deleted_meanwhile_is_a_400_and_re_creates_nothing(
+    browser: Client, client: datastore.Client, settings: Settings
+) -> None:
+    """login()'s cycle_key is a move: with the old entity gone it writes nothing (Django's SessionInterrupted)."""
+    alice = user("alice")
+    browser.get("/visits/")
+    response = browser.post(f"/login-after-a-concurrent-delete/{alice.username}/")
+    assert response.status_code == 400
+    assert sessions_in(client, settings) == []  # neither the guest's data nor alice's login was written
+    assert response.cookies[COOKIE].value == "" and response.cookies[COOKIE]["max-age"] == 0
+    assert browser.get("/me/").content == b"anonymous"
+
+
+def test_a_password_change_racing_a_kill_is_a_400_and_never_brings_the_killed_session_back(
+    browser: Client, client: datastore.Client, settings: Settings
+) -> None:
+    """update_session_auth_hash's cycle_key after a kill: no session of the user under any key."""
+    alice = user("alice")
+    browser.post(f"/login/{alice.username}/")
+    response = browser.post("/password-after-a-kill/second-password/")
+    assert response.status_code == 400
+    assert [s for s in sessions_in(client, settings) if s["user"] == str(alice.pk)] == []
+    assert browser.get("/me/").content == b"anonymous"
 
 
 def test_a_new_sessions_id_is_known_in_the_login_request(browser: Client) -> None:
@@ -694,6 +740,113 @@ def test_without_session_core_settings_the_engine_says_how_to_configure_it() -> 
         pytest.raises(ImproperlyConfigured, match=r"Settings\.from_env"),
     ):
         SessionStore()
+
+
+def test_session_core_settings_may_be_a_function_called_once_on_the_first_session_use(
+    settings: Settings, client: datastore.Client
+) -> None:
+    calls: list[Settings] = []
+
+    def build() -> Settings:
+        calls.append(settings)
+        return settings
+
+    with override_settings(SESSION_CORE_SETTINGS=build):
+        browser = Client()
+        assert calls == []
+        assert [browser.get("/visits/").json() for _ in range(3)] == [{"visits": n} for n in (1, 2, 3)]
+    assert len(calls) == 1
+    assert entity(client, settings, cookie_of(browser)) is not None
+
+
+def test_a_settings_function_that_fails_is_its_config_error_on_the_first_session_use() -> None:
+    with (
+        override_settings(SESSION_CORE_SETTINGS=lambda: Settings.from_env({})),
+        pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT: expected the Google Cloud project id"),
+    ):
+        SessionStore()
+
+
+# -- manage.py check --deploy ----------------------------------------------------------------
+
+
+def deploy_check() -> tuple[set[str], str]:
+    """``manage.py check --deploy``: the ids of the engine's findings, and the whole report."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("check", deploy=True, stdout=out, stderr=err)
+    except SystemCheckError as exc:
+        report = str(exc)
+    else:
+        report = err.getvalue() + out.getvalue()
+    return set(re.findall(r"\((session_core\.[EW]\d{3})\)", report)), report
+
+
+@override_settings(SESSION_COOKIE_SECURE=True)
+def test_check_deploy_passes_a_configured_engine_with_a_secure_cookie() -> None:
+    assert deploy_check()[0] == set()
+
+
+def test_check_deploy_reports_a_session_cookie_without_secure() -> None:
+    ids, report = deploy_check()  # Django's default: SESSION_COOKIE_SECURE = False
+    assert ids == {"session_core.W001"}
+    assert "Set SESSION_COOKIE_SECURE = True" in report
+
+
+@pytest.mark.parametrize("value", [None, "not settings", lambda: 42])
+def test_check_deploy_reports_missing_session_core_settings(value: object) -> None:
+    with override_settings(SESSION_CORE_SETTINGS=value):
+        ids, report = deploy_check()
+    assert ids == {"session_core.E001"}
+    assert "SESSION_CORE_SETTINGS must be a session_core.Settings" in report
+
+
+def test_check_deploy_reports_a_settings_function_that_fails() -> None:
+    with override_settings(SESSION_CORE_SETTINGS=lambda: Settings.from_env({"SESSION_LIFE_TIME": "soon"})):
+        ids, report = deploy_check()
+    assert ids == {"session_core.E002"}
+    assert "SESSION_CORE_SETTINGS() raised: GOOGLE_CLOUD_PROJECT" in report
+
+
+@override_settings(SESSION_COOKIE_SECURE=True)
+def test_check_deploy_reports_a_life_time_that_differs_from_the_functions_settings_file(
+    settings: Settings, tmp_path: Path
+) -> None:
+    assert settings.life_time == timedelta(hours=1)
+    same, longer, broken = tmp_path / "same.json", tmp_path / "longer.json", tmp_path / "broken.json"
+    same.write_text(json.dumps({"GOOGLE_CLOUD_PROJECT": "p", "SESSION_LIFE_TIME": "3600"}))
+    longer.write_text(json.dumps({"GOOGLE_CLOUD_PROJECT": "p", "SESSION_LIFE_TIME": "86400"}))
+    broken.write_text(json.dumps({"SESSION_LIFE_TIME": 86400}))
+    with override_settings(SESSION_CORE_FUNCTIONS_SETTINGS=str(same)):
+        assert deploy_check()[0] == set()
+    with override_settings(SESSION_CORE_FUNCTIONS_SETTINGS=str(longer)):
+        ids, report = deploy_check()
+    assert ids == {"session_core.E004"}
+    assert (
+        f"SESSION_LIFE_TIME is 3600 s in SESSION_CORE_SETTINGS but 86400 s in the functions' settings ({longer})"
+        in (report)
+    )
+    with override_settings(SESSION_CORE_FUNCTIONS_SETTINGS=str(broken)):
+        ids, report = deploy_check()
+    assert ids == {"session_core.E003"} and "a flat JSON object whose values are all strings" in report
+
+
+def manage(*args: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py ARGS`` on the test project with its settings built on first use, and no Google Cloud variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DATASTORE_", "CLOUDSDK_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, "-m", "django", *args, "--settings=tests.django_site.deferred_settings"]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_management_commands_run_without_datastore_settings_when_they_are_built_on_first_use() -> None:
+    checked = manage("check")
+    assert (checked.returncode, checked.stdout.strip()) == (0, "System check identified no issues (0 silenced).")
+    planned = manage("migrate", "--plan")
+    assert planned.returncode == 0 and "Planned operations:" in planned.stdout
+    deploy = manage("check", "--deploy")
+    assert deploy.returncode == 1  # the misconfiguration is still an error where it matters
+    assert "(session_core.E002) SESSION_CORE_SETTINGS() raised: GOOGLE_CLOUD_PROJECT" in deploy.stderr
 
 
 # -- the README's Django section -------------------------------------------------------------

@@ -10,19 +10,25 @@ on purpose: no ``SECRET_KEY`` is needed (nothing is signed).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import flask
 import flask_login
+import grpc
 import pytest
+from flask.testing import FlaskClient
 from google.cloud import datastore
 from markupsafe import Markup
+from structlog.testing import capture_logs
 from werkzeug.http import parse_date
 
-from session_core import MisuseError, Settings, killSessionByUser, logout_everywhere_else
+from session_core import ConfigError, MisuseError, Settings, killSessionByUser, logout_everywhere_else
 from session_core.flask import DatastoreSessionInterface
 from session_core.rules import hash_key
 from tests.conftest import RpcCounter
+from tests.test_faults import Faults, InjectedError, faulty_client
 
 
 def stored(client: datastore.Client, settings: Settings, cookie: str | None) -> datastore.Entity | None:
@@ -136,7 +142,7 @@ def test_flask_config_drives_every_cookie_attribute(client: datastore.Client, se
     app = make_app(
         client,
         settings,
-        SESSION_COOKIE_NAME="__Host-sid",
+        SESSION_COOKIE_NAME="__Secure-sid",
         SESSION_COOKIE_DOMAIN=".example.com",
         SESSION_COOKIE_PATH="/shop",
         SESSION_COOKIE_HTTPONLY=False,
@@ -145,14 +151,49 @@ def test_flask_config_drives_every_cookie_attribute(client: datastore.Client, se
         SESSION_COOKIE_PARTITIONED=True,
     )
     browser = app.test_client()
-    header = cookie_header(browser.post("/cart/book", base_url="https://www.example.com"), "__Host-sid").lower()
+    header = cookie_header(browser.post("/cart/book", base_url="https://www.example.com"), "__Secure-sid").lower()
     for attribute in ("domain=example.com", "path=/shop", "secure", "samesite=strict", "partitioned"):
         assert attribute in header
     assert "httponly" not in header and "expires" not in header  # not permanent: a browser-session cookie
-    cleared = cookie_header(browser.post("/clear", base_url="https://www.example.com"), "__Host-sid").lower()
-    assert cleared.startswith("__host-sid=;") and "max-age=0" in cleared
+    cleared = cookie_header(browser.post("/clear", base_url="https://www.example.com"), "__Secure-sid").lower()
+    assert cleared.startswith("__secure-sid=;") and "max-age=0" in cleared
     for attribute in ("domain=example.com", "path=/shop", "secure", "samesite=strict", "partitioned"):
         assert attribute in cleared
+
+
+@pytest.mark.parametrize("name", ["__Host-sid", "__Secure-sid", "__secure-sid"])
+def test_a_prefixed_cookie_name_without_secure_is_a_config_error_on_the_first_request(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter, name: str
+) -> None:
+    """Browsers drop a __Host-/__Secure- cookie without Secure: every login would silently fail."""
+    app = make_app(client, settings, SESSION_COOKIE_NAME=name, TESTING=True)
+    with pytest.raises(ConfigError, match=f"SESSION_COOKIE_SECURE: expected True for a cookie named {name}"):
+        app.test_client().post("/cart/book")
+    assert rpcs.total == 0
+
+
+def test_a_host_cookie_with_a_domain_or_a_path_other_than_root_is_a_config_error(
+    client: datastore.Client, settings: Settings
+) -> None:
+    app = make_app(
+        client, settings, SESSION_COOKIE_NAME="__Host-sid", SESSION_COOKIE_SECURE=True, SESSION_COOKIE_PATH="/shop"
+    )
+    app.testing = True
+    with pytest.raises(ConfigError, match=r"SESSION_COOKIE_PATH: expected '/' and no SESSION_COOKIE_DOMAIN"):
+        app.test_client().post("/cart/book")
+
+
+def test_a_cookie_without_secure_outside_debug_and_testing_logs_one_warning(
+    client: datastore.Client, settings: Settings
+) -> None:
+    with capture_logs() as logs:
+        for config in ({}, {"TESTING": True}, {"DEBUG": True}, {"SESSION_COOKIE_SECURE": True}):
+            browser = make_app(client, settings, **config).test_client()
+            for _ in range(3):
+                assert browser.post("/cart/book").status_code == 200
+    warned = [line for line in logs if line["event"] == "session_cookie_not_secure"]
+    assert len(warned) == 1  # the app without Secure, in production mode; once, on its first request
+    assert warned[0]["log_level"] == "warning" and "SESSION_COOKIE_SECURE = True" in warned[0]["fix"]
 
 
 def test_the_cookie_path_falls_back_to_application_root(client: datastore.Client, settings: Settings) -> None:
@@ -272,10 +313,14 @@ class User(flask_login.UserMixin):
 
 @pytest.fixture
 def login_app(client: datastore.Client, settings: Settings) -> flask.Flask:
+    return make_login_app(client, settings)
+
+
+def make_login_app(client: datastore.Client, settings: Settings, **config: object) -> flask.Flask:
     settings_with_fields = Settings(
         **{**settings.__dict__, "persistent_fields_on_login": ("language",), "persistent_fields_on_logout": ()}
     )
-    app = make_app(client, settings_with_fields, SECRET_KEY="flask-login signs its remember cookie")
+    app = make_app(client, settings_with_fields, SECRET_KEY="flask-login signs its remember cookie", **config)
     manager = flask_login.LoginManager(app)
     manager.user_loader(User)
 
@@ -295,8 +340,14 @@ def login_app(client: datastore.Client, settings: Settings) -> flask.Flask:
         return ""
 
     @app.get("/me")
+    @app.get("/site/me")
     def me() -> str:
         return str(flask_login.current_user.get_id() or "anonymous")
+
+    @app.get("/site/private")
+    @flask_login.login_required
+    def private() -> str:
+        return f"private page of {flask_login.current_user.get_id()}"
 
     return app
 
@@ -356,7 +407,7 @@ def test_a_remember_me_cookie_cannot_undo_a_kill_until_the_next_interactive_logi
     assert rpcs.calls["lookup"] == 1
     killSessionByUser("alice", client=client, settings=settings)
     response = browser.get("/me")
-    assert response.status_code == 401  # refused; Flask-Login's unauthorized() answers (no login view here)
+    assert (response.status_code, response.text) == (200, "anonymous")  # refused: the request goes on anonymous
     assert browser.get_cookie("remember_token") is None  # and its cookie is gone
     assert browser.get("/me").text == "anonymous"
     browser.post("/sign-in/alice?remember=1")  # an interactive login
@@ -439,3 +490,68 @@ def test_an_app_can_restyle_misuse_with_its_own_handler(client: datastore.Client
         422,
         {"error": "only a logged-in session can log out its other sessions"},
     )
+
+
+SITE = "https://www.example.com"
+REMEMBER = {
+    "REMEMBER_COOKIE_SECURE": True,
+    "REMEMBER_COOKIE_SAMESITE": "None",
+    "REMEMBER_COOKIE_HTTPONLY": True,
+    "REMEMBER_COOKIE_PATH": "/site",
+    "REMEMBER_COOKIE_DOMAIN": "example.com",
+}
+
+
+def holding_only(app: flask.Flask, remember_token: str) -> FlaskClient:
+    """A browser that was closed: only Flask-Login's remember-me cookie is left."""
+    browser = app.test_client()
+    browser.set_cookie(
+        "remember_token", remember_token, domain="example.com", origin_only=False, path="/site", secure=True
+    )
+    return browser
+
+
+def test_a_refused_remember_me_cookie_leaves_an_anonymous_request_and_is_deleted_with_its_attributes(
+    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+) -> None:
+    app = make_login_app(client, settings, **REMEMBER)
+    signing_in = app.test_client()
+    signing_in.post("/sign-in/alice?remember=1", base_url=SITE)
+    token = signing_in.get_cookie("remember_token", domain="example.com", path="/site")
+    assert token is not None
+    assert holding_only(app, token.value).get("/site/me", base_url=SITE).text == "alice"  # remember-me works
+    killSessionByUser("alice", client=client, settings=settings)
+
+    public = holding_only(app, token.value).get("/site/me", base_url=SITE)
+    assert (public.status_code, public.text) == (200, "anonymous")  # a public page answers, as for anyone anonymous
+    deletion = cookie_header(public, "remember_token")  # one header: Flask-Login's path-and-domain-only one replaced
+    for attribute in ("Max-Age=0", "Path=/site", "Domain=example.com", "Secure", "HttpOnly", "SameSite=None"):
+        assert attribute in deletion.split("; ")
+
+    browser = holding_only(app, token.value)
+    private = browser.get("/site/private", base_url=SITE)
+    assert private.status_code == 401  # login_required answers as it does for anyone anonymous
+    assert "Max-Age=0" in cookie_header(private, "remember_token")
+    assert browser.get_cookie("remember_token", domain="example.com", path="/site") is None
+    rpcs.reset()
+    later = browser.get("/site/me", base_url=SITE)
+    assert (later.status_code, later.text) == (200, "anonymous") and "Set-Cookie" not in later.headers
+    assert rpcs.total == 0  # a normal anonymous request: no cookie left, nothing looked up
+
+
+class CommitsTimeOut(Faults):
+    """Every Commit times out (DEADLINE_EXCEEDED), at the client's gRPC boundary: lookups still answer."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.method.rsplit("/", 1)[-1] == "Commit":
+            return InjectedError(grpc.StatusCode.DEADLINE_EXCEEDED)
+        return continuation(details, request)
+
+
+def test_a_save_that_times_out_is_a_503_logged_with_the_saves_operation_not_load(settings: Settings) -> None:
+    quick = replace(settings, request_timeout=timedelta(seconds=1))
+    app = make_app(faulty_client(quick, CommitsTimeOut()), quick)
+    with capture_logs() as logs:
+        response = app.test_client().post("/cart/book")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert [line["operation"] for line in logs if line["event"] == "session_unavailable"] == ["insert"]

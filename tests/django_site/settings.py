@@ -7,6 +7,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",  # for manage.py clearsessions (its table stays empty)
+    "session_core.django.SessionCoreConfig",  # the engine's checks, for manage.py check --deploy
 ]
 MIDDLEWARE = [
     "session_core.django.SessionMiddleware",

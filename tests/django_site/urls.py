@@ -77,6 +77,26 @@ def change_password(request: HttpRequest, password: str) -> HttpResponse:
     return HttpResponse("changed")
 
 
+def login_after_a_concurrent_delete(request: HttpRequest, username: str) -> HttpResponse:
+    """Another request (a logout elsewhere, a cleanup) deletes this guest session between its load and the login."""
+    request.session.get("visits")
+    SessionStore(request.session.session_key).delete()
+    auth.login(request, User.objects.get(username=username))  # cycle_key
+    return HttpResponse("signed in")
+
+
+def change_password_after_a_kill(request: HttpRequest, password: str) -> HttpResponse:
+    """A kill of this user lands between the session's load and update_session_auth_hash's cycle_key."""
+    user = request.user
+    assert isinstance(user, User)
+    settings, client = configured()
+    killSessionByUser(str(user.pk), client=client, settings=settings)
+    user.set_password(password)
+    user.save()
+    auth.update_session_auth_hash(request, user)
+    return HttpResponse("changed")
+
+
 def login_showing_id(request: HttpRequest, username: str) -> JsonResponse:
     """Sign in, and show the new session's id in the same request."""
     auth.login(request, User.objects.get(username=username))
@@ -102,6 +122,8 @@ urlpatterns = [
     path("login/<str:username>/", login),
     path("logout/", logout),
     path("password/<str:password>/", change_password),
+    path("login-after-a-concurrent-delete/<str:username>/", login_after_a_concurrent_delete),
+    path("password-after-a-kill/<str:password>/", change_password_after_a_kill),
     path("login-showing-id/<str:username>/", login_showing_id),
     path("everywhere-else/", sign_out_everywhere_else),
 ]
