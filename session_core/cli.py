@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import structlog
 from google.cloud import datastore
@@ -151,10 +151,17 @@ class Console:
         self.stream.flush()
 
     def log_processor(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        """structlog processor: drop the library's per-step summaries; end the progress line before a log line."""
+        """structlog processor: drop the library's per-step summaries; end the progress line before a log line.
+
+        Text values are made :func:`printable`: on a terminal, log lines are
+        printed as they are, and one can carry stored data (an error's detail).
+        """
         if event.get("event") in STEP_EVENTS:
             raise structlog.DropEvent
         self.end_line()
+        for field_name, value in event.items():
+            if isinstance(value, str):
+                event[field_name] = printable(value)
         return event
 
 
@@ -209,7 +216,7 @@ def _clear_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # How many of the newest sessions a clear would delete it reads, to check that they have expired.
-CLEAR_CHECK_SESSIONS = 20
+CLEAR_CHECK_SESSIONS = 10
 
 
 def _check_clear(ctx: Context, now: float) -> None:
@@ -633,10 +640,17 @@ def _environment_help(names: Sequence[str]) -> str:
     return "\n".join(f"  {name:<{width}}  {ENVIRONMENT[name]}" for name in names)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit status 2) that says where the usage is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, printable(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: a sub-command per entry of :data:`COMMANDS`, each with its own help."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="session-core",
         formatter_class=formatter,
         description=(

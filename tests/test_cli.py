@@ -499,3 +499,22 @@ def test_an_unexpected_error_is_one_error_line_never_a_traceback(env: dict[str, 
     )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == ["error: DefaultCredentialsError: File /nonexistent/key.json was not found."]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["kill-user"], "session-core kill-user: error: one of the arguments user --guest --all is required"),
+        (["runs", "--limit", "many"], "session-core runs: error: argument --limit: invalid int value: 'many'"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_with_exit_status_2(cli: Run, argv: list[str], line: str) -> None:
+    done = cli(*argv)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"{line} (see session-core {argv[0]} --help)"]
+
+
+def test_a_log_line_on_a_terminal_shows_stored_control_characters_escaped() -> None:
+    console = Console(io.StringIO(), tty=True)
+    event = console.log_processor(None, "warning", {"event": "observer_failed", "detail": "agent\x1b]0;pwned\x07"})
+    assert event == {"event": "observer_failed", "detail": r"agent\x1b]0;pwned\x07"}
