@@ -4,9 +4,14 @@
 - ``kill_user_sessions``: CloudEvent, triggered by the kill-user Pub/Sub topic.
 - ``session_task``: HTTP, called by Cloud Tasks; runs one step of a chain.
 
-Settings are read when the instance starts (a bad one stops it, naming the
-variable); clients are built once, on first use. One table maps library
-errors to answers and log lines.
+Settings are read when the instance starts: a bad one stops it with exit
+status 1 and one JSON log line naming the variable. Clients are built once,
+on first use. One table maps library errors to answers and log lines.
+
+The Pub/Sub door (``kill_user_sessions``) acknowledges, with one log line,
+every event that can never succeed, even where functions-framework reads it
+before our code does: a body over :data:`MAX_EVENT_BYTES` (refused after
+reading at most that much), and one the cloudevents library cannot parse.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 import flask
 import functions_framework
 import structlog
+from cloudevents import exceptions as cloud_exceptions
 from cloudevents.http import CloudEvent
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from session_core import Settings, functions
 from session_core.errors import (
@@ -30,15 +37,21 @@ from session_core.errors import (
     DependencyUnavailableError,
     DispatchError,
     ForbiddenError,
+    PoisonMessageError,
     SessionCoreError,
     StoreError,
     UnauthenticatedError,
 )
 from session_core.logging import configure_logging
+from session_core.maintenance.messages import MAX_EVENT_BYTES
 
 configure_logging()  # before anything can log, so even the first line is structured and redacted
 log = structlog.get_logger("main")
-SETTINGS = Settings.from_env(os.environ)  # a bad setting stops the instance at start-up, naming the variable
+try:
+    SETTINGS = Settings.from_env(os.environ)
+except ConfigError as exc:  # a bad setting stops the instance at start-up: one line naming the variable
+    log.critical("settings_invalid", variable=exc.setting, error=str(exc))
+    raise SystemExit(1) from None
 
 # error type -> (status, log line suffix, public message; None: the error's own words)
 ANSWERS: dict[type[SessionCoreError], tuple[int, str, str | None]] = {  # the first that matches answers
@@ -80,19 +93,57 @@ def _http(name: str, request: flask.Request, call: Callable[[], dict[str, Any]])
     return flask.Response(json.dumps(body), status=status, mimetype="application/json")
 
 
-@functions_framework.errorhandler(RecursionError)  # type: ignore[untyped-decorator]
-def nested_too_deeply(error: RecursionError) -> tuple[str, int, dict[str, str]]:
-    """A body nested deeper than Python's stack, met before our code (functions-framework parses CloudEvents).
+def _unreadable(status: int, reason: str) -> tuple[str, int, dict[str, str]]:
+    """A body our code never saw (functions-framework reads CloudEvents first): one log line and an answer.
 
     The Pub/Sub door acknowledges it (a redelivery would fail the same way,
-    for ever); an HTTP door answers 400.
+    for ever); an HTTP door answers ``status``.
     """
     name = flask.current_app.name
     if name == "kill_user_sessions":
-        log.warning("kill_message_rejected", status=200, error="the event is nested too deeply")
+        log.warning("kill_message_rejected", status=200, error=f"the event {reason}")
         return "", 200, {}
-    log.warning(f"{name}_rejected", status=400, error="the body is nested too deeply")
-    return json.dumps({"error": "the body is nested too deeply"}), 400, {"Content-Type": "application/json"}
+    log.warning(f"{name}_rejected", status=status, error=f"the body {reason}")
+    return json.dumps({"error": f"the body {reason}"}), status, {"Content-Type": "application/json"}
+
+
+@functions_framework.errorhandler(RecursionError)  # type: ignore[untyped-decorator]
+def nested_too_deeply(error: RecursionError) -> tuple[str, int, dict[str, str]]:
+    """A body nested deeper than Python's stack."""
+    return _unreadable(400, "is nested too deeply")
+
+
+@functions_framework.errorhandler(cloud_exceptions.GenericException)  # type: ignore[untyped-decorator]
+def not_a_cloud_event(error: cloud_exceptions.GenericException) -> tuple[str, int, dict[str, str]]:
+    """A CloudEvent the cloudevents library cannot read (it wraps a RecursionError in DataUnmarshallerError)."""
+    nested = isinstance(error.__cause__ or error.__context__, RecursionError) or "RecursionError" in str(error)
+    return _unreadable(
+        400, "is nested too deeply" if nested else f"is not a readable CloudEvent ({type(error).__name__})"
+    )
+
+
+@functions_framework.errorhandler(RequestEntityTooLarge)  # type: ignore[untyped-decorator]
+def too_large(error: RequestEntityTooLarge) -> tuple[str, int, dict[str, str]]:
+    """A body over the Pub/Sub door's cap (:func:`_cap_event_bodies`), refused after reading at most the cap."""
+    return _unreadable(413, f"is over {MAX_EVENT_BYTES} bytes")
+
+
+def _cap_event_bodies() -> None:
+    """Cap what functions-framework reads of a CloudEvent at MAX_EVENT_BYTES, as the HTTP doors cap theirs.
+
+    functions-framework reads the whole body before calling the Pub/Sub door.
+    With Flask's ``MAX_CONTENT_LENGTH`` one byte over the cap, a larger
+    declared body is refused unread (``RequestEntityTooLarge``, answered by
+    :func:`too_large`), and of a chunked one werkzeug reads one byte more
+    than the cap and stops, so :func:`kill_user_sessions` sees that it is
+    over. The HTTP doors keep their own, smaller cap
+    (:func:`session_core.functions.read_body`) and their 413 answers.
+    """
+    if flask.has_app_context() and flask.current_app.name == "kill_user_sessions":  # functions-framework's app
+        flask.current_app.config["MAX_CONTENT_LENGTH"] = MAX_EVENT_BYTES + 1
+
+
+_cap_event_bodies()
 
 
 @functions_framework.http
@@ -111,9 +162,12 @@ def session_task(request: flask.Request) -> flask.Response:
 @functions_framework.cloud_event
 def kill_user_sessions(cloud_event: CloudEvent) -> None:
     """Pub/Sub: a poison message is logged and acknowledged; a failure is logged and raised, so Pub/Sub redelivers."""
-    status, body = _handle(
-        "kill_message",
-        lambda: functions.kill_user_sessions(runtime(), cloud_event.get_data(), str(cloud_event["id"])),
-    )
+
+    def kill() -> dict[str, Any]:
+        if len(flask.request.get_data()) > MAX_EVENT_BYTES:  # what functions-framework read (a chunked body)
+            raise PoisonMessageError(f"event larger than {MAX_EVENT_BYTES} bytes")
+        return functions.kill_user_sessions(runtime(), cloud_event.get_data(), str(cloud_event["id"]))
+
+    status, body = _handle("kill_message", kill)
     if status >= 500:
         raise RuntimeError(body["error"])

@@ -9,7 +9,10 @@ and the README say the same, and a new command is one more entry.
 What a run prints: on stderr, progress (one rewritten line on a terminal, log
 lines otherwise), then one summary line; on stdout, the result as one JSON
 document. Exit status: 0 done, 1 failed or nothing done (the summary says
-why), 2 a usage error, 130 interrupted.
+why), 2 a usage error, 130 interrupted. A failure is one ``error: ...`` line
+on stderr, never a traceback. What the sessions, runs and events hold (a user
+agent an app stored, say) is printed with its control characters escaped, so
+stored data cannot drive the operator's terminal.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from datetime import datetime
+from typing import Any, NoReturn, TextIO
 
 import structlog
 from google.cloud import datastore
+from google.cloud.datastore.query import PropertyFilter
 
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.errors import SessionCoreError
+from session_core.errors import ConfigError, SessionCoreError
 from session_core.logging import configure_logging
 from session_core.maintenance.cleanup import ClearResult, start_clear_sessions
 from session_core.maintenance.events import REASONS, pull_events, subscriber_for
@@ -38,8 +43,9 @@ from session_core.maintenance.kill import KillResult, end_user_session, killSess
 from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
 from session_core.maintenance.sweep import Progress
-from session_core.rules import GUEST_USER, iso_utc
+from session_core.rules import GUEST_USER, cutoff_for, iso_utc
 from session_core.session import registered_delete_observer
+from session_core.store import translated
 
 log = structlog.get_logger("session_core.cli")
 
@@ -69,6 +75,15 @@ STEP_EVENTS = frozenset({"clear_sessions", "kill_sessions", "rehash_sessions"})
 
 class UsageError(Exception):
     """The command line asks for something it cannot do as given (exit status 2)."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (controls, escapes, bidi marks) shown as ``repr`` does.
+
+    Everything the command prints on stderr passes through it: a stored user
+    agent of ``"\\x1b]0;pwned\\x07"`` is shown as those characters, not obeyed.
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 @dataclass(frozen=True)
@@ -126,20 +141,27 @@ class Console:
         if self._open:
             self.stream.write("\r\x1b[K")
             self._open = False
-        self.stream.write("".join(f"{line}\n" for line in [outcome.summary, *outcome.rows]))
+        self.stream.write("".join(f"{printable(line)}\n" for line in [outcome.summary, *outcome.rows]))
         self.stream.flush()
 
     def row(self, line: str) -> None:
         """A line printed as it happens (the events a tail receives), after any progress line."""
         self.end_line()
-        self.stream.write(f"{line}\n")
+        self.stream.write(f"{printable(line)}\n")
         self.stream.flush()
 
     def log_processor(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        """structlog processor: drop the library's per-step summaries; end the progress line before a log line."""
+        """structlog processor: drop the library's per-step summaries; end the progress line before a log line.
+
+        Text values are made :func:`printable`: on a terminal, log lines are
+        printed as they are, and one can carry stored data (an error's detail).
+        """
         if event.get("event") in STEP_EVENTS:
             raise structlog.DropEvent
         self.end_line()
+        for field_name, value in event.items():
+            if isinstance(value, str):
+                event[field_name] = printable(value)
         return event
 
 
@@ -193,8 +215,50 @@ def _clear_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
 
 
+# How many of the newest sessions a clear would delete it reads, to check that they have expired.
+CLEAR_CHECK_SESSIONS = 10
+
+
+def _check_clear(ctx: Context, now: float) -> None:
+    """ConfigError unless the newest sessions the clear would delete have expired by their own stored ``expires``.
+
+    The clear deletes by ``lastseen`` against this command's
+    ``SESSION_LIFE_TIME``; an app that stores sessions with a longer one
+    writes ``lastseen = expires - its life time``, so with this command's
+    shorter one its live sessions look expired. Every entity an app writes
+    has ``expires - lastseen`` = the app's life time, so the newest
+    candidates by ``lastseen`` are the ones that expire last: if the
+    :data:`CLEAR_CHECK_SESSIONS` newest have expired, so has every older one
+    written with the same setting. One query, whatever the number of
+    candidates. Entities without ``expires`` (ViUR's own) are judged by
+    ``lastseen`` alone, as ViUR does.
+    """
+    settings = ctx.settings
+    query = ctx.client.query(kind=settings.kind, namespace=settings.namespace)
+    query.add_filter(filter=PropertyFilter("lastseen", "<", cutoff_for(now, settings)))
+    query.order = ["-lastseen"]
+    with translated("query"):
+        newest = list(query.fetch(limit=CLEAR_CHECK_SESSIONS))
+    alive = [
+        (entity["expires"].timestamp(), float(entity["lastseen"]))
+        for entity in newest
+        if isinstance(entity.get("expires"), datetime) and entity["expires"].timestamp() > now
+    ]
+    if not alive:
+        return
+    expires, lastseen = max(alive)
+    raise ConfigError(
+        "SESSION_LIFE_TIME",
+        f"the life time the app stores sessions with (about {expires - lastseen:,.0f} s): {len(alive)} of the "
+        f"{len(newest)} newest sessions this clear would delete have not expired (one expires {iso_utc(expires)}), "
+        "so nothing was deleted",
+        f"{settings.life_time.total_seconds():,.0f} s",
+    )
+
+
 def _clear(args: argparse.Namespace, ctx: Context) -> Outcome:
     verb = "would delete" if args.dry_run else "deleted"
+    _check_clear(ctx, time.time())
     result: ClearResult = start_clear_sessions(
         ctx.client,
         ctx.settings,
@@ -238,12 +302,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
     user = None if args.all else GUEST_USER if args.guest or args.user == GUEST_USER else args.user
     if user in (None, GUEST_USER) and not args.yes:
         whom = "every session (every user's and every guest's)" if user is None else "every guest session"
-        if not ctx.interactive:
-            raise UsageError(
-                f"kill-user {'--all' if user is None else '--guest'} needs --yes when not run from a terminal"
-            )
-        answer = ctx.ask(f"This ends {whom} in {ctx.where()}.\nType 'yes' to go on: ")
-        if answer.strip().lower() not in ("y", "yes"):
+        if not _confirmed(ctx, f"kill-user {'--all' if user is None else '--guest'}", f"This ends {whom}"):
             return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
     before = _active(ctx, user)
     result: KillResult = killSessionByUser(
@@ -264,6 +323,14 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
     )
     return _with_counts(ctx, user, before, summary, result.to_json())
+
+
+def _confirmed(ctx: Context, command: str, what: str) -> bool:
+    """Whether a person typed yes to ``what`` (UsageError when no one can be asked: the command needs --yes)."""
+    if not ctx.interactive:
+        raise UsageError(f"{command} needs --yes when not run from a terminal")
+    answer = ctx.ask(f"{what} in {ctx.where()}.\nType 'yes' to go on: ")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _active(ctx: Context, user: str | None) -> int | None:
@@ -333,10 +400,14 @@ def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
 def _rehash_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delete", action="store_true", help="delete plain-key sessions instead of moving them")
     parser.add_argument("--dry-run", action="store_true", help="count the plain-key sessions; change nothing")
+    parser.add_argument("--yes", action="store_true", help="rehash --delete without asking")
 
 
 def _rehash(args: argparse.Namespace, ctx: Context) -> Outcome:
     verb = "found" if args.dry_run else "deleted" if args.delete else "moved"
+    question = "This deletes every plain-key session (their users sign in again)"
+    if args.delete and not args.dry_run and not args.yes and not _confirmed(ctx, "rehash --delete", question):
+        return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
     result: RehashResult = start_rehash(
         ctx.client, ctx.settings, delete=args.delete, dry_run=args.dry_run, progress=ctx.console.progress(verb)
     )
@@ -451,7 +522,9 @@ COMMANDS: tuple[Command, ...] = (
             "Delete every session past its own expiry plus SESSION_CLEAR_GRACE, in this process, under the same "
             "lease as the scheduled function: if a cleanup is running, this one is skipped. With --dry-run it only "
             'counts: the JSON then has "dry_run": true, "counted": N (what it would delete) and "deleted": 0. '
-            "The cutoff is printed as ISO 8601 UTC beside its epoch value. Running it again is always safe."
+            "The cutoff is printed as ISO 8601 UTC beside its epoch value. Running it again is always safe. It first "
+            "reads the newest sessions it would delete and refuses, deleting nothing, if one of them has not expired "
+            "by its own stored expiry: SESSION_LIFE_TIME here is shorter than the app's."
         ),
         environment=(
             "SESSION_LIFE_TIME",
@@ -550,8 +623,9 @@ COMMANDS: tuple[Command, ...] = (
             "A session stored under ViUR's plain cookie name is a live credential in any export or backup until "
             "its next save moves it. This moves every one of them now, each batch the way a saving request does "
             "(no user is logged out, no deleted session comes back); --delete deletes them instead (their users "
-            "sign in again); --dry-run only counts them. Runs only with SESSION_KEY_STORAGE=hashed, once every "
-            "app instance reads hashed names. Paced like cleanup; running it again is safe."
+            "sign in again) and asks for confirmation on a terminal, --yes otherwise; --dry-run only counts them. "
+            "Runs only with SESSION_KEY_STORAGE=hashed, once every app instance reads hashed names. Paced like "
+            "cleanup; running it again is safe."
         ),
         environment=("SESSION_KEY_STORAGE", "SESSION_BATCH_SIZE", "SESSION_PAGE_SIZE", "SESSION_RAMPUP"),
         examples=("session-core rehash --dry-run", "SESSION_KEY_STORAGE=hashed session-core rehash"),
@@ -566,10 +640,17 @@ def _environment_help(names: Sequence[str]) -> str:
     return "\n".join(f"  {name:<{width}}  {ENVIRONMENT[name]}" for name in names)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit status 2) that says where the usage is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, printable(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: a sub-command per entry of :data:`COMMANDS`, each with its own help."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="session-core",
         formatter_class=formatter,
         description=(
@@ -605,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Run one command; returns the exit status (see the module docstring)."""
+    """Run one command; returns the exit status (see the module docstring). An error is one line, never a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(sys.stderr, tty=sys.stderr.isatty())
@@ -618,10 +699,14 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         outcome: Outcome = args.run(args, ctx)
     except UsageError as exc:
         console.end_line()
-        parser.exit(2, f"session-core {args.command}: error: {exc}\n")
+        parser.exit(2, printable(f"session-core {args.command}: error: {exc}") + "\n")
     except (SessionCoreError, ValueError) as exc:
         console.end_line()
-        print(f"error: {exc}", file=sys.stderr)
+        print(printable(f"error: {exc}"), file=sys.stderr)
+        return 1
+    except Exception as exc:  # what no command expects (a library's own error) still ends as one line
+        console.end_line()
+        print(printable(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         console.end_line()

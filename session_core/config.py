@@ -9,6 +9,7 @@ Nothing else in the library reads the environment.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -37,6 +38,9 @@ _QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
 # A Pub/Sub topic id (3-255 characters, starting with a letter, not "goog"), bare or as projects/P/topics/T.
 _TOPIC_ID = r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
 _TOPIC = re.compile(rf"(?:projects/[a-z][a-z0-9\-:.]*[a-z0-9]/topics/)?{_TOPIC_ID}")
+# What publishing lifecycle events needs, and how to get it.
+EVENTS_MODULE = "google.pubsub_v1"
+EVENTS_EXTRA = "pip install 'session-core[events]'"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -298,6 +302,12 @@ def _validate(settings: Settings) -> None:
             "a Pub/Sub topic id (3-255 letters, digits and -_.~+%, starting with a letter) or projects/P/topics/T",
             settings.events_topic,
         )
+    if settings.events_topic is not None and not events_installed():
+        raise ConfigError(
+            "events_topic",
+            f"unset, or google-cloud-pubsub installed to publish to the topic: {EVENTS_EXTRA}",
+            settings.events_topic,
+        )
     if settings.task_auth == "none" and settings.emulator_host is None:
         raise ConfigError(
             "task_auth", "'oidc' (the default): 'none' opens session_task and is only for an emulator", "none"
@@ -307,3 +317,11 @@ def _validate(settings: Settings) -> None:
             "tasks_service_account",
             "the email whose tokens session_task accepts (a task audience is set)",
         )
+
+
+def events_installed() -> bool:
+    """Whether google-cloud-pubsub (the ``events`` extra) can be imported: found without importing it."""
+    try:
+        return importlib.util.find_spec(EVENTS_MODULE) is not None
+    except (ImportError, ValueError):  # a parent package that cannot be imported, or one hidden in sys.modules
+        return False

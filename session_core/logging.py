@@ -36,9 +36,11 @@ SECRET_FIELDS = frozenset(
 REDACTED = "[redacted]"
 
 
-# Anything shaped like a session cookie (42 alphanumerics) or a hashed session
-# key (64 hex digits), wherever it appears: Datastore error messages name keys.
-SECRET_VALUES = re.compile(r"(?<![A-Za-z0-9])(?:[A-Za-z0-9]{42}|[0-9a-f]{64})(?![A-Za-z0-9])")
+# Anything that can hold a session cookie (42 alphanumerics) or a hashed session
+# key (64 hex digits), wherever it appears (Datastore error messages name keys):
+# every run of 42 or more letters and digits, whole, so a key glued to letters
+# (``sid<key>``) or to an escape (``%3D<key>``, a URL-encoded ``=<key>``) goes too.
+SECRET_VALUES = re.compile(r"[A-Za-z0-9]{42,}")
 
 
 class Redact:

@@ -282,3 +282,74 @@ def test_generated_clear_requests_get_clear_errors_and_delete_nothing(
     request()
     assert sum(statuses.values()) >= 200 and set(statuses) <= {400, 405, 413}
     assert remaining(client, settings) == before
+
+
+# -- CloudEvents the kill door never gets to parse ------------------------------------------------
+
+BINARY_EVENT = {  # a binary-mode CloudEvent: attributes in headers, the Pub/Sub envelope as the body
+    "ce-specversion": "1.0",
+    "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+    "ce-source": "//pubsub.googleapis.com/projects/session-core-test/topics/kill-user",
+    "ce-id": "m-deep",
+    "Content-Type": "application/json",
+}
+
+
+def rejected_lines(err: str) -> list[dict[str, Any]]:
+    """Every line on stderr, as JSON (a line that is not JSON, such as a traceback's, fails the test)."""
+    return [json.loads(line) for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("deep", [b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 5000], ids=["objects", "lists"])
+def test_a_binary_cloudevent_nested_5000_deep_is_acknowledged_with_one_json_line(
+    function: FunctionClient,
+    client: datastore.Client,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    deep: bytes,
+) -> None:
+    users = seed_users(client, settings, {"alice": 3})
+    kill = function("kill_user_sessions")
+    capsys.readouterr()
+    response = kill.post("/", data=deep, headers=BINARY_EVENT)
+    assert response.status_code == 200  # acknowledged: a redelivery would fail the same way, for ever
+    [line] = rejected_lines(capsys.readouterr().err)
+    assert (line["event"], line["severity"], line["error"]) == (
+        "kill_message_rejected",
+        "WARNING",
+        "the event is nested too deeply",
+    )
+    assert remaining(client, settings) == users["alice"]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_30_mb_cloudevent_is_acknowledged_reading_at_most_64_kib(
+    function: FunctionClient,
+    client: datastore.Client,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    declared: bool,
+) -> None:
+    from tests.test_hardening import CountingStream
+
+    users = seed_users(client, settings, {"alice": 3})
+    kill = function("kill_user_sessions")
+    capsys.readouterr()
+    body = CountingStream(30 * 1024 * 1024)
+    chunked = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+    response = kill.post("/", input_stream=body, headers=BINARY_EVENT, environ_overrides={} if declared else chunked)
+    assert response.status_code == 200  # acknowledged: it can never be a kill message
+    assert body.read_bytes <= (0 if declared else 64 * 1024 + 1)  # the cap, and one byte to see it is over
+    [line] = rejected_lines(capsys.readouterr().err)
+    assert line["event"] == "kill_message_rejected" and "65536 bytes" in line["error"]
+    assert remaining(client, settings) == users["alice"]
+
+
+def test_a_kill_message_in_a_binary_cloudevent_under_the_cap_still_kills(
+    function: FunctionClient, client: datastore.Client, settings: Settings
+) -> None:
+    users = seed_users(client, settings, {"alice": 3, "bob": 2})
+    envelope = {"message": {"data": base64.b64encode(b'{"user": "alice"}').decode(), "messageId": "m-ok"}}
+    response = function("kill_user_sessions").post("/", data=json.dumps(envelope), headers=BINARY_EVENT)
+    assert response.status_code == 200
+    assert remaining(client, settings) == users["bob"]

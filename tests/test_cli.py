@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,128 @@ def test_the_help_names_every_command_where_the_sessions_are_and_what_is_printed
     assert all(f"    {command.name} " in done.stdout for command in COMMANDS)
     assert all(name in done.stdout for name in WHERE) and set(WHERE) <= set(VARIABLES.values())
     assert "one summary line on stderr; the result as JSON on stdout" in done.stdout
+
+
+# -- issue 21: what the operator's CLI deletes, prints and fails with ---------------------------------
+
+
+def test_rehash_delete_needs_yes_when_no_one_can_be_asked(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    plain = SessionStore(client, dataclasses.replace(settings, key_storage="plain"))
+    cookies = {new_key() for _ in range(5)}
+    client.put_multi([plain.to_entity(SessionRecord(c, {}, "alice", "k" * 13, time.time())) for c in cookies])
+    refused = cli("rehash", "--delete", SESSION_KEY_STORAGE="hashed")  # stdin is not a terminal
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert (
+        refused.stderr.strip() == "session-core rehash: error: rehash --delete needs --yes when not run from a terminal"
+    )
+    assert remaining(client, settings) == cookies  # 5 of 5 kept
+    assert cli("rehash", "--delete", "--dry-run", SESSION_KEY_STORAGE="hashed").returncode == 0  # counts: no --yes
+    done = cli("rehash", "--delete", "--yes", SESSION_KEY_STORAGE="hashed")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["handled"] == 5 and remaining(client, settings) == set()
+
+
+def test_on_a_terminal_rehash_delete_asks_first_and_a_no_deletes_nothing(
+    env: dict[str, str], client: datastore.Client, settings: Settings
+) -> None:
+    plain = SessionStore(client, dataclasses.replace(settings, key_storage="plain"))
+    cookies = {new_key() for _ in range(5)}
+    client.put_multi([plain.to_entity(SessionRecord(c, {}, "alice", "k" * 13, time.time())) for c in cookies])
+    status, out, shown = in_a_terminal(["rehash", "--delete"], {**env, "SESSION_KEY_STORAGE": "hashed"}, answer="no")
+    assert status == 1 and json.loads(out) == {"confirmed": False, "deleted": 0}
+    assert "This deletes every plain-key session (their users sign in again) in the emulator at" in shown
+    assert remaining(client, settings) == cookies
+
+
+def test_clear_refuses_when_a_session_it_would_delete_has_not_expired_by_its_stored_expiry(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    """The app stores sessions for a day; the operator forgot SESSION_LIFE_TIME (one hour by default)."""
+    app = SessionStore(client, dataclasses.replace(settings, life_time=timedelta(days=1)))
+    now = time.time()
+    seen_2h_ago = {hash_key(new_key()) for _ in range(4)}
+    dead = {hash_key(new_key()) for _ in range(6)}
+    client.put_multi(
+        [app.to_entity(SessionRecord(name, {}, "alice", "k" * 13, now - 7200)) for name in seen_2h_ago]
+        + [app.to_entity(SessionRecord(name, {}, GUEST_USER, "k" * 13, now - 3 * 86400)) for name in dead]
+    )
+    for argv in (["clear"], ["clear", "--dry-run"]):
+        refused = cli(*argv)
+        assert refused.returncode == 1 and refused.stdout == ""
+        [line] = refused.stderr.splitlines()  # one line, no traceback, no progress
+        assert line.startswith("error: SESSION_LIFE_TIME: expected the life time the app stores sessions with")
+        assert "(about 86,400 s): 4 of the 10 newest sessions this clear would delete have not expired" in line
+        assert line.endswith("so nothing was deleted; got '3,600 s'")
+        assert remaining(client, settings) == seen_2h_ago | dead  # 4 live sessions kept, and every other one
+    done = cli("clear", SESSION_LIFE_TIME="86400")  # the app's life time: only the dead go
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["deleted"] == 6 and remaining(client, settings) == seen_2h_ago
+
+
+def test_sessions_prints_what_an_app_stored_with_its_control_characters_escaped(
+    cli: Run, client: datastore.Client, settings: Settings
+) -> None:
+    agent = "Mozilla/5.0\x1b]0;pwned\x07\x1b[2J\x1b[31m\x9b1;1H\u202eevil\x1b[0m"  # title, clear, colour, CSI, bidi
+    store = SessionStore(client, settings)
+    record = SessionRecord(hash_key(new_key()), {"user_agent": agent, "ip": "10.0.0.1\x1b[8m"}, "mallory", "k" * 13, 0)
+    client.put(store.to_entity(dataclasses.replace(record, seen=time.time())))
+    listed = cli("sessions", "mallory")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["sessions"][0]["user_agent"] == agent  # the data, exactly, as JSON escapes it
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f\u202e]", listed.stderr.replace("\n", ""))
+    row = listed.stderr.splitlines()[1]
+    assert row.endswith(r"10.0.0.1\x1b[8m  Mozilla/5.0\x1b]0;pwned\x07\x1b[2J\x1b[31m\x9b1;1H\u202eevil\x1b[0m")
+
+
+def test_without_the_events_extra_a_topic_is_one_error_line_and_nothing_is_deleted(
+    cli: Run, client: datastore.Client, settings: Settings, env: dict[str, str]
+) -> None:
+    users = seed_users(client, settings, {"alice": 3})
+    hidden = "import sys; sys.modules['google.pubsub_v1'] = None; from session_core.cli import main; sys.exit(main())"
+    for argv, extra in (
+        (["kill-user", "alice"], {"SESSION_EVENTS_TOPIC": "session-events"}),
+        (["end", "alice", "0" * 64], {"SESSION_EVENTS_TOPIC": "session-events"}),
+        (["events", "session-events-tail"], {}),  # tailing needs the extra too, topic or not
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", hidden, *argv], env={**env, **extra}, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 1 and done.stdout == ""
+        [line] = done.stderr.splitlines()
+        assert line.startswith("error: ") and "pip install 'session-core[events]'" in line
+    assert remaining(client, settings) == users["alice"]
+
+
+def test_an_unexpected_error_is_one_error_line_never_a_traceback(env: dict[str, str]) -> None:
+    """google-auth's own error (no credentials for Pub/Sub) is no error of ours: still one line, exit 1."""
+    without = {k: v for k, v in env.items() if k != "PUBSUB_EMULATOR_HOST"}
+    done = subprocess.run(
+        [sys.executable, "-m", "session_core", "events", "session-events-tail"],
+        env={**without, "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/key.json"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == ["error: DefaultCredentialsError: File /nonexistent/key.json was not found."]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["kill-user"], "session-core kill-user: error: one of the arguments user --guest --all is required"),
+        (["runs", "--limit", "many"], "session-core runs: error: argument --limit: invalid int value: 'many'"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_with_exit_status_2(cli: Run, argv: list[str], line: str) -> None:
+    done = cli(*argv)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"{line} (see session-core {argv[0]} --help)"]
+
+
+def test_a_log_line_on_a_terminal_shows_stored_control_characters_escaped() -> None:
+    console = Console(io.StringIO(), tty=True)
+    event = console.log_processor(None, "warning", {"event": "observer_failed", "detail": "agent\x1b]0;pwned\x07"})
+    assert event == {"event": "observer_failed", "detail": r"agent\x1b]0;pwned\x07"}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +176,58 @@ def test_the_cookie_path_and_domain_are_read_and_checked() -> None:
         Settings(cookie_path="shop")
     with pytest.raises(ConfigError, match=r"^cookie_domain: "):
         Settings(cookie_domain="example.com; Secure")
+
+
+# -- SESSION_EVENTS_TOPIC needs the events extra -----------------------------------------------------
+
+TOPIC_ENV = {**EMULATOR, "SESSION_EVENTS_TOPIC": "session-events"}
+EXTRA = "pip install 'session-core[events]'"
+
+
+@pytest.fixture
+def without_the_events_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-cloud-pubsub cannot be imported, as in a ``[flask]`` install."""
+    monkeypatch.setitem(sys.modules, "google.pubsub_v1", None)
+
+
+@pytest.mark.usefixtures("without_the_events_extra")
+def test_a_topic_without_the_events_extra_is_a_config_error_naming_the_extra(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as from_env:
+        Settings.from_env(TOPIC_ENV)
+    assert from_env.value.setting == "SESSION_EVENTS_TOPIC" and EXTRA in str(from_env.value)
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"SESSION_EVENTS_TOPIC": "session-events"}))
+    with pytest.raises(ConfigError, match=re.escape(EXTRA)):
+        Settings.from_file(settings_file, EMULATOR)
+    with pytest.raises(ConfigError, match=re.escape(EXTRA)) as in_code:
+        Settings(events_topic="session-events")
+    assert in_code.value.setting == "events_topic"
+    assert Settings.from_env(EMULATOR).events_topic is None  # without a topic nothing needs the extra
+
+
+@pytest.mark.usefixtures("without_the_events_extra")
+@pytest.mark.parametrize(
+    ("section", "block"),
+    [
+        ("### Flask", 0),
+        ("### Any WSGI framework", 0),
+        ("### Starlette and FastAPI", 0),
+        ("### Starlette and FastAPI", 1),
+        ("### Django", 0),
+    ],
+    ids=["flask", "wsgi", "starlette", "fastapi", "django-settings"],
+)
+def test_each_adapters_start_up_in_the_readme_refuses_a_topic_without_the_extra(
+    section: str, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's start-up code of each adapter stops at its first line of settings, before serving anything."""
+    from tests.conftest import readme_python_blocks
+
+    for name, value in {**TOPIC_ENV, "GOOGLE_CLOUD_PROJECT": "shop"}.items():
+        monkeypatch.setenv(name, value)
+    code = readme_python_blocks(section)[block]
+    namespace: dict[str, Any] = {"__name__": "readme_app"}
+    with pytest.raises(ConfigError) as refused:
+        exec(code, namespace)
+    assert refused.value.setting == "SESSION_EVENTS_TOPIC" and EXTRA in str(refused.value)
+    assert not {"app", "SESSION_CORE_SETTINGS"} & set(namespace)  # nothing is built with such settings

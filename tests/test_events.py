@@ -269,3 +269,32 @@ def test_sharded_cleanup_steps_run_by_cloud_tasks_publish_every_expired_session(
     published = {(s["session_id"], s["user"]) for event in events for s in event["sessions"]}  # a retry may repeat
     assert published == {(session_id, seeded.users[session_id]) for session_id in expired}
     assert {(e["reason"], e["run_id"]) for e in events} == {("expired", response.get_json()["run_id"])}
+
+
+@pytest.mark.parametrize("failure", ["import", "credentials"])
+def test_a_publisher_that_cannot_be_imported_or_built_never_fails_a_delete(
+    client: datastore.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The client is built on the first publish, inside it: every failure there is a lost event, logged."""
+    from session_core.maintenance import events
+
+    with_events = replace(settings, events_topic="session-events")  # Pub/Sub itself: no emulator
+    monkeypatch.setattr(events, "_PUBLISHERS", {})  # no publisher of an earlier test
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    if failure == "import":
+        monkeypatch.setitem(sys.modules, "google.pubsub_v1", None)  # google-cloud-pubsub cannot be imported
+    else:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")  # no client can be built
+    seeded = Seeded(client, with_events)
+    seeded.add("alice", 5, time.time())
+    bob = seeded.add("bob", 2, time.time())
+    seeded.add(GUEST_USER, 4, time.time() - 86400)
+    phone = sorted(bob)[0]
+    with capture_logs() as logs:
+        assert killSessionByUser("alice", client=client, settings=with_events).deleted == 5
+        assert end_user_session(client, with_events, "bob", phone)
+        assert start_clear_sessions(client, with_events).deleted == 4
+    assert len(remaining(client, settings)) == 1  # bob's other device: every delete happened
+    lost = [line for line in logs if line["event"] == "session_events_lost"]
+    assert [(line["reason"], line["sessions"]) for line in lost] == [("killed", 5), ("ended", 1), ("expired", 4)]
+    assert not [line for line in logs if line["log_level"] == "error" and line["event"] != "session_events_lost"]

@@ -102,8 +102,10 @@ def test_the_opt_out_is_accepted_only_next_to_an_emulator_and_warns_on_every_ste
     import sys
 
     sys.modules.pop("main", None)
-    with pytest.raises(ConfigError, match="SESSION_TASK_AUTH"):  # the instance does not start
+    with pytest.raises(SystemExit) as stopped:  # the instance does not start: exit status 1, one line naming it
         create_app("session_task", str(ROOT / "main.py"))
+    assert stopped.value.code == 1
+    assert json.loads(capsys.readouterr().err)["variable"] == "SESSION_TASK_AUTH"
 
 
 # -- 2. a step must belong to a run our own code started ----------------------------------------

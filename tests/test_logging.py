@@ -79,3 +79,16 @@ def test_a_secret_inside_a_rendered_exception_message_is_redacted(capsys: pytest
         structlog.get_logger("app").exception("lookup_failed")
     written = capsys.readouterr().err
     assert cookie not in written and REDACTED in written
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["sid{}", "{}sid", "cookie=sid{};", "%3D{}", "%3d{}%3B", "viur_cookie%3D{}", "x{}y"],
+)
+def test_a_key_glued_to_letters_or_url_encoded_is_redacted(shape: str) -> None:
+    cookie = new_key()
+    for secret in (cookie, hash_key(cookie)):
+        event = Redact()(None, "warning", {"event": "x", "error": f"refused {shape.format(secret)} at /login"})
+        assert secret not in event["error"] and secret[:20] not in event["error"]
+        assert event["error"].startswith("refused ") and event["error"].endswith(" at /login")
+        assert REDACTED in event["error"]

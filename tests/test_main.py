@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -266,3 +269,47 @@ def test_a_cloud_tasks_outage_is_not_reported_as_a_datastore_one(
     assert len(failed) == 1 and failed[0]["error"].startswith("cloud tasks create_task failed")
     lease = settings_key(client, settings, LEASE_KIND, LEASE_NAME)
     assert client.get(lease) is None  # released: the scheduler's retry is not blocked by it
+
+
+# -- start-up -------------------------------------------------------------------------------------
+
+
+def start(*argv: str, hide_events_extra: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    """Start a door as Cloud Functions does (``functions-framework --target``), settings in the environment.
+
+    With ``hide_events_extra``, google-cloud-pubsub cannot be imported (a ``[flask]`` install, say).
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SESSION_") and k != "DATASTORE_EMULATOR_HOST"}
+    hide = "import sys; sys.modules['google.pubsub_v1'] = None; " if hide_events_extra else ""
+    code = f"{hide}import sys; from functions_framework._cli import _cli; sys.exit(_cli())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv, "--source", str(MAIN), "--port", "0"],
+        env={**base, "GOOGLE_CLOUD_PROJECT": "session-core-test", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=MAIN.parent,
+    )
+
+
+@pytest.mark.parametrize("target", ["clear_sessions", "kill_user_sessions", "session_task"])
+def test_a_bad_setting_stops_a_door_at_start_up_with_one_json_line_naming_it(target: str) -> None:
+    done = start("--target", target, SESSION_BATCH_SIZE="9000")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()  # not a 34-line traceback
+    logged = json.loads(line)
+    assert (logged["event"], logged["severity"], logged["variable"]) == (
+        "settings_invalid",
+        "CRITICAL",
+        "SESSION_BATCH_SIZE",
+    )
+    assert logged["error"] == "SESSION_BATCH_SIZE: expected a whole number from 1 to 500; got '9000'"
+
+
+def test_a_topic_without_the_events_extra_stops_the_functions_at_start_up_naming_the_extra() -> None:
+    done = start("--target", "kill_user_sessions", hide_events_extra=True, SESSION_EVENTS_TOPIC="session-events")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["event"] == "settings_invalid" and logged["variable"] == "SESSION_EVENTS_TOPIC"
+    assert "pip install 'session-core[events]'" in logged["error"]

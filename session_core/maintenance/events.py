@@ -12,7 +12,11 @@ by its opaque ``session_id``: never a cookie, a security key or its data.
 
 Delivery is best-effort: a publish is retried for at most
 :data:`PUBLISH_DEADLINE_S`, and a failure is logged (``session_events_lost``)
-and never fails the step, whose deletes are committed already. A crash
+and never fails the step, whose deletes are committed already. That holds
+for every failure: the client is built on the first publish, inside it, so
+a library that cannot be imported or a client that cannot be built (no
+credentials) is a lost event too, never a failed delete. (A topic set
+without the ``events`` extra is refused earlier, by the settings.) A crash
 between commit and publish loses that batch's event; a retried step can
 publish a batch twice, so consumers dedupe on ``session_id``.
 """
@@ -28,9 +32,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
+from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
-from session_core.config import Settings
+from session_core.config import EVENTS_EXTRA, Settings
+from session_core.errors import ConfigError
 from session_core.rules import session_id_of
 from session_core.store import TRANSIENT, SessionRecord
 
@@ -74,37 +80,34 @@ def topic_path(settings: Settings) -> str | None:
 class EventPublisher:
     """Publishes events to one topic with a Pub/Sub publisher client (the GAPIC ``google.pubsub_v1`` one).
 
-    Thread-safe: the sweep publishes from its commit threads. One
-    synchronous Publish RPC per event, retried for at most
-    :data:`PUBLISH_DEADLINE_S`; after a failure, :data:`DEGRADED_FOR_S` of
-    single attempts.
+    ``client`` is that client, or None with ``connect``, which builds it on
+    the first publish (again on the next one if it failed). Thread-safe: the
+    sweep publishes from its commit threads. One synchronous Publish RPC per
+    event, retried for at most :data:`PUBLISH_DEADLINE_S`; after a failure,
+    :data:`DEGRADED_FOR_S` of single attempts.
     """
 
-    def __init__(self, client: Any, topic: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: Any,
+        topic: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
         self.client = client
         self.topic = topic
         self.clock = clock
+        self._connect = connect
         self._lock = threading.Lock()
         self._degraded_until = float("-inf")
 
     def publish(self, reason: Reason, run_id: str, sessions: Sequence[tuple[str, str]]) -> bool:
-        """Publish one event; True if Pub/Sub took it. Never raises: a failure is logged."""
+        """Publish one event; True if Pub/Sub took it. Never raises: any failure is logged."""
         if not sessions:
             return True
-        from google.api_core import exceptions as gexc
-        from google.api_core.retry import Retry, if_exception_type
-        from google.pubsub_v1 import PubsubMessage
-
-        with self._lock:
-            degraded = self.clock() < self._degraded_until
-        retry = None
-        if not degraded:
-            transient = if_exception_type(*TRANSIENT, gexc.ResourceExhausted, gexc.Unknown)  # Pub/Sub's too
-            retry = Retry(predicate=transient, initial=0.1, maximum=2.0, multiplier=2.0, timeout=PUBLISH_DEADLINE_S)
-        data = event_message(reason, run_id, time.time(), sessions)
-        message = PubsubMessage(data=data, attributes={"reason": reason})
         try:
-            self.client.publish(topic=self.topic, messages=[message], retry=retry, timeout=ATTEMPT_TIMEOUT_S)
+            self._publish(reason, run_id, sessions)
         except Exception as exc:  # best-effort: the deletes are committed; say what was lost
             with self._lock:
                 self._degraded_until = self.clock() + DEGRADED_FOR_S
@@ -120,6 +123,22 @@ class EventPublisher:
             )
             return False
         return True
+
+    def _publish(self, reason: Reason, run_id: str, sessions: Sequence[tuple[str, str]]) -> None:
+        from google.api_core.retry import Retry, if_exception_type
+        from google.pubsub_v1 import PubsubMessage
+
+        with self._lock:
+            degraded = self.clock() < self._degraded_until
+            if self.client is None and self._connect is not None:
+                self.client = self._connect()
+        retry = None
+        if not degraded:
+            transient = if_exception_type(*TRANSIENT, gexc.ResourceExhausted, gexc.Unknown)  # Pub/Sub's too
+            retry = Retry(predicate=transient, initial=0.1, maximum=2.0, multiplier=2.0, timeout=PUBLISH_DEADLINE_S)
+        data = event_message(reason, run_id, time.time(), sessions)
+        message = PubsubMessage(data=data, attributes={"reason": reason})
+        self.client.publish(topic=self.topic, messages=[message], retry=retry, timeout=ATTEMPT_TIMEOUT_S)
 
 
 _PUBLISHERS: dict[tuple[str, str | None], EventPublisher] = {}
@@ -138,7 +157,7 @@ def publisher_for(settings: Settings) -> EventPublisher | None:
     cache_key = (topic, settings.pubsub_emulator_host)
     with _PUBLISHERS_LOCK:
         if cache_key not in _PUBLISHERS:
-            _PUBLISHERS[cache_key] = EventPublisher(_client("Publisher", settings), topic)
+            _PUBLISHERS[cache_key] = EventPublisher(None, topic, connect=lambda: _client("Publisher", settings))
         return _PUBLISHERS[cache_key]
 
 
@@ -153,10 +172,8 @@ def _client(which: Literal["Publisher", "Subscriber"], settings: Settings) -> An
         from google import pubsub_v1
         from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
         from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise ImportError(
-            "SESSION_EVENTS_TOPIC needs google-cloud-pubsub: pip install 'session-core[events]'"
-        ) from None
+    except ImportError:
+        raise ConfigError("google-cloud-pubsub", f"installed for lifecycle events: {EVENTS_EXTRA}") from None
     channel = None if settings.pubsub_emulator_host is None else grpc.insecure_channel(settings.pubsub_emulator_host)
     if which == "Publisher":
         if channel is None:

@@ -20,6 +20,9 @@ from session_core.errors import PoisonMessageError
 from session_core.rules import valid_session_id, valid_user
 
 MAX_MESSAGE_BYTES = 10 * 1024
+# The most of a CloudEvent the kill door reads: the largest valid message's data, base64, and room for
+# the Pub/Sub envelope around it (ids, publish time, subscription, attributes); anything larger is poison.
+MAX_EVENT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
