@@ -220,7 +220,11 @@ def test_a_topic_without_the_events_extra_is_a_config_error_naming_the_extra(tmp
 def test_each_adapters_start_up_in_the_readme_refuses_a_topic_without_the_extra(
     section: str, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's start-up code of each adapter stops at its first line of settings, before serving anything."""
+    """The README's start-up code of each adapter stops at its first line of settings, before serving anything.
+
+    Django's settings.py names a function that builds the settings on the first session use (so that
+    ``migrate`` needs no Datastore settings): the error is raised there, and ``check --deploy`` reports it.
+    """
     from tests.conftest import readme_python_blocks
 
     for name, value in {**TOPIC_ENV, "GOOGLE_CLOUD_PROJECT": "shop"}.items():
@@ -229,5 +233,6 @@ def test_each_adapters_start_up_in_the_readme_refuses_a_topic_without_the_extra(
     namespace: dict[str, Any] = {"__name__": "readme_app"}
     with pytest.raises(ConfigError) as refused:
         exec(code, namespace)
+        namespace.pop("SESSION_CORE_SETTINGS")()  # Django's: the first session use
     assert refused.value.setting == "SESSION_EVENTS_TOPIC" and EXTRA in str(refused.value)
     assert not {"app", "SESSION_CORE_SETTINGS"} & set(namespace)  # nothing is built with such settings
