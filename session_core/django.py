@@ -29,7 +29,11 @@ Configuration lives in Django's settings, which is where a Django project
 reads its environment (this module never does): ``SESSION_CORE_SETTINGS`` (a
 :class:`Settings`, built there with ``Settings.from_env`` or
 ``Settings.from_file``) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
-client; by default one is built from the settings, once per process).
+client; by default one is built from the settings, once per process). A
+project's tests may set ``SESSION_CORE_STORE`` instead: a store such as
+:class:`session_core.testing.MemoryStore`, or a zero-argument callable that
+returns one; the engine then keeps its sessions there, under the store's
+settings.
 
 A store that does not answer within ``SESSION_REQUEST_TIMEOUT`` raises
 StoreError where the session is first used, and again at every later use in
@@ -62,6 +66,7 @@ from google.cloud import datastore
 from session_core import rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.errors import MisuseError, StoreError
 from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
 from session_core.store import SessionRecord
@@ -69,6 +74,7 @@ from session_core.store import SessionStore as RecordStore
 
 SETTINGS_NAME = "SESSION_CORE_SETTINGS"
 CLIENT_NAME = "SESSION_CORE_CLIENT"
+STORE_NAME = "SESSION_CORE_STORE"
 USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
 UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
 _CREATE_ATTEMPTS = 3
@@ -97,6 +103,28 @@ def configured() -> tuple[Settings, datastore.Client]:
     return settings, client
 
 
+def configured_store() -> tuple[Settings, Store]:
+    """The settings and store the engine uses now: ``SESSION_CORE_STORE``, else Datastore's.
+
+    ``SESSION_CORE_STORE`` is a store (a :class:`~session_core.contract.Store`,
+    such as :class:`session_core.testing.MemoryStore` in a project's tests)
+    or a zero-argument callable that returns one; unset, the sessions live in
+    Datastore through ``SESSION_CORE_CLIENT`` (see :func:`configured`).
+    """
+    chosen = getattr(django_settings, STORE_NAME, None)
+    if chosen is None:
+        settings, client = configured()
+        return settings, RecordStore(client, settings)
+    if callable(chosen) and not isinstance(chosen, Store):
+        chosen = chosen()
+    if not isinstance(chosen, Store):
+        raise ImproperlyConfigured(
+            f"{STORE_NAME} must be a session store (session_core.contract.Store), "
+            f"a callable that returns one, or unset; got {type(chosen).__name__}"
+        )
+    return chosen.settings, chosen
+
+
 @functools.lru_cache(maxsize=8)
 def _client_for(settings: Settings) -> datastore.Client:
     return datastore_client(settings)
@@ -120,8 +148,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
     _session_key: str | None  # Django's property: only keys that pass _validate_session_key are kept
 
     def __init__(self, session_key: str | None = None) -> None:
-        self.settings, client = configured()
-        self.store = RecordStore(client, self.settings)
+        self.settings, self.store = configured_store()
         self._stored_name: str | None = None  # the entity name it was loaded from or written to
         self._security_key: str | None = None  # ViUR's static security key, kept across saves
         self._unavailable: StoreError | None = None  # a load failed: this request never sees a fresh session
@@ -154,7 +181,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
     def exists(self, session_key: str | None) -> bool:
         """True when an entity is stored under this key (expired or not, as Django's database backend)."""
-        return is_valid_key(session_key) and self.store.lookup(str(session_key)) is not None
+        return is_valid_key(session_key) and bool(self.store.lookup_all([str(session_key)]))
 
     def load(self) -> dict[str, Any]:
         """The stored data: one lookup. Unknown or expired: ``{}`` and the key is dropped (never reused).
@@ -168,7 +195,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         if key is None:
             return {}
         try:
-            record = self.store.lookup(key)
+            record = self.store.lookup_all([key]).get(key)
         except StoreError as exc:
             self._unavailable = exc
             raise
@@ -228,12 +255,19 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
         Deletes every session ``SESSION_CLEAR_GRACE`` past its own expiry,
         under the same lease as the scheduled function (if that is running,
-        this does nothing). Idempotent.
+        this does nothing). Idempotent. With ``SESSION_CORE_STORE`` (a store of
+        the project's own) those sessions are deleted from it here, without a lease.
         """
         from session_core.maintenance.cleanup import start_clear_sessions  # loaded only here: not by web requests
 
-        settings, client = configured()
-        start_clear_sessions(client, settings)
+        settings, store = configured_store()
+        if isinstance(store, RecordStore):
+            start_clear_sessions(store.client, settings)
+            return
+        now, grace = time.time(), settings.clear_grace.total_seconds()  # a store of the project's own: here and now
+        store.delete(
+            [r.key_name for r in store.sessions_of(None) if is_expired(r.expires(settings.life_time) + grace, now)]
+        )
 
     # -- writing ---------------------------------------------------------------------
 

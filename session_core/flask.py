@@ -48,8 +48,9 @@ from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from session_core import logins
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.errors import MisuseError, StoreError
-from session_core.session import Saved, Session
+from session_core.session import Saved, Session, store_for
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -144,14 +145,21 @@ class WerkzeugContext:
 class DatastoreSessionInterface(SessionInterface):
     """Flask ``SessionInterface`` storing sessions in Datastore.
 
-    ``client`` is the only Datastore client it uses. A bad or expired cookie
+    ``client`` is the only Datastore client it uses; with ``store`` (a
+    :class:`~session_core.contract.Store` such as
+    :class:`session_core.testing.MemoryStore`) the sessions live there
+    instead, and without a client Flask-Login's logins are not recorded (so a
+    kill does not refuse a remember-me cookie). A bad or expired cookie
     gives a fresh session, never an error. RPCs: a request that sends a
     well-formed cookie costs one lookup; a save costs at most one commit.
     """
 
-    def __init__(self, *, client: datastore.Client, settings: Settings) -> None:
+    def __init__(
+        self, *, client: datastore.Client | None = None, settings: Settings, store: Store | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.store = store_for(client, settings, store)
         _connect_flask_login()
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
@@ -159,6 +167,7 @@ class DatastoreSessionInterface(SessionInterface):
         session = FlaskSession(
             self.client,
             self.settings,
+            store=self.store,
             cookie_name=self.get_cookie_name(app),
             lifetime=app.permanent_session_lifetime,
         )
@@ -273,7 +282,8 @@ def _on_login(app: Flask, user: Any, **extra: Any) -> None:
         return
     interface, session = ours
     user_id = _rotate_into(session, user)
-    logins.record_login(interface.client, interface.settings, user_id, time.time())
+    if interface.client is not None:  # a store of its own, no Datastore: no login records
+        logins.record_login(interface.client, interface.settings, user_id, time.time())
 
 
 def _on_logout(app: Flask, user: Any, **extra: Any) -> None:
@@ -288,7 +298,7 @@ def _on_remembered(app: Flask, user: Any, **extra: Any) -> None:
         return
     interface, session = ours
     user_id = str(user.get_id())
-    if logins.remembered_login_allowed(interface.client, interface.settings, user_id):
+    if interface.client is None or logins.remembered_login_allowed(interface.client, interface.settings, user_id):
         _rotate_into(session, user)
         return
     for key in ("_user_id", "_fresh", "_id"):
