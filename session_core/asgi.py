@@ -54,9 +54,10 @@ import structlog
 from google.cloud import datastore
 
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.cookies import clear_cookie_header, parse_cookie_values, set_cookie_header
 from session_core.errors import MisuseError, StoreError
-from session_core.session import Saved, Session, request_keys
+from session_core.session import Saved, Session, request_keys, store_for
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -236,17 +237,28 @@ class ASGIContext:
 class SessionMiddleware:
     """Wrap an ASGI app so that every HTTP request and WebSocket has a Datastore session.
 
-    ``client`` is the only Datastore client it uses; ``threads`` bounds the
-    worker threads its RPCs run in. RPCs per request: none without a
+    ``client`` is the only Datastore client it uses (or ``store``, a
+    :class:`~session_core.contract.Store` such as
+    :class:`session_core.testing.MemoryStore`, holds the sessions instead);
+    ``threads`` bounds the worker threads its RPCs run in. RPCs per request: none without a
     well-formed cookie, else one lookup; at most one commit when it saves.
     """
 
-    def __init__(self, app: ASGIApp, *, client: datastore.Client, settings: Settings, threads: int = 10) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        client: datastore.Client | None = None,
+        settings: Settings,
+        store: Store | None = None,
+        threads: int = 10,
+    ) -> None:
         if threads < 1:
             raise MisuseError("threads must be at least 1")
         self.app = app
         self.client = client
         self.settings = settings
+        self.store = store_for(client, settings, store)
         self._waiting = anyio.CapacityLimiter(threads)  # a request waits here, within the deadline, for a thread
         self._threads = anyio.CapacityLimiter(threads)  # the thread it then runs in (never contended)
 
@@ -255,7 +267,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         context = ASGIContext(scope)
-        session = ASGISession(self.client, self.settings)
+        session = ASGISession(self.client, self.settings, store=self.store)
         try:
             await self._load(session, context)
         except StoreError as exc:

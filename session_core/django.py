@@ -33,6 +33,10 @@ as a ``lambda`` that calls ``Settings.from_env`` with ``os.environ``: it is
 called once, on the first use of a session, so ``manage.py migrate`` or
 ``collectstatic`` need no Datastore settings) and, optionally, ``SESSION_CORE_CLIENT`` (a Datastore
 client; by default one is built from the settings, once per process).
+A project's tests may set ``SESSION_CORE_STORE`` instead: a store such as
+:class:`session_core.testing.MemoryStore`, or a zero-argument callable that
+returns one; the engine then keeps its sessions there, under the store's
+settings.
 
 With ``"session_core.django.SessionCoreConfig"`` in ``INSTALLED_APPS``,
 ``manage.py check --deploy`` checks the engine: ``session_core.E001`` no
@@ -73,20 +77,21 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
-from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core import rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.errors import ConfigError, MisuseError, StoreError
 from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
-from session_core.store import SessionRecord, rehome, within
+from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
 
 SETTINGS_NAME = "SESSION_CORE_SETTINGS"
 FUNCTIONS_SETTINGS_NAME = "SESSION_CORE_FUNCTIONS_SETTINGS"  # optional: the functions' settings file, for checks
 CLIENT_NAME = "SESSION_CORE_CLIENT"
+STORE_NAME = "SESSION_CORE_STORE"
 USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
 UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
 _CREATE_ATTEMPTS = 3
@@ -135,6 +140,28 @@ def _called(factory: Callable[[], object]) -> object:
         raise
 
 
+def configured_store() -> tuple[Settings, Store]:
+    """The settings and store the engine uses now: ``SESSION_CORE_STORE``, else Datastore's.
+
+    ``SESSION_CORE_STORE`` is a store (a :class:`~session_core.contract.Store`,
+    such as :class:`session_core.testing.MemoryStore` in a project's tests)
+    or a zero-argument callable that returns one; unset, the sessions live in
+    Datastore through ``SESSION_CORE_CLIENT`` (see :func:`configured`).
+    """
+    chosen = getattr(django_settings, STORE_NAME, None)
+    if chosen is None:
+        settings, client = configured()
+        return settings, RecordStore(client, settings)
+    if callable(chosen) and not isinstance(chosen, Store):
+        chosen = chosen()
+    if not isinstance(chosen, Store):
+        raise ImproperlyConfigured(
+            f"{STORE_NAME} must be a session store (session_core.contract.Store), "
+            f"a callable that returns one, or unset; got {type(chosen).__name__}"
+        )
+    return chosen.settings, chosen
+
+
 @functools.lru_cache(maxsize=8)
 def _client_for(settings: Settings) -> datastore.Client:
     return datastore_client(settings)
@@ -160,8 +187,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
     _session_key: str | None  # Django's property: only keys that pass _validate_session_key are kept
 
     def __init__(self, session_key: str | None = None) -> None:
-        self.settings, client = configured()
-        self.store = RecordStore(client, self.settings)
+        self.settings, self.store = configured_store()
         self._stored_name: str | None = None  # the entity name it was loaded from or written to
         self._security_key: str | None = None  # ViUR's static security key, kept across saves
         self._unavailable: StoreError | None = None  # a load failed: this request never sees a fresh session
@@ -194,7 +220,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
     def exists(self, session_key: str | None) -> bool:
         """True when an entity is stored under this key (expired or not, as Django's database backend)."""
-        return is_valid_key(session_key) and self.store.lookup(str(session_key)) is not None
+        return is_valid_key(session_key) and bool(self.store.lookup_all([str(session_key)]))
 
     def load(self) -> dict[str, Any]:
         """The stored data: one lookup. Unknown or expired: ``{}`` and the key is dropped (never reused).
@@ -208,7 +234,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         if key is None:
             return {}
         try:
-            record = self.store.lookup(key)
+            record = self.store.lookup_all([key]).get(key)
         except StoreError as exc:
             self._unavailable = exc
             raise
@@ -281,12 +307,19 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
         Deletes every session ``SESSION_CLEAR_GRACE`` past its own expiry,
         under the same lease as the scheduled function (if that is running,
-        this does nothing). Idempotent.
+        this does nothing). Idempotent. With ``SESSION_CORE_STORE`` (a store of
+        the project's own) those sessions are deleted from it here, without a lease.
         """
         from session_core.maintenance.cleanup import start_clear_sessions  # loaded only here: not by web requests
 
-        settings, client = configured()
-        start_clear_sessions(client, settings)
+        settings, store = configured_store()
+        if isinstance(store, RecordStore):
+            start_clear_sessions(store.client, settings)
+            return
+        now, grace = time.time(), settings.clear_grace.total_seconds()  # a store of the project's own: here and now
+        store.delete(
+            [r.key_name for r in store.sessions_of(None) if is_expired(r.expires(settings.life_time) + grace, now)]
+        )
 
     # -- writing ---------------------------------------------------------------------
 
@@ -304,27 +337,15 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         raise StoreError("insert", RuntimeError("no free session key after several attempts"))
 
     def _move(self, data: dict[str, Any], stored: str) -> None:
-        """Re-home the session stored as ``stored`` under a new key; SessionInterrupted if it is gone."""
-        old = self.store.to_entity(self._record(stored, data))  # it keeps its own security key until deleted
+        """Re-home the session stored as ``stored`` under a new key (the store's move); SessionInterrupted if gone."""
+        old = self._record(stored, data)  # the old name keeps its own security key until it is deleted
         self._security_key = None  # the new key gets a new security key, as in ViUR
-        seconds = self.settings.request_timeout.total_seconds()
-        for _ in range(_CREATE_ATTEMPTS):
-            self._session_key = self._get_new_session_key()
-            name = storage_name(self._session_key, self.settings)
-            new = self.store.to_entity(self._record(name, data))
-            try:
-                within(seconds, "move", functools.partial(rehome, self.store.client, [old], [new]))
-            except StoreError as exc:
-                if isinstance(exc.cause, gexc.AlreadyExists):
-                    continue  # the new name is taken (about 2^-250 likely): another key
-                if isinstance(exc.cause, gexc.NotFound):
-                    self._interrupted(dropped_fields=len(data))
-                raise
-            self.store.delete([stored])
-            self._stored_name = name
-            self.modified = True
-            return
-        raise StoreError("move", RuntimeError("no free session key after several attempts"))
+        self._session_key = self._get_new_session_key()
+        name = storage_name(self._session_key, self.settings)
+        if not self.store.move(self._record(name, data), stored, old=old):
+            self._interrupted(dropped_fields=len(data))
+        self._stored_name = name
+        self.modified = True
 
     def _interrupted(self, *, dropped_fields: int) -> None:
         """The session was deleted meanwhile: forget it (the middleware then clears the cookie) and say so."""

@@ -55,8 +55,10 @@ from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from session_core import logins
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.errors import ConfigError, MisuseError, StoreError
-from session_core.session import Saved, Session
+from session_core.session import Saved, Session, store_for
+from session_core.store import SessionStore
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -129,8 +131,8 @@ class FlaskSession(Session, SessionMixin):
         Flask-Login skip the cookie, as it does itself when session
         protection fails), and the cookie is deleted on save.
         """
-        if self.peek("_user_id") is not None:
-            return
+        if self.peek("_user_id") is not None or not isinstance(self.store, SessionStore):
+            return  # signed in already, or a store of the app's own (its tests): no login records there
         from flask_login.utils import decode_cookie  # the app uses Flask-Login: open_session saw its manager
 
         user_id = decode_cookie(cookie)
@@ -182,14 +184,21 @@ class WerkzeugContext:
 class DatastoreSessionInterface(SessionInterface):
     """Flask ``SessionInterface`` storing sessions in Datastore.
 
-    ``client`` is the only Datastore client it uses. A bad or expired cookie
+    ``client`` is the only Datastore client it uses; with ``store`` (a
+    :class:`~session_core.contract.Store` such as
+    :class:`session_core.testing.MemoryStore`) the sessions live there
+    instead, and without a client Flask-Login's logins are not recorded (so a
+    kill does not refuse a remember-me cookie). A bad or expired cookie
     gives a fresh session, never an error. RPCs: a request that sends a
     well-formed cookie costs one lookup; a save costs at most one commit.
     """
 
-    def __init__(self, *, client: datastore.Client, settings: Settings) -> None:
+    def __init__(
+        self, *, client: datastore.Client | None = None, settings: Settings, store: Store | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.store = store_for(client, settings, store)
         _connect_flask_login()
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
@@ -206,6 +215,7 @@ class DatastoreSessionInterface(SessionInterface):
         session = FlaskSession(
             self.client,
             self.settings,
+            store=self.store,
             cookie_name=self.get_cookie_name(app),
             lifetime=app.permanent_session_lifetime,
         )
@@ -386,7 +396,8 @@ def _on_login(app: Flask, user: Any, **extra: Any) -> None:
         return
     interface, session = ours
     user_id = _rotate_into(session, user)
-    logins.record_login(interface.client, interface.settings, user_id, time.time())
+    if interface.client is not None:  # a store of its own, no Datastore: no login records
+        logins.record_login(interface.client, interface.settings, user_id, time.time())
 
 
 def _on_logout(app: Flask, user: Any, **extra: Any) -> None:
@@ -401,8 +412,10 @@ def _on_remembered(app: Flask, user: Any, **extra: Any) -> None:
         return
     interface, session = ours
     user_id = str(user.get_id())
-    if session.remember_allowed == user_id or logins.remembered_login_allowed(
-        interface.client, interface.settings, user_id
+    if (
+        interface.client is None
+        or session.remember_allowed == user_id
+        or logins.remembered_login_allowed(interface.client, interface.settings, user_id)
     ):
         _rotate_into(session, user)
         return

@@ -31,6 +31,7 @@ from google.cloud import datastore
 
 from session_core import rules
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.cookies import RequestContext, clear_cookie_header, set_cookie_header
 from session_core.errors import MisuseError, StoreError
 from session_core.rules import (
@@ -64,7 +65,11 @@ class Session(MutableMapping[str, Any]):
     """Store sessions inside the Datastore.
 
     Construct one per request with the client and settings, then ``load(req)``
-    at the start and ``save(req)`` at the end. The class attributes below are
+    at the start and ``save(req)`` at the end. ``store`` replaces the Datastore
+    store (:class:`~session_core.store.SessionStore` over ``client``, the
+    default) with another that keeps :class:`~session_core.contract.Store`,
+    such as :class:`session_core.testing.MemoryStore`; ``client`` may then be
+    None. The class attributes below are
     ViUR's; an instance takes them from its :class:`Settings`. ``cookie_name``
     and ``lifetime`` override the settings' (adapters pass their framework's:
     with ``lifetime`` every session this object loads gets that lifetime).
@@ -83,15 +88,16 @@ class Session(MutableMapping[str, Any]):
 
     def __init__(
         self,
-        client: datastore.Client,
+        client: datastore.Client | None,
         settings: Settings,
         *,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
         cookie_name: str | None = None,
         lifetime: timedelta | None = None,
     ) -> None:
         self.settings = settings
-        self.store = SessionStore(client, settings)
+        self.store: Store = store_for(client, settings, store)
         self.clock = clock
         self.kindName = settings.kind
         self.same_site = settings.same_site
@@ -505,6 +511,15 @@ class Session(MutableMapping[str, Any]):
         if self._pending is not None:
             return "<Session not loaded yet>"
         return f"<Session user={self._user!r} fields={len(self._data)} changed={self.changed}>"
+
+
+def store_for(client: datastore.Client | None, settings: Settings, store: Store | None) -> Store:
+    """``store``, or else the Datastore store over ``client``; MisuseError when neither is given."""
+    if store is not None:
+        return store
+    if client is None:
+        raise MisuseError("sessions need a Datastore client (client=...) or a store (store=...)")
+    return SessionStore(client, settings)
 
 
 def request_keys(req: RequestContext, name: str) -> list[str]:

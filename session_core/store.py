@@ -33,6 +33,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.cloud import datastore
 from google.cloud.datastore.helpers import entity_to_protobuf
+from google.cloud.datastore.query import PropertyFilter
 from google.cloud.datastore_v1.types import Mutation
 
 from session_core import values
@@ -106,6 +107,7 @@ class SessionRecord:
 
 
 _UNINDEXED = ("data", "expires", "seen", "lifetime")
+_PAGE = 100  # sessions per query page of :meth:`SessionStore.sessions_of`
 DeleteObserver = Callable[[SessionRecord], None]
 """Told of each session that cleanup or kill deleted, after the commit that deleted it."""
 
@@ -188,12 +190,29 @@ def settings_key(client: datastore.Client, settings: Settings, kind: str, name: 
     return key
 
 
+def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings) -> datastore.Entity:
+    """The entity stored for a record under ``key``; SessionDataError (before any RPC) if Datastore would refuse it."""
+    expires = record.expires(settings.life_time)
+    entity = datastore.Entity(key, exclude_from_indexes=_UNINDEXED)
+    entity["data"] = values.encode(record.data)
+    entity["static_security_key"] = record.static_security_key
+    entity["lastseen"] = stored_lastseen(expires, settings.life_time)
+    entity["user"] = record.user
+    entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
+    entity["seen"] = float(record.seen)
+    entity["lifetime"] = expires - record.seen
+    values.check_size(entity)
+    return entity
+
+
 class SessionStore:
     """Reads and writes session entities with the client it is given.
 
-    RPC costs: :meth:`lookup` one lookup; :meth:`insert`, :meth:`update` and
+    It keeps the store contract (:class:`session_core.contract.Store`). RPC
+    costs: :meth:`lookup` one lookup; :meth:`insert`, :meth:`update` and
     :meth:`delete` one commit each; :meth:`move` one transaction (lookup and
-    commit, plus begin where the server needs it).
+    commit, plus begin where the server needs it); :meth:`sessions_of` one
+    query per 100 sessions.
     """
 
     def __init__(self, client: datastore.Client, settings: Settings) -> None:
@@ -205,17 +224,7 @@ class SessionStore:
 
     def to_entity(self, record: SessionRecord) -> datastore.Entity:
         """The entity for a record; SessionDataError (before any RPC) if Datastore would refuse it."""
-        expires = record.expires(self.settings.life_time)
-        entity = datastore.Entity(self.key(record.key_name), exclude_from_indexes=_UNINDEXED)
-        entity["data"] = values.encode(record.data)
-        entity["static_security_key"] = record.static_security_key
-        entity["lastseen"] = stored_lastseen(expires, self.settings.life_time)
-        entity["user"] = record.user
-        entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
-        entity["seen"] = float(record.seen)
-        entity["lifetime"] = expires - record.seen
-        values.check_size(entity)
-        return entity
+        return session_entity(self.key(record.key_name), record, self.settings)
 
     @staticmethod
     def from_entity(entity: datastore.Entity) -> SessionRecord:
@@ -282,7 +291,7 @@ class SessionStore:
             raise
         return True
 
-    def move(self, record: SessionRecord, old_name: str) -> bool:
+    def move(self, record: SessionRecord, old_name: str, *, old: SessionRecord | None = None) -> bool:
         """Re-home a session from ``old_name`` to ``record.key_name`` (a ViUR plain name to its hash).
 
         First one transaction that updates the old entity and inserts the new
@@ -297,9 +306,9 @@ class SessionStore:
         (begin, commit, and the delete's commit).
         """
         new = self.to_entity(record)
-        old = self.to_entity(replace(record, key_name=old_name))
+        before = self.to_entity(replace(old or record, key_name=old_name))
         try:
-            self._within("move", lambda rpc: rehome(self.client, [old], [new], rpc))
+            self._within("move", lambda rpc: rehome(self.client, [before], [new], rpc))
         except StoreError as exc:
             if not isinstance(exc.cause, (gexc.NotFound, gexc.AlreadyExists)):
                 raise
@@ -312,3 +321,23 @@ class SessionStore:
         if names:
             keys = [self.key(name) for name in names]
             self._within("delete", lambda rpc: commit(self.client, delete=keys, rpc=rpc))
+
+    def sessions_of(self, user: str | None) -> list[SessionRecord]:
+        """Every stored session of ``user`` ("__guest__": every guest; None: everyone), expired ones too.
+
+        Full entities, one query RPC per page of 100.
+        """
+        records: list[SessionRecord] = []
+        cursor = None
+        while True:
+            query = self.client.query(kind=self.settings.kind, namespace=self.settings.namespace)
+            if user is not None:
+                query.add_filter(filter=PropertyFilter("user", "=", user))
+            iterator = query.fetch(limit=_PAGE, start_cursor=cursor)
+            with translated("query"):
+                entities = list(iterator)
+            records += [self.from_entity(entity) for entity in entities]
+            token = iterator.next_page_token
+            cursor = token.decode() if isinstance(token, bytes) else token
+            if len(entities) < _PAGE or cursor is None:
+                return records

@@ -1,4 +1,8 @@
-"""Testing helpers for apps that use session_core: a real Datastore for your test suite.
+"""Testing helpers for apps that use session_core: a real Datastore for your test suite, or a memory store.
+
+:class:`MemoryStore` keeps the Datastore store's contract in memory: pass it
+as ``store=`` (Django: ``SESSION_CORE_STORE``) and an app's own tests run,
+and sign users out, without Java.
 
 :class:`DatastoreEmulator` starts Google's Firestore emulator in Datastore
 mode (``gcloud emulators firestore start --database-mode=datastore-mode``;
@@ -31,6 +35,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,10 +46,14 @@ from types import TracebackType
 from typing import Any
 
 from google.cloud import datastore
+from google.cloud.datastore.helpers import entity_from_protobuf, entity_to_protobuf
+from google.cloud.datastore_v1.types import Entity as EntityProto
 
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import SessionCoreError
+from session_core.rules import hash_key
+from session_core.store import SessionRecord, SessionStore, session_entity
 
 
 class EmulatorError(SessionCoreError):
@@ -253,3 +262,78 @@ class DatastoreEmulator:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class MemoryStore:
+    """A session store in memory with the Datastore store's semantics, for an app's own tests (no Java).
+
+    It keeps :class:`~session_core.contract.Store` exactly as
+    :class:`~session_core.store.SessionStore` does (the same contract suite
+    runs against both): updates never upsert, an insert refuses a taken name,
+    moves are all or none, and each session is held as the very entity
+    Datastore would store (protobuf bytes, ``lastseen`` encoded as
+    :mod:`session_core.rules` says), so lifetimes, data types and size limits
+    come back as from Datastore. Thread-safe: one lock. Pass it as
+    ``store=`` to :class:`~session_core.session.Session`, the adapters and
+    the kill, list and end functions (Django: ``SESSION_CORE_STORE``).
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._entities: dict[str, bytes] = {}
+        self._lock = threading.RLock()
+
+    def _encode(self, record: SessionRecord) -> bytes:
+        key = datastore.Key(
+            self.settings.kind, record.key_name, project=self.settings.project, namespace=self.settings.namespace
+        )
+        return bytes(EntityProto.serialize(entity_to_protobuf(session_entity(key, record, self.settings))))
+
+    def _record(self, name: str) -> SessionRecord:
+        return SessionStore.from_entity(entity_from_protobuf(EntityProto.deserialize(self._entities[name])))
+
+    def lookup_all(self, cookie_keys: Sequence[str]) -> dict[str, SessionRecord]:
+        with self._lock:
+            names = {cookie: (hash_key(cookie), cookie) for cookie in cookie_keys}
+            found = {cookie: next((n for n in pair if n in self._entities), None) for cookie, pair in names.items()}
+            return {cookie: self._record(name) for cookie, name in found.items() if name is not None}
+
+    def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
+        encoded = self._encode(record)
+        with self._lock:
+            if record.key_name in self._entities:
+                return False
+            for name in delete:
+                self._entities.pop(name, None)
+            self._entities[record.key_name] = encoded
+            return True
+
+    def update(self, record: SessionRecord) -> bool:
+        encoded = self._encode(record)
+        with self._lock:
+            return self._overwrite(record.key_name, encoded)
+
+    def _overwrite(self, name: str, encoded: bytes) -> bool:
+        if name not in self._entities:
+            return False
+        self._entities[name] = encoded
+        return True
+
+    def move(self, record: SessionRecord, old_name: str, *, old: SessionRecord | None = None) -> bool:
+        encoded = self._encode(record)
+        with self._lock:
+            if old_name in self._entities and record.key_name not in self._entities:
+                self._entities[record.key_name] = encoded
+                del self._entities[old_name]
+                return True
+            return self.update(record)  # moved already (or killed: then False), as the Datastore store does
+
+    def delete(self, names: Sequence[str]) -> None:
+        with self._lock:
+            for name in names:
+                self._entities.pop(name, None)
+
+    def sessions_of(self, user: str | None) -> list[SessionRecord]:
+        with self._lock:
+            records = [self._record(name) for name in self._entities]
+        return [record for record in records if user is None or record.user == user]

@@ -24,9 +24,10 @@ import structlog
 from google.cloud import datastore
 
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.cookies import parse_cookie_header, parse_cookie_values
 from session_core.errors import MisuseError, StoreError
-from session_core.session import Session
+from session_core.session import Session, store_for
 
 ENVIRON_KEY = "session_core.session"
 UNAVAILABLE = b"The session store did not answer in time. Please retry shortly."
@@ -54,16 +55,29 @@ class WSGIContext:
 
 
 class SessionMiddleware:
-    """Wrap a WSGI app so every request has a :class:`Session`."""
+    """Wrap a WSGI app so every request has a :class:`Session`.
 
-    def __init__(self, app: WSGIApp, *, client: datastore.Client, settings: Settings) -> None:
+    Its sessions live in ``client``'s Datastore, or in ``store`` (a
+    :class:`~session_core.contract.Store`, such as
+    :class:`session_core.testing.MemoryStore` in an app's tests).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        client: datastore.Client | None = None,
+        settings: Settings,
+        store: Store | None = None,
+    ) -> None:
         self.app = app
         self.client = client
         self.settings = settings
+        self.store = store_for(client, settings, store)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         context = WSGIContext(environ)
-        session = Session(self.client, self.settings)
+        session = Session(self.client, self.settings, store=self.store)
         try:
             session.load(context)
         except StoreError as exc:

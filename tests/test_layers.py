@@ -22,6 +22,7 @@ RANK = {
     "cookies": 3,
     "clients": 3,
     "store": 4,
+    "contract": 4,
     "logins": 4,
     "session": 5,
     "flask": 6,

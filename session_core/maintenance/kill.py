@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import structlog
 from google.api_core import exceptions as gexc
@@ -30,6 +30,7 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
+from session_core.contract import Store
 from session_core.errors import MisuseError, StoreError
 from session_core.logins import kill_record
 from session_core.maintenance.events import EventPublisher, batch_events
@@ -202,8 +203,9 @@ def _start_run(
 def killSessionByUser(  # noqa: N802 - ViUR's name
     user: str | None = None,
     *,
-    client: datastore.Client,
-    settings: Settings,
+    client: datastore.Client | None = None,
+    settings: Settings | None = None,
+    store: Store | None = None,
     except_session: str | None = None,
     enqueue: Enqueue | None = None,
     run_id: str | None = None,
@@ -226,11 +228,21 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     ``except_session`` raises MisuseError before any RPC. With lifecycle
     events on (a publisher passed, or ``SESSION_EVENTS_TOPIC``) each batch
     deleted is published as ``killed``.
+
+    The sessions live in Datastore (``client`` and ``settings``, or ``store``
+    a :class:`~session_core.store.SessionStore`), or in ``store``, another
+    :class:`~session_core.contract.Store` (:class:`session_core.testing.MemoryStore`
+    in an app's tests): there every matching session is deleted here and
+    now, with no run record, no queue, no lifecycle events and no kill time.
     """
     if user is not None and not valid_user(user):
         raise MisuseError("user must be None, '__guest__' or a user key string")
     if except_session is not None and not valid_session_id(except_session):
         raise MisuseError("except_session must be a session id (64 hex digits)")
+    chosen = _store_of(client, settings, store)
+    if not isinstance(chosen, SessionStore):
+        return _kill_in(chosen, user, except_session, run_id=run_id, observer=observer)
+    client, settings = chosen.client, chosen.settings
     run = _start_run(client, settings, run_id or uuid.uuid4().hex, user, except_session)
     if run.params["shards"] is None:
         step = KillStep(run.run_id, user, except_session, started=run.started)
@@ -276,6 +288,38 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     return result
 
 
+def _store_of(client: datastore.Client | None, settings: Settings | None, store: Store | None) -> Store:
+    """The store a kill, list or end works on: ``store``, or Datastore's over ``client`` and ``settings``."""
+    if store is not None:
+        if client is not None or settings is not None:
+            raise MisuseError("pass a store, or a client and settings, not both")
+        return store
+    if client is None or settings is None:
+        raise MisuseError("pass a Datastore client and settings, or a store (store=...)")
+    return SessionStore(client, settings)
+
+
+def _kill_in(
+    store: Store, user: str | None, except_session: str | None, *, run_id: str | None, observer: DeleteObserver | None
+) -> KillResult:
+    """Kill in a store of the app's own: every matching session but ``except_session``, at once."""
+    started = time.monotonic()
+    doomed = [record for record in store.sessions_of(user) if record.session_id != except_session]
+    store.delete([record.key_name for record in doomed])
+    notify(observer, doomed)
+    result = KillResult(
+        run_id=run_id or uuid.uuid4().hex,
+        user=_label(user),
+        shard=None,
+        deleted=len(doomed),
+        shards=0,
+        continued=False,
+        elapsed_s=round(time.monotonic() - started, 3),
+    )
+    log.info("kill_sessions", **result.to_json())
+    return result
+
+
 # -- one user's devices -----------------------------------------------------------
 
 
@@ -289,42 +333,53 @@ class SessionInfo:
     ip: str | None
 
 
+@overload
 def list_user_sessions(
     client: datastore.Client, settings: Settings, user: str, *, now: float | None = None
+) -> list[SessionInfo]: ...
+
+
+@overload
+def list_user_sessions(*, store: Store, user: str, now: float | None = None) -> list[SessionInfo]: ...
+
+
+def list_user_sessions(
+    client: datastore.Client | None = None,
+    settings: Settings | None = None,
+    user: str | None = None,
+    *,
+    store: Store | None = None,
+    now: float | None = None,
 ) -> list[SessionInfo]:
-    """The user's active sessions, most recent first.
+    """The user's active sessions, most recent first, in Datastore (``client``, ``settings``) or ``store``.
 
     ``user_agent`` and ``ip`` are read from the session data fields of those
-    names, if the app stores them. Reads full entities, 100 a page.
+    names, if the app stores them. Datastore: full entities, 100 a page.
     """
+    if user is None:
+        raise MisuseError("list_user_sessions needs a user")
+    return _list(_store_of(client, settings, store), user, now)
+
+
+def _list(store: Store, user: str, now: float | None) -> list[SessionInfo]:
     now = time.time() if now is None else now
     infos: list[SessionInfo] = []
-    cursor = None
-    while True:
-        query = client.query(kind=settings.kind, namespace=settings.namespace)
-        query.add_filter(filter=PropertyFilter("user", "=", user))
-        iterator = query.fetch(limit=100, start_cursor=cursor)
-        with translated("query"):
-            entities = list(iterator)
-        for entity in entities:
-            record = SessionStore.from_entity(entity)
-            if is_expired(record.expires(settings.life_time), now):
-                continue
-            agent, ip = record.data.get("user_agent"), record.data.get("ip")
-            infos.append(
-                SessionInfo(
-                    session_id=record.session_id,
-                    lastseen=record.seen,
-                    user_agent=agent if isinstance(agent, str) else None,
-                    ip=ip if isinstance(ip, str) else None,
-                )
+    for record in store.sessions_of(user):
+        if is_expired(record.expires(store.settings.life_time), now):
+            continue
+        agent, ip = record.data.get("user_agent"), record.data.get("ip")
+        infos.append(
+            SessionInfo(
+                session_id=record.session_id,
+                lastseen=record.seen,
+                user_agent=agent if isinstance(agent, str) else None,
+                ip=ip if isinstance(ip, str) else None,
             )
-        token = iterator.next_page_token
-        cursor = token.decode() if isinstance(token, bytes) else token
-        if len(entities) < 100 or cursor is None:
-            return sorted(infos, key=lambda info: info.lastseen, reverse=True)
+        )
+    return sorted(infos, key=lambda info: info.lastseen, reverse=True)
 
 
+@overload
 def end_user_session(
     client: datastore.Client,
     settings: Settings,
@@ -333,15 +388,52 @@ def end_user_session(
     *,
     observer: DeleteObserver | None = None,
     events: EventPublisher | None = None,
+) -> bool: ...
+
+
+@overload
+def end_user_session(
+    *,
+    store: Store,
+    user: str,
+    session_id: str,
+    observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
+) -> bool: ...
+
+
+def end_user_session(
+    client: datastore.Client | None = None,
+    settings: Settings | None = None,
+    user: str | None = None,
+    session_id: str | None = None,
+    *,
+    store: Store | None = None,
+    observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> bool:
     """End one of ``user``'s sessions by its opaque id ("sign out this device").
 
     Only that user's session can be ended. True if one was deleted. With
     lifecycle events on, it is published as ``ended`` (a run of its own).
+    In a ``store`` other than Datastore's it is deleted there (no events).
     """
+    if user is None or session_id is None:
+        raise MisuseError("end_user_session needs a user and a session id")
+    return _end(_store_of(client, settings, store), user, session_id, observer=observer, events=events)
+
+
+def _end(
+    store: Store, user: str, session_id: str, *, observer: DeleteObserver | None, events: EventPublisher | None
+) -> bool:
     if not valid_session_id(session_id):
         return False
-    store = SessionStore(client, settings)
+    if not isinstance(store, SessionStore):
+        matching = [record for record in store.sessions_of(user) if record.session_id == session_id]
+        store.delete([record.key_name for record in matching])
+        notify(observer, matching)
+        return bool(matching)
+    client, settings = store.client, store.settings
     with translated("lookup"):
         entity = client.get(store.key(session_id))
     name = session_id
@@ -379,14 +471,14 @@ def logout_everywhere_else(
     has a ``session_id``); on a guest session it raises the session's
     ``misuse_error`` (a MisuseError; the adapters answer 400) before any RPC.
     Returns how many sessions were deleted at once (with ``enqueue``, more
-    may follow as Cloud Tasks).
+    may follow as Cloud Tasks). It kills in the session's own store (a
+    :class:`session_core.testing.MemoryStore` in an app's tests).
     """
     if session.user == GUEST_USER or session.session_id is None:
         raise session.misuse_error("only a logged-in session can log out its other sessions")
     result = killSessionByUser(
         session.user,
-        client=session.store.client,
-        settings=session.settings,
+        store=session.store,
         except_session=session.session_id,
         enqueue=enqueue,
         observer=observer,
@@ -413,8 +505,9 @@ async def _in_worker_thread(call: Callable[[], T]) -> T:
 async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for its awaitable form
     user: str | None = None,
     *,
-    client: datastore.Client,
-    settings: Settings,
+    client: datastore.Client | None = None,
+    settings: Settings | None = None,
+    store: Store | None = None,
     except_session: str | None = None,
     enqueue: Enqueue | None = None,
     run_id: str | None = None,
@@ -432,6 +525,7 @@ async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for
             user,
             client=client,
             settings=settings,
+            store=store,
             except_session=except_session,
             enqueue=enqueue,
             run_id=run_id,
@@ -442,13 +536,31 @@ async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for
     )
 
 
+@overload
 async def alist_user_sessions(
     client: datastore.Client, settings: Settings, user: str, *, now: float | None = None
+) -> list[SessionInfo]: ...
+
+
+@overload
+async def alist_user_sessions(*, store: Store, user: str, now: float | None = None) -> list[SessionInfo]: ...
+
+
+async def alist_user_sessions(
+    client: datastore.Client | None = None,
+    settings: Settings | None = None,
+    user: str | None = None,
+    *,
+    store: Store | None = None,
+    now: float | None = None,
 ) -> list[SessionInfo]:
     """:func:`list_user_sessions`, awaitable: the same answer, its queries in a worker thread."""
-    return await _in_worker_thread(partial(list_user_sessions, client, settings, user, now=now))
+    if user is None:
+        raise MisuseError("list_user_sessions needs a user")
+    return await _in_worker_thread(partial(_list, _store_of(client, settings, store), user, now))
 
 
+@overload
 async def aend_user_session(
     client: datastore.Client,
     settings: Settings,
@@ -457,10 +569,35 @@ async def aend_user_session(
     *,
     observer: DeleteObserver | None = None,
     events: EventPublisher | None = None,
+) -> bool: ...
+
+
+@overload
+async def aend_user_session(
+    *,
+    store: Store,
+    user: str,
+    session_id: str,
+    observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
+) -> bool: ...
+
+
+async def aend_user_session(
+    client: datastore.Client | None = None,
+    settings: Settings | None = None,
+    user: str | None = None,
+    session_id: str | None = None,
+    *,
+    store: Store | None = None,
+    observer: DeleteObserver | None = None,
+    events: EventPublisher | None = None,
 ) -> bool:
     """:func:`end_user_session`, awaitable: the same promises, its RPCs in a worker thread."""
-    call = partial(end_user_session, client, settings, user, session_id, observer=observer, events=events)
-    return await _in_worker_thread(call)
+    if user is None or session_id is None:
+        raise MisuseError("end_user_session needs a user and a session id")
+    chosen = _store_of(client, settings, store)
+    return await _in_worker_thread(partial(_end, chosen, user, session_id, observer=observer, events=events))
 
 
 async def alogout_everywhere_else(
