@@ -175,3 +175,14 @@ def test_a_paced_sweep_with_an_absurd_done_returns_at_once_and_goes_on_from_wher
     assert clock.slept <= 60 and outcome.deleted == 0 and outcome.paused
     assert outcome.more and outcome.cursor is None  # the next step starts from the start again
     assert remaining(client, settings) == names
+
+
+def test_cleanup_slices_that_collapse_on_one_lastseen_value_are_reported_and_still_delete_each_session_once(
+    client: datastore.Client, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    expired, live = seed(client, settings, 200, now - 10 * 86400), seed(client, settings, 5, now - 60)
+    result = start_clear_sessions(client, replace(settings, clear_shards=4), now=now)
+    assert result.shards == 1 and result.deleted == 200  # one value cannot be split: one chain, every session once
+    assert remaining(client, settings) == live and not expired & remaining(client, settings)
+    assert '"event": "clear_slices_collapsed"' in capsys.readouterr().err

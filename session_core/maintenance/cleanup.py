@@ -205,6 +205,8 @@ def start_clear_sessions(
     now = time.time() if now is None else now
     run_id, cutoff = uuid.uuid4().hex, cutoff_for(now, settings)
     slices = plan_slices(client, settings, cutoff, settings.clear_shards)
+    if len(slices) < settings.clear_shards:  # sessions sharing one lastseen value are never split
+        log.warning("clear_slices_collapsed", asked=settings.clear_shards, slices=len(slices))
     sliced = len(slices) > 1
     run = Run(run_id, "clear", clear_params(cutoff, dry_run, slices if sliced else None), now, chains=len(slices))
     record = RunRecorder(client, settings).entity(run)
