@@ -113,20 +113,29 @@ def kill_user_sessions(rt: Runtime, data: object, message_id: str) -> dict[str, 
 
 
 def session_task(rt: Runtime, body: bytes, authorization: str | None) -> dict[str, Any]:
-    """Check the caller, parse the step, check it belongs to its run, run it.
+    """Check the caller, parse the step, admit it only if it is the step its run expects, run it.
 
-    Answers only once the step's work is durable. A step of a run that
-    finished is acknowledged without work (a late redelivery, or a replay).
+    Answers only once the step's work is durable. A step its run does not
+    expect is a ForbiddenError (403) before any work (see
+    :func:`~session_core.maintenance.runs.check_step`). A step of a run that
+    finished, or a duplicate delivery of a step its chain counted, is
+    acknowledged without work; the duplicate of the step counted last
+    enqueues its chain's next step again (a no-op, by task name, unless a
+    crash came between that count and its enqueue).
     """
     verify_task_caller(authorization, rt.settings, rt.auth_request, rt.certificates)
     step = parse_step(body)
     structlog.contextvars.bind_contextvars(run_id=step.run_id)
-    run = check_step(RunRecorder(rt.datastore, rt.settings), step)
-    if run.status == "done":
-        log.info("session_task_skipped", reason="its run has finished", kind=run.kind)
-        return {"run_id": run.run_id, "skipped": True, "reason": "its run has finished"}
-    chains = run.chains
-    return run_step(rt.datastore, rt.settings, step, enqueue=rt.enqueue, observer=rt.observer, chains=chains).to_json()
+    admission = check_step(RunRecorder(rt.datastore, rt.settings), step)
+    run = admission.run
+    if admission.skipped is not None:
+        if admission.resend is not None and rt.enqueue is not None:
+            rt.enqueue(admission.resend)
+        log.info("session_task_skipped", reason=admission.skipped, kind=run.kind, page=step.page)
+        return {"run_id": run.run_id, "skipped": True, "reason": admission.skipped}
+    return run_step(
+        rt.datastore, rt.settings, step, enqueue=rt.enqueue, observer=rt.observer, chains=run.chains
+    ).to_json()
 
 
 def run_step(

@@ -307,8 +307,8 @@ VALID_KILL = {
 
 
 def record_run(client: datastore.Client, settings: Settings, step: dict[str, Any]) -> None:
-    """Write the run a step payload belongs to, as its starter would have, so that session_task accepts it."""
-    from session_core.maintenance.runs import Run, RunRecorder, clear_params, kill_params
+    """Write the run a step payload belongs to, expecting that very step, so that session_task accepts it."""
+    from session_core.maintenance.runs import ChainState, Run, RunRecorder, clear_params, kill_params
 
     recorder = RunRecorder(client, settings)
     shards = None if step["shard"] is None else [(None, None)] * step["shard"] + [(step["lo"], step["hi"])]
@@ -316,7 +316,8 @@ def record_run(client: datastore.Client, settings: Settings, step: dict[str, Any
         params = clear_params(step["cutoff"], step["dry_run"], shards)
     else:
         params = kill_params(step["user"], step["except_session"], shards)
-    run = Run(step["run_id"], step["op"], params, step["started"], chains=len(shards or [None]))
+    expected = {step["shard"] or 0: ChainState(step["page"], step["cursor"], step["done"])}
+    run = Run(step["run_id"], step["op"], params, step["started"], chains=len(shards or [None]), expected=expected)
     client.put(recorder.entity(run))
 
 

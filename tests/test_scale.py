@@ -217,7 +217,7 @@ def test_a_second_run_does_not_start_while_any_chain_of_the_first_is_alive(
     single = start_clear_sessions(client, replace(sliced, clear_shards=1))  # fewer chains still see all three
     assert single.skipped
     [chain0] = [step for step in queued if step.shard == 0]
-    run_step(client, sliced, replace(chain0, lo=chain0.hi), enqueue=None, chains=3)  # chain 0 ends first
+    run_step(client, sliced, chain0, enqueue=None, chains=3)  # chain 0 runs to its end (no queue)
     assert start_clear_sessions(client, replace(sliced, clear_shards=1)).skipped  # chains 1 and 2 still live
 
 

@@ -205,6 +205,8 @@ def start_clear_sessions(
     now = time.time() if now is None else now
     run_id, cutoff = uuid.uuid4().hex, cutoff_for(now, settings)
     slices = plan_slices(client, settings, cutoff, settings.clear_shards)
+    if len(slices) < settings.clear_shards:  # sessions sharing one lastseen value are never split
+        log.warning("clear_slices_collapsed", asked=settings.clear_shards, slices=len(slices))
     sliced = len(slices) > 1
     run = Run(run_id, "clear", clear_params(cutoff, dry_run, slices if sliced else None), now, chains=len(slices))
     record = RunRecorder(client, settings).entity(run)
@@ -300,6 +302,13 @@ def run_clear_step(
     is told of each deleted session (never in a dry run); one that raises is
     logged and changes nothing else. ``lease_held``: the caller has just
     taken the lease for this run. Logs exactly one ``clear_sessions`` line.
+
+    The step is counted, and its chain's next step recorded as the one the
+    run expects, in one commit before that next step is enqueued
+    (:meth:`~session_core.maintenance.runs.RunRecorder.record_step`): a
+    failure to enqueue is retried by the step's redelivery, which the run
+    knows as a duplicate and which enqueues that same next step. The pace
+    never waits past the step's budget, whatever ``done`` it carries.
     """
     started = time.monotonic()
     now = time.time() if now is None else now
@@ -323,10 +332,11 @@ def run_clear_step(
     def heartbeat() -> bool:
         return lease.acquire(step.run_id, now + time.monotonic() - started, chains=chains)
 
+    budget = settings.time_budget.total_seconds() if enqueue is not None else None
     pacer = None
     if settings.rampup:
         period = settings.rampup_period.total_seconds()
-        pacer = Pacer(settings.rampup_start, period, step.started or now, chains=chains, done=step.done)
+        pacer = Pacer(settings.rampup_start, period, step.started or now, chains=chains, done=step.done, within=budget)
     sweep = Sweep(
         client,
         settings,
@@ -337,43 +347,29 @@ def run_clear_step(
         pacer=pacer,
         events=batch_events(settings, events, "expired", step.run_id),
     )
-    deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
-    next_step = None
+    deadline = None if budget is None else started + budget
+    following = None
     try:
         outcome = sweep.run(step.cursor, deadline=deadline, heartbeat=None if step.dry_run else heartbeat)
-        if outcome.cursor is not None and not outcome.lost:
-            next_step = ClearStep(
-                step.run_id,
-                step.cutoff,
-                outcome.cursor,
-                step.page + outcome.pages,
-                step.dry_run,
-                step.shard,
-                step.lo,
-                step.hi,
-                step.started,
-                step.done + outcome.deleted,
-            )
-        if next_step is not None and enqueue is not None:
-            if step.dry_run or heartbeat():
-                enqueue(next_step)
-            else:
-                next_step = None  # a newer run took the lease over: it carries on
-        elif not step.dry_run and not outcome.lost:
+        more = outcome.more and enqueue is not None
+        if more and not step.dry_run and not heartbeat():
+            more = False  # a newer run took the lease over: it carries on
+        elif not more and not step.dry_run and not outcome.lost:
             lease.release(step.run_id)
+        recorder = RunRecorder(client, settings)
+        following = recorder.record_step(step, outcome.deleted, pages=outcome.pages, cursor=outcome.cursor, more=more)
+        if following is not None and enqueue is not None:
+            enqueue(following)  # only once the run expects it (see RunRecorder.record_step)
     except (StoreError, DispatchError):
         if not step.dry_run:
             lease.release_quietly(step.run_id)  # so that a retry need not wait for it to lapse
         raise
-    RunRecorder(client, settings).record_step(
-        step.run_id, outcome.deleted, chain_finished=next_step is None, chain=step.shard
-    )
     result = ClearResult(
         run_id=step.run_id,
         cutoff=step.cutoff,
         deleted=0 if step.dry_run else outcome.deleted,
         batches=outcome.batches,
-        continued=next_step is not None,
+        continued=following is not None,
         skipped=False,
         elapsed_s=round(time.monotonic() - started, 3),
         dry_run=step.dry_run,

@@ -115,6 +115,13 @@ def run_kill_step(
 ) -> KillResult:
     """Run one step of a kill chain within the time budget; enqueue the next. Idempotent.
 
+    The step is counted, and its chain's next step recorded as the one the
+    run expects, in one commit before that next step is enqueued
+    (:meth:`~session_core.maintenance.runs.RunRecorder.record_step`); a step
+    counted already is not counted twice, and enqueues only the step its run
+    expects. A step its run does not expect raises ForbiddenError at that
+    commit (``session_task`` refuses such a step before any work).
+
     With ``first_batch_only`` it deletes at most ``batch_size`` keys in one
     commit (the instant part of a one-user kill). ``observer`` is told of each
     deleted session. Kills are not paced unless ``SESSION_RAMPUP_KILL``: then
@@ -124,10 +131,13 @@ def run_kill_step(
     """
     started = time.monotonic()
     batch = batch_events(settings, events, "killed", step.run_id, step.user)
+    budget = settings.time_budget.total_seconds() if enqueue is not None else None
     pacer = None
     if settings.rampup and settings.rampup_kill:
         period = settings.rampup_period.total_seconds()
-        pacer = Pacer(settings.rampup_start, period, step.started or time.time(), chains=chains, done=step.done)
+        pacer = Pacer(
+            settings.rampup_start, period, step.started or time.time(), chains=chains, done=step.done, within=budget
+        )
     page_size = settings.batch_size if first_batch_only else None
     sweep = Sweep(
         client,
@@ -140,10 +150,10 @@ def run_kill_step(
         pacer=pacer,
         events=batch,
     )
-    deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
+    deadline = None if budget is None else started + budget
     outcome = sweep.run(step.cursor, deadline=deadline, max_pages=1 if first_batch_only else None)
-    deleted, cursor, page = outcome.deleted, outcome.cursor, step.page + outcome.pages
-    if cursor is not None and enqueue is None:  # no queue: the rest runs here and now
+    deleted, cursor, more = outcome.deleted, outcome.cursor, outcome.more
+    if more and enqueue is None:  # no queue: the rest runs here and now
         rest = Sweep(
             client,
             settings,
@@ -155,21 +165,18 @@ def run_kill_step(
             events=batch,
         )
         deleted += rest.run(cursor).deleted
-        cursor = None
-    if cursor is not None and enqueue is not None:
-        done = step.done + deleted
-        following = KillStep(
-            step.run_id, step.user, step.except_session, step.shard, step.lo, step.hi, cursor, page, step.started, done
-        )
-        enqueue(following)
-    RunRecorder(client, settings).record_step(step.run_id, deleted, chain_finished=cursor is None, chain=step.shard)
+        cursor, more = None, False
+    recorder = RunRecorder(client, settings)
+    following = recorder.record_step(step, deleted, pages=outcome.pages, cursor=cursor, more=more)
+    if following is not None and enqueue is not None:
+        enqueue(following)  # only once the run expects it (see RunRecorder.record_step)
     result = KillResult(
         run_id=step.run_id,
         user=_label(step.user),
         shard=step.shard,
         deleted=deleted,
         shards=0 if step.shard is None else chains,
-        continued=cursor is not None,
+        continued=following is not None,
         elapsed_s=round(time.monotonic() - started, 3),
     )
     log.info("kill_sessions", **result.to_json())
@@ -196,6 +203,8 @@ def _start_run(
     except StoreError as exc:
         if not isinstance(exc.cause, gexc.AlreadyExists) or (found := recorder.get(run_id)) is None:
             raise
+        if (found.kind, found.params["user"], found.params["except_session"]) != ("kill", user, except_session):
+            raise MisuseError("run_id already names another run") from None
         return found  # the same message again: its run, with the shards it recorded
     return run
 

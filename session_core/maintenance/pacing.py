@@ -60,6 +60,12 @@ class Pacer:
     behind (or started late) catches up at the allowed rate, not in a burst.
     A start later than the clock (a caller's simulated ``now``) counts as
     now: nothing waits for a future start.
+
+    ``within`` is the step's time budget (seconds from now; None: no
+    deadline, as when a run goes on inline). A pacer never sleeps past that
+    deadline, whatever ``done`` a step carries: :meth:`take` answers False
+    at once when the schedule allows ``count`` only later, and :meth:`fits`
+    says so before a caller waits.
     """
 
     start: float
@@ -69,11 +75,15 @@ class Pacer:
     done: int = 0
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    within: float | None = None
     waited: float = field(default=0.0, init=False)
     free_at: float = field(default=0.0, init=False)  # when the last commit's share of the rate is used up
+    deadline: float | None = field(default=None, init=False)  # on ``clock``: ``within`` from the start
 
     def __post_init__(self) -> None:
-        self.run_started = min(self.run_started, self.clock())
+        now = self.clock()
+        self.run_started = min(self.run_started, now)
+        self.deadline = None if self.within is None else now + self.within
 
     def _share(self, now: float) -> float:
         """This chain's deletes a second at ``now``."""
@@ -92,13 +102,20 @@ class Pacer:
         self.done += count
         self.free_at = now + count / self._share(now)
 
-    def take(self, count: int) -> None:
-        """Wait until the schedule allows ``count`` more deletes, then count them."""
+    def fits(self, delay: float) -> bool:
+        """Whether waiting ``delay`` seconds from now ends by the deadline (always, without one)."""
+        return self.deadline is None or self.clock() + delay <= self.deadline
+
+    def take(self, count: int) -> bool:
+        """Wait until the schedule allows ``count`` more deletes and count them; False, at once, past the deadline."""
         delay = self.delay(count)
+        if not self.fits(delay):
+            return False
         if delay > 0:
             self.waited += delay
             self.sleep(delay)
         self.took(count)
+        return True
 
     def allowance(self, within: float) -> int:
         """How many deletes this chain may commit in the next ``within`` seconds (at most; for sizing a page)."""

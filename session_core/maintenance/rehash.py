@@ -102,14 +102,18 @@ def run_rehash_step(
 ) -> RehashResult:
     """One bounded step of a rehash run: scan on from ``step.cursor``, move each plain-key session. Idempotent.
 
-    Paced like cleanup (``SESSION_RAMPUP``). With work left past the time
-    budget, the next step goes to ``enqueue``; with no queue the run goes
-    on here. Logs one ``rehash_sessions`` line.
+    Paced like cleanup (``SESSION_RAMPUP``), never waiting past the budget.
+    With work left past the time budget, the next step goes to ``enqueue``,
+    once the run's record expects it (see
+    :meth:`~session_core.maintenance.runs.RunRecorder.record_step`); with no
+    queue the run goes on here. Logs one ``rehash_sessions`` line.
     """
     started = time.monotonic()
+    budget = settings.time_budget.total_seconds() if enqueue is not None else None
     pacer = None
     if settings.rampup:
-        pacer = Pacer(settings.rampup_start, settings.rampup_period.total_seconds(), step.started, done=step.done)
+        period = settings.rampup_period.total_seconds()
+        pacer = Pacer(settings.rampup_start, period, step.started, done=step.done, within=budget)
     mover = None if step.delete else _Mover(client, settings)
     sweep = Sweep(
         client,
@@ -121,27 +125,18 @@ def run_rehash_step(
         pacer=pacer,
         act=None if mover is None else mover.move,
     )
-    deadline = started + settings.time_budget.total_seconds() if enqueue is not None else None
+    deadline = None if budget is None else started + budget
     outcome = sweep.run(step.cursor, deadline=deadline)
-    next_step = None
-    if outcome.cursor is not None:
-        next_step = RehashStep(
-            step.run_id,
-            step.delete,
-            step.dry_run,
-            outcome.cursor,
-            step.page + outcome.pages,
-            step.started,
-            step.done + outcome.deleted,
-        )
-        if enqueue is not None:
-            enqueue(next_step)
-    RunRecorder(client, settings).record_step(step.run_id, outcome.deleted, chain_finished=next_step is None)
+    recorder = RunRecorder(client, settings)
+    more = outcome.more and enqueue is not None
+    following = recorder.record_step(step, outcome.deleted, pages=outcome.pages, cursor=outcome.cursor, more=more)
+    if following is not None and enqueue is not None:
+        enqueue(following)  # only once the run expects it (see RunRecorder.record_step)
     result = RehashResult(
         run_id=step.run_id,
         handled=outcome.deleted,
         batches=outcome.batches,
-        continued=next_step is not None,
+        continued=following is not None,
         elapsed_s=round(time.monotonic() - started, 3),
         delete=step.delete,
         dry_run=step.dry_run,

@@ -1,14 +1,32 @@
-"""Run records: every task step must belong to a run our own code started, with the same parameters.
+"""Run records: every task step must be the very step our own code enqueued for its run's chain.
 
 Whatever starts a run (the scheduler's clear, a Pub/Sub kill, the command
 line) writes a run entity in the same commit as its first work: kind
 ``session_core-run``, named by the run id, with the run's kind, its
 parameters (JSON: user, except_session and shard ranges for a kill; cutoff
 and dry_run for a clear), its start time and status, and the counts its steps
-add. ``session_task`` runs a step only if its run exists and the step's
-parameters are the run's (:func:`check_step`), so a token that could be
-replayed cannot carry a forged "kill everyone" or a forged cutoff; the steps
-of a finished run are acknowledged without work.
+add.
+
+It also holds, per chain, what that chain's next step is (``chain_steps``:
+the next page, cursor and ``done``, from which the whole step follows), and
+the digests of the last :data:`RECENT` steps the chain counted. A new run
+expects each chain's first step (page 0, no cursor). The transaction that
+counts a step (:meth:`RunRecorder.record_step`) moves its chain on to the
+next step and commits *before* that step is enqueued; the step to enqueue
+is the one the run now expects, so a crash between the commit and the
+enqueue is repaired by the redelivery of the step just counted (it is a
+duplicate, and its duplicate re-enqueues the expected step; Cloud Tasks
+drops the task if it exists, by its name).
+
+``session_task`` admits a step (:func:`check_step`) only if its run exists,
+it carries its run's parameters, and it is exactly the step its chain
+expects; one of the chain's recently counted steps is a duplicate delivery
+(acknowledged without work); anything else (a forged cursor, page or
+``done``, a replay of an older step) is refused before any work, so a token
+that could be replayed can neither carry a forged "kill everyone" or cutoff,
+nor cut a chain short. The steps of a finished run that carry its parameters
+are acknowledged without work. Runs recorded before ``chain_steps`` existed
+expect nothing: their remaining steps are refused.
 
 Run entities double as receipts (``session-core runs``) and carry an
 ``expires`` seven days after their start, for a Datastore TTL policy on kind
@@ -17,9 +35,10 @@ Run entities double as receipts (``session-core runs``) and carry an
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -29,13 +48,63 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
-from session_core.maintenance.steps import ClearStep, RehashStep, Step
+from session_core.maintenance.steps import ClearStep, KillStep, RehashStep, Step
 from session_core.rules import iso_utc
 from session_core.store import FAIL_FAST, settings_key, translated
 
 KIND = "session_core-run"
 KEEP = timedelta(days=7)
+RECENT = 8  # a chain remembers the digests of the last eight steps it counted: their redeliveries are duplicates
 RunKind = Literal["clear", "kill", "rehash"]
+
+
+def step_digest(step: Step) -> str:
+    """A digest of every field of ``step`` (its exact wire form): two steps share one only if they are equal."""
+    canonical = json.dumps(step.to_json(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What a run expects of one chain: its next step's page, cursor and ``done``; or that it finished.
+
+    ``recent`` holds the digests of the steps the chain counted last (oldest
+    first, at most :data:`RECENT`).
+    """
+
+    page: int = 0
+    cursor: str | None = None
+    done: int = 0
+    finished: bool = False
+    recent: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "page": self.page,
+            "cursor": self.cursor,
+            "done": self.done,
+            "finished": self.finished,
+            "recent": list(self.recent),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ChainState:
+        return cls(
+            int(data["page"]),
+            data["cursor"],
+            int(data["done"]),
+            bool(data["finished"]),
+            tuple(str(d) for d in data["recent"]),
+        )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What ``session_task`` does with a step: run it, or acknowledge it without work (enqueueing ``resend``)."""
+
+    run: Run
+    skipped: str | None = None  # why it is acknowledged without work; None: run it
+    resend: Step | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +120,35 @@ class Run:
     steps: int = 0
     chains_done: int = 0
     chains: int = 1
+    expected: Mapping[int, ChainState] = field(default_factory=dict)
+    """Per chain, what it expects next; empty in a new ``Run``: each chain's first step (:attr:`expecting`)."""
+
+    @property
+    def expecting(self) -> Mapping[int, ChainState]:
+        """What each chain expects: as recorded, or for a run not yet recorded, each chain's first step."""
+        return self.expected or {chain: ChainState() for chain in range(self.chains)}
+
+    def step_for(self, chain: int, state: ChainState) -> Step:
+        """The step of ``chain`` that ``state`` describes: every other field follows from the run."""
+        params = self.params
+        if self.kind == "rehash":
+            return RehashStep(
+                self.run_id, params["delete"], params["dry_run"], state.cursor, state.page, self.started, state.done
+            )
+        if self.kind == "clear":
+            slices = params["slices"]
+            lo, hi = (None, None) if slices is None else slices[chain]
+            shard = None if slices is None else chain
+            return ClearStep(
+                self.run_id, params["cutoff"], state.cursor, state.page, params["dry_run"], shard, lo, hi,
+                self.started, state.done,
+            )  # fmt: skip
+        shards = params["shards"]
+        lo, hi = (None, None) if shards is None else shards[chain]
+        return KillStep(
+            self.run_id, params["user"], params["except_session"], None if shards is None else chain, lo, hi,
+            state.cursor, state.page, self.started, state.done,
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """The receipt: a dry run's count is ``counted`` (its ``deleted`` is 0); a cutoff also as ISO 8601."""
@@ -98,7 +196,8 @@ class RunRecorder:
 
     def entity(self, run: Run) -> datastore.Entity:
         """The entity that records ``run``; commit it with the run's first work."""
-        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=("params", "expires", "finished_chains"))
+        unindexed = ("params", "expires", "finished_chains", "chain_steps")
+        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=unindexed)
         entity.update(
             kind=run.kind,
             params=json.dumps(run.params, sort_keys=True),
@@ -109,6 +208,7 @@ class RunRecorder:
             chains_done=run.chains_done,
             chains=run.chains,
             expires=datetime.fromtimestamp(run.started, tz=UTC) + KEEP,
+            chain_steps=_chain_steps(run.expecting),
         )
         return entity
 
@@ -124,6 +224,9 @@ class RunRecorder:
             steps=int(entity["steps"]),
             chains_done=int(entity.get("chains_done", 0)),
             chains=int(entity.get("chains", 1)),
+            expected={
+                int(n): ChainState.from_json(s) for n, s in json.loads(entity.get("chain_steps") or "{}").items()
+            },
         )
 
     def get(self, run_id: str) -> Run | None:
@@ -131,34 +234,63 @@ class RunRecorder:
             entity = self.client.get(self.key(run_id), **FAIL_FAST)
         return None if entity is None else self.from_entity(entity)
 
-    def record_step(self, run_id: str, deleted: int, *, chain_finished: bool, chain: int | None = None) -> None:
-        """Add a step's count to its run; a finished chain may finish the run. One transaction, retried on races.
+    def record_step(self, step: Step, deleted: int, *, pages: int, cursor: str | None, more: bool) -> Step | None:
+        """Count ``step`` and move its chain on: the step to enqueue next, or None. One transaction, retried on races.
 
-        Chains are counted by number (``chain``: the step's shard; None is a
-        one-chain run's), so a last step delivered twice, or a chain forked by
-        a retried step, finishes its chain once: the run is done only when
-        every one of its chains is.
+        ``deleted`` is what the step did, ``pages`` how many pages it read,
+        ``more`` whether its chain goes on, from ``cursor`` (None: from the
+        start, as after a step paced past its deadline before its first
+        page). The
+        chain's next step (``page + pages``, ``cursor``, ``done + deleted``)
+        is committed as the one the run expects *before* the caller enqueues
+        what this returns: so whatever the queue delivers next is a step the
+        run already expects.
+
+        A step the chain has counted already (a redelivery, or a second run
+        of the same step) is not counted again: this returns the chain's
+        expected step when the duplicate is the step counted last and the
+        chain goes on (so a crash between this commit and the enqueue is
+        repaired by the redelivery; Cloud Tasks drops a task enqueued twice,
+        by its name), and None otherwise. A step the run does not expect
+        raises ForbiddenError and changes nothing. A run that was never
+        recorded (or whose receipt is past its TTL) records nothing.
+
+        Chains finish once, by number, so the run is done only when every one
+        of its chains is.
         """
+        chain = chain_of(step)
         for attempt in range(5):
             try:
                 with translated("run"), self.client.transaction():
-                    entity = self.client.get(self.key(run_id), **FAIL_FAST)
+                    entity = self.client.get(self.key(step.run_id), **FAIL_FAST)
                     if entity is None:
-                        return  # an inline run that was never recorded, or a receipt past its TTL
+                        return _following(step, deleted, pages, cursor) if more else None
+                    run = self.from_entity(entity)
+                    state = run.expected.get(chain)
+                    digest = step_digest(step)
+                    if state is not None and digest in state.recent:
+                        return None if state.finished or digest != state.recent[-1] else run.step_for(chain, state)
+                    if state is None or state.finished or run.step_for(chain, state) != step:
+                        raise ForbiddenError("the step is not the one its run expects next")
+                    recent = (*state.recent, digest)[-RECENT:]
+                    page = step.page + max(pages, 1)
+                    after = ChainState(page, cursor if more else None, step.done + deleted, not more, recent)
+                    entity["chain_steps"] = _chain_steps({**run.expected, chain: after})
                     entity["deleted"] = int(entity["deleted"]) + deleted
                     entity["steps"] = int(entity["steps"]) + 1
-                    if chain_finished:
-                        finished = {int(n) for n in entity.get("finished_chains") or []} | {chain or 0}
+                    if not more:
+                        finished = {int(n) for n in entity.get("finished_chains") or []} | {chain}
                         entity["finished_chains"] = sorted(finished)
-                        entity.exclude_from_indexes.add("finished_chains")
                         entity["chains_done"] = len(finished)
                         if len(finished) >= int(entity.get("chains", 1)):
                             entity["status"] = "done"
+                    entity.exclude_from_indexes.update({"finished_chains", "chain_steps"})
                     self.client.put(entity)
-                return
+                return run.step_for(chain, after) if more else None
             except TransientStoreError as exc:
                 if not isinstance(exc.cause, gexc.Aborted) or attempt == 4:
                     raise
+        raise AssertionError("unreachable")
 
     def prune(self, now: float, limit: int = 500) -> int:
         """Delete up to ``limit`` receipts started more than seven days before ``now``; how many went.
@@ -185,25 +317,53 @@ class RunRecorder:
             return [self.from_entity(entity) for entity in query.fetch(limit=limit, **FAIL_FAST)]
 
 
-def check_step(recorder: RunRecorder, step: Step) -> Run:
-    """The step's run, if the step is one our own code made for it; ForbiddenError otherwise. One lookup.
+def check_step(recorder: RunRecorder, step: Step) -> Admission:
+    """Whether ``session_task`` runs ``step``; ForbiddenError for a step our own code did not enqueue. One lookup.
 
-    Every step must carry its run's start time (it paces the run). A clear
-    step must carry its run's cutoff and dry-run flag, and either no slice
-    (a one-chain run) or one of the run's slices with exactly its bounds; a
-    kill step its run's user and kept session, and either no shard (a
-    one-user run) or one of the run's shards with exactly its key range; a
-    rehash step its run's delete and dry-run flags.
+    The step must carry its run's parameters: its start time (it paces the
+    run); for a clear its cutoff and dry-run flag, and either no slice (a
+    one-chain run) or one of the run's slices with exactly its bounds; for a
+    kill its user and kept session, and either no shard (a one-user run) or
+    one of the run's shards with exactly its key range; for a rehash its
+    delete and dry-run flags. Then:
+
+    - a step of a finished run is acknowledged without work;
+    - the step its chain expects next (page, cursor and ``done`` included)
+      runs;
+    - one of the last steps its chain counted is a duplicate delivery,
+      acknowledged without work; if it is the very last, the chain's next
+      step comes back as ``resend``, to be enqueued again (a no-op unless a
+      crash came between the count's commit and the enqueue);
+    - anything else (a forged cursor, page or ``done``, an older step
+      replayed, a step of a finished chain) is refused: ForbiddenError, and
+      nothing is deleted or changed.
     """
     run = recorder.get(step.run_id)
     if run is None:
         raise ForbiddenError("the step's run was never started here")
+    _check_params(run, step)
+    if run.status == "done":
+        return Admission(run, "its run has finished")
+    chain = chain_of(step)
+    state = run.expected.get(chain)
+    if state is None:
+        raise ForbiddenError("the step's run expects no step of its chain (recorded by an earlier version)")
+    if not state.finished and run.step_for(chain, state) == step:
+        return Admission(run)
+    digest = step_digest(step)
+    if digest in state.recent:
+        resend = None if state.finished or digest != state.recent[-1] else run.step_for(chain, state)
+        return Admission(run, "a duplicate delivery", resend)
+    raise ForbiddenError("the step is not the one its run expects next")
+
+
+def _check_params(run: Run, step: Step) -> None:
     if step.started != run.started or run.kind != step.op:
         raise ForbiddenError("the step's parameters are not its run's")
     if isinstance(step, RehashStep):
         if run.params != rehash_params(step.delete, step.dry_run):
             raise ForbiddenError("the step's parameters are not its run's")
-        return run
+        return
     if isinstance(step, ClearStep):
         ours = (run.params["cutoff"], run.params["dry_run"]) == (step.cutoff, step.dry_run)
         ranges = run.params["slices"]
@@ -217,7 +377,20 @@ def check_step(recorder: RunRecorder, step: Step) -> Run:
             raise ForbiddenError("the step's parameters are not its run's")
     elif ranges is None or not 0 <= step.shard < len(ranges) or ranges[step.shard] != [step.lo, step.hi]:
         raise ForbiddenError("the step's shard is not one of its run's")
-    return run
+
+
+def chain_of(step: Step) -> int:
+    """The chain a step belongs to: its shard, or 0 for a run's only chain."""
+    shard = None if isinstance(step, RehashStep) else step.shard
+    return 0 if shard is None else shard
+
+
+def _following(step: Step, deleted: int, pages: int, cursor: str | None) -> Step:
+    return replace(step, cursor=cursor, page=step.page + max(pages, 1), done=step.done + deleted)
+
+
+def _chain_steps(states: Mapping[int, ChainState]) -> str:
+    return json.dumps({str(chain): state.to_json() for chain, state in sorted(states.items())}, sort_keys=True)
 
 
 def list_runs(client: datastore.Client, settings: Settings, limit: int = 20) -> list[Run]:

@@ -2,7 +2,9 @@
 
 A long maintenance run is a chain of bounded steps. Each step is a small JSON
 payload that ``session_task`` receives; parsing is strict, and a payload that
-does not parse is a :class:`~session_core.errors.PayloadError` (HTTP 400).
+does not parse is a :class:`~session_core.errors.PayloadError` (HTTP 400): a
+cursor must be URL-safe base64 of a protocol buffer, as Datastore's are (what
+only Datastore can tell apart is a PayloadError at the query too).
 Task names are a hash of the run id and the step number, so a duplicated
 delivery or a re-enqueue of the same step is deduplicated by Cloud Tasks.
 Handing a step to Cloud Tasks is :mod:`session_core.maintenance.dispatch`.
@@ -18,6 +20,9 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import DecodeError
 
 from session_core.errors import PayloadError
 from session_core.maintenance.messages import DuplicateKeyError, strict_json
@@ -138,8 +143,8 @@ def _cursor(payload: dict[str, Any]) -> str | None:
         if not _CURSOR.fullmatch(cursor):
             raise PayloadError("cursor is not a query cursor")
         try:
-            base64.urlsafe_b64decode(cursor.encode())
-        except (binascii.Error, ValueError):
+            Empty.FromString(base64.urlsafe_b64decode(cursor.encode()))  # a cursor is a protocol buffer
+        except (binascii.Error, ValueError, DecodeError):
             raise PayloadError("cursor is not a query cursor") from None
     return cursor
 

@@ -29,7 +29,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core.config import Settings
-from session_core.errors import StoreError, TransientStoreError
+from session_core.errors import PayloadError, StoreError, TransientStoreError
 from session_core.maintenance.events import BatchEvents
 from session_core.maintenance.pacing import Pacer
 from session_core.store import FAIL_FAST, DeleteObserver, SessionRecord, SessionStore, commit, translated
@@ -128,10 +128,19 @@ def delete_batch(
 
 
 def fetch_page(make_query: QueryFactory, limit: int, cursor: str | None) -> tuple[list[datastore.Key], str | None]:
-    """One page of a keys-only query from ``cursor`` (urlsafe base64): (keys, next cursor). One RPC."""
+    """One page of a keys-only query from ``cursor`` (urlsafe base64): (keys, next cursor). One RPC.
+
+    A cursor Datastore cannot parse is a PayloadError (a 400 at the task
+    door: retrying it would fail the same way), not a StoreError.
+    """
     iterator = make_query().fetch(limit=limit, start_cursor=cursor, **FAIL_FAST)
-    with translated("query"):
-        keys = [entity.key for entity in iterator]
+    try:
+        with translated("query"):
+            keys = [entity.key for entity in iterator]
+    except StoreError as exc:
+        if cursor is not None and isinstance(exc.cause, gexc.InvalidArgument) and "pars" in str(exc.cause):
+            raise PayloadError("cursor is not a query cursor") from exc
+        raise
     token = iterator.next_page_token
     return keys, token.decode() if isinstance(token, bytes) else token
 
@@ -160,6 +169,12 @@ class SweepOutcome:
     pages: int
     cursor: str | None
     lost: bool = False  # the heartbeat said stop
+    paused: bool = False  # the pace allowed the next deletes only past the step's deadline: go on from ``cursor``
+
+    @property
+    def more(self) -> bool:
+        """Whether the chain goes on from ``cursor`` (None after a pause: from the start)."""
+        return not self.lost and (self.cursor is not None or self.paused)
 
 
 @dataclass
@@ -241,22 +256,26 @@ class Sweep:
             # empty page is the end, whatever the cursor says.
             return keys, next_cursor, len(keys) < limit or next_cursor is None
 
-    def _pace(self, count: int, heartbeat: Callable[[], bool] | None, beat: _Beat) -> bool:
+    def _pace(self, count: int, heartbeat: Callable[[], bool] | None, beat: _Beat) -> str | None:
         """Wait until the pace allows ``count`` deletes, renewing the lease as often as ``beat`` says.
 
-        False if the heartbeat said stop (the deletes are not counted then).
+        "lost" if the heartbeat said stop, "paused" (at once) if the pace
+        allows them only past the pacer's deadline; the deletes are not
+        counted then. None once they are.
         """
         assert self.pacer is not None
         while (delay := self.pacer.delay(count)) > 0:
+            if not self.pacer.fits(delay):
+                return "paused"
             wait = delay if heartbeat is None else min(delay, max(beat.due - time.monotonic(), 0.0))
             self.pacer.waited += wait
             self.pacer.sleep(wait)
             if heartbeat is not None and time.monotonic() >= beat.due:
                 if not heartbeat():
-                    return False
+                    return "lost"
                 beat.due = time.monotonic() + beat.every
         self.pacer.took(count)
-        return True
+        return None
 
     def _delete(self, keys: Sequence[datastore.Key]) -> tuple[int, list[SessionRecord]]:
         if self.act is not None and not self.dry_run:
@@ -285,7 +304,11 @@ class Sweep:
 
         ``heartbeat`` is called after each page, and while a paced sweep waits
         at least every ``lease_ttl / 3``; when it answers False the sweep
-        stops where it is (``lost`` in the outcome).
+        stops where it is (``lost`` in the outcome). A paced sweep whose pace
+        would wait past its pacer's deadline stops at once (``paused``), with
+        the cursor of the page it was deleting (None: the first page), so
+        that the next step reads that page again (deleting an absent key is
+        a no-op).
 
         All deletes are committed before it returns; on an error, those already
         committed stay committed and a re-run from the same cursor is safe.
@@ -294,12 +317,13 @@ class Sweep:
         in_flight = self.settings.deletes_in_flight
         pending: deque[Future[tuple[int, list[SessionRecord]]]] = deque()
         pages = 0
-        lost = False
+        lost = paused = False
         last_report = started
         beat = _Beat(self.settings.lease_ttl.total_seconds() / 3, started)
         with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="sweep") as pool:
             try:
                 while True:
+                    page_start = cursor
                     keys, cursor, last = self._page(cursor, deadline)  # overlaps with the deletes in flight
                     pages += 1
                     if self.keep is not None:
@@ -309,10 +333,14 @@ class Sweep:
                     while chunks and not lost:
                         while len(pending) >= in_flight:
                             self._collect(pending.popleft())
-                        if self.pacer is not None and not self._pace(len(chunks[0]), heartbeat, beat):
-                            lost = True
+                        stop = None if self.pacer is None else self._pace(len(chunks[0]), heartbeat, beat)
+                        if stop is not None:
+                            lost, paused = stop == "lost", stop == "paused"
                             break
                         pending.append(pool.submit(self._delete, chunks.popleft()))
+                    if paused:
+                        cursor = page_start
+                        break
                     if lost:
                         break
                     if self.progress is not None and time.monotonic() - last_report >= 1.0:
@@ -334,4 +362,4 @@ class Sweep:
                     self._collect(pending.popleft())
         if self.progress is not None:
             self.progress(self.deleted, time.monotonic() - started)
-        return SweepOutcome(self.deleted, self.batches, pages, cursor, lost)
+        return SweepOutcome(self.deleted, self.batches, pages, cursor, lost, paused)
