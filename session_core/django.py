@@ -79,7 +79,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
 from google.cloud import datastore
 
-from session_core import rules
+from session_core import _answers, rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.contract import Store
@@ -93,7 +93,6 @@ FUNCTIONS_SETTINGS_NAME = "SESSION_CORE_FUNCTIONS_SETTINGS"  # optional: the fun
 CLIENT_NAME = "SESSION_CORE_CLIENT"
 STORE_NAME = "SESSION_CORE_STORE"
 USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
-UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
 _CREATE_ATTEMPTS = 3
 log = structlog.get_logger("session_core.django")
 
@@ -440,33 +439,33 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]  # Djang
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, StoreError):
-            return _unavailable(exception)
+            return _unavailable(request, exception)
         if isinstance(exception, MisuseError):
-            return _misused(exception)
+            return _rendered(_answers.misused(exception))
         return None
 
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         try:
             result: HttpResponseBase = super().process_response(request, response)
         except StoreError as exc:
-            return _unavailable(exc)
+            return _unavailable(request, exc)
         except MisuseError as exc:
-            return _misused(exc)
+            return _rendered(_answers.misused(exc))
         return result
 
 
-def _misused(exc: MisuseError) -> HttpResponse:
-    log.warning("session_misuse", error=exc.reason)
-    return HttpResponse(f"Bad request: {exc.reason}", status=400, content_type="text/plain")
+def _unavailable(request: HttpRequest, exc: StoreError) -> HttpResponse:
+    """The 503, its ``Retry-After`` from the settings of the request's session (``SESSION_CORE_STORE``'s too)."""
+    session = getattr(request, "session", None)
+    settings = session.settings if isinstance(session, SessionStore) else configured_store()[0]
+    return _rendered(_answers.unavailable(settings, exc))
 
 
-def _unavailable(exc: StoreError) -> HttpResponse:
-    settings, _ = configured()
-    log.warning("session_unavailable", operation=exc.operation)
-    retry_after = max(1, int(settings.request_timeout.total_seconds()))
-    response = HttpResponse(UNAVAILABLE, status=503, content_type="text/plain")
-    response["Retry-After"] = str(retry_after)
-    response["Vary"] = "Cookie"
+def _rendered(answer: _answers.Answer) -> HttpResponse:
+    """One of our answers as Django's ``HttpResponse``."""
+    response = HttpResponse(answer.body, status=answer.status, content_type=_answers.CONTENT_TYPE)
+    for name, value in answer.headers:
+        response[name] = value
     return response
 
 
