@@ -11,7 +11,7 @@ a library call misused in a view. The answers must be the same four times:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -192,7 +192,7 @@ def adapter(request: pytest.FixtureRequest) -> Callable[[Unanswering, str, str, 
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
     with capture_logs() as captured:
         yield captured
 
@@ -208,7 +208,7 @@ def logs() -> Iterator[list[dict[str, Any]]]:
 def test_a_store_that_does_not_answer_gets_the_one_503_in_every_adapter(
     adapter: Callable[[Unanswering, str, str, str | None], Answered],
     down: Unanswering,
-    logs: list[dict[str, Any]],
+    logs: list[MutableMapping[str, Any]],
     method: str,
     route: str,
     with_cookie: bool,
@@ -227,7 +227,7 @@ def test_a_store_that_does_not_answer_gets_the_one_503_in_every_adapter(
 def test_misuse_in_a_view_gets_the_one_400_with_its_reason_in_every_adapter(
     adapter: Callable[[Unanswering, str, str, str | None], Answered],
     down: Unanswering,
-    logs: list[dict[str, Any]],
+    logs: list[MutableMapping[str, Any]],
 ) -> None:
     answered = adapter(down, "POST", "/misuse", None)
     assert answered.status == 400
