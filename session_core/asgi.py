@@ -44,15 +44,15 @@ is not saved.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.to_thread
-import structlog
 from google.cloud import datastore
 
+from session_core import _answers
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.cookies import clear_cookie_header, parse_cookie_values, set_cookie_header
@@ -67,9 +67,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 T = TypeVar("T")
 
 SCOPE_KEY = "session"
-UNAVAILABLE = b"The session store did not answer in time. Please retry shortly."
 TRY_AGAIN_LATER = 1013  # WebSocket close code: the server cannot serve this connection now
-log = structlog.get_logger("session_core.asgi")
 
 
 class _OwnItems(MutableMapping[str, Any]):
@@ -271,11 +269,11 @@ class SessionMiddleware:
         try:
             await self._load(session, context)
         except StoreError as exc:
-            log.warning("session_unavailable", operation=exc.operation)
+            answer = _answers.unavailable(self.settings, exc)
             if scope["type"] == "http":
-                await self._unavailable(send)
+                await self._answer(send, answer)
             else:
-                await self._refuse_websocket(scope, receive, send)
+                await self._refuse_websocket(scope, receive, send, answer)
             return
         scope[SCOPE_KEY] = session
         if scope["type"] == "websocket":
@@ -293,9 +291,8 @@ class SessionMiddleware:
                 try:
                     headers = await self._save(session, context)
                 except StoreError as exc:
-                    log.warning("session_unavailable", operation=exc.operation)
                     replaced = True
-                    await self._unavailable(send)
+                    await self._answer(send, _answers.unavailable(self.settings, exc))
                     return
                 own = list(message.get("headers", ()))
                 if any(name.lower() == b"vary" and b"cookie" in value.lower() for name, value in own):
@@ -308,8 +305,7 @@ class SessionMiddleware:
         except MisuseError as exc:
             if started:
                 raise  # the response is on its way: it cannot become a 400
-            log.warning("session_misuse", error=exc.reason)
-            await self._answer(send, 400, f"Bad request: {exc.reason}".encode())
+            await self._answer(send, _answers.misused(exc))
 
     async def _load(self, session: ASGISession, context: ASGIContext) -> None:
         if request_keys(context, session.cookie_name):
@@ -347,28 +343,24 @@ class SessionMiddleware:
         finally:
             self._waiting.release()
 
-    def _retry_after(self) -> bytes:
-        return str(max(1, int(self.settings.request_timeout.total_seconds()))).encode()
-
-    async def _unavailable(self, send: Send) -> None:
-        """Answer 503 with ``Retry-After``: the store did not answer within the request deadline."""
-        await self._answer(send, 503, UNAVAILABLE, [(b"retry-after", self._retry_after()), (b"vary", b"Cookie")])
-
     @staticmethod
-    async def _answer(send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        """Send a whole plain-text response of our own."""
-        own = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": [*own, *headers]})
-        await send({"type": "http.response.body", "body": body})
+    async def _answer(send: Send, answer: _answers.Answer) -> None:
+        """Send a whole plain-text response of our own (a 503 or a 400)."""
+        await send({"type": "http.response.start", "status": answer.status, "headers": _encoded(answer)})
+        await send({"type": "http.response.body", "body": answer.body})
 
-    async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refuse the handshake: with a 503 where the server can send one, else by closing (1013)."""
+    async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send, answer: _answers.Answer) -> None:
+        """Refuse the handshake: with the 503 where the server can send one, else by closing (1013)."""
         message = await receive()
         if message["type"] != "websocket.connect":
             return  # the client went away already
         if "websocket.http.response" in scope.get("extensions", {}):
-            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", self._retry_after())]
-            await send({"type": "websocket.http.response.start", "status": 503, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": UNAVAILABLE})
+            await send({"type": "websocket.http.response.start", "status": answer.status, "headers": _encoded(answer)})
+            await send({"type": "websocket.http.response.body", "body": answer.body})
         else:
             await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": "session store unavailable"})
+
+
+def _encoded(answer: _answers.Answer) -> list[tuple[bytes, bytes]]:
+    """An answer's headers as ASGI sends them (lower-case names, bytes)."""
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.all_headers()]

@@ -79,12 +79,13 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils import timezone
 from google.cloud import datastore
 
-from session_core import rules
+from session_core import _answers, rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.errors import ConfigError, MisuseError, StoreError
 from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
+from session_core.session import INSERT_ATTEMPTS, insert_new, no_free_key, rewrite_stored
 from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
 
@@ -93,8 +94,6 @@ FUNCTIONS_SETTINGS_NAME = "SESSION_CORE_FUNCTIONS_SETTINGS"  # optional: the fun
 CLIENT_NAME = "SESSION_CORE_CLIENT"
 STORE_NAME = "SESSION_CORE_STORE"
 USER_KEY = "_auth_user_id"  # django.contrib.auth.SESSION_KEY (not imported: that loads the auth app)
-UNAVAILABLE = "The session store did not answer in time. Please retry shortly."
-_CREATE_ATTEMPTS = 3
 log = structlog.get_logger("session_core.django")
 
 
@@ -262,7 +261,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             return
         data = self._get_session(no_load=must_create)
         if must_create:
-            self._insert(data, obsolete=())
+            if not self._insert(data, key=self.session_key, obsolete=(), attempts=1):
+                raise CreateError  # Django's contract: the caller picks another key
         else:
             self._update(data)
 
@@ -324,17 +324,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
     # -- writing ---------------------------------------------------------------------
 
     def _create(self, *, obsolete: Iterable[str]) -> None:
-        gone = list(obsolete)
         self._security_key = None  # a new key (a login's cycle_key too) gets a new security key, as in ViUR
-        for _ in range(_CREATE_ATTEMPTS):
-            self._session_key = self._get_new_session_key()
-            try:
-                self._insert(self._get_session(no_load=True), obsolete=gone)
-            except CreateError:
-                continue  # the name is taken (about 2^-250 likely): another key
-            self.modified = True
-            return
-        raise StoreError("insert", RuntimeError("no free session key after several attempts"))
+        if not self._insert(self._get_session(no_load=True), key=None, obsolete=obsolete, attempts=INSERT_ATTEMPTS):
+            raise no_free_key()
+        self.modified = True
 
     def _move(self, data: dict[str, Any], stored: str) -> None:
         """Re-home the session stored as ``stored`` under a new key (the store's move); SessionInterrupted if gone."""
@@ -360,33 +353,34 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
             "concurrent request): it was not re-created."
         )
 
-    def _insert(self, data: dict[str, Any], *, obsolete: Iterable[str]) -> None:
-        key = self.session_key
-        assert key is not None
-        name = storage_name(key, self.settings)
-        if not self.store.insert(self._record(name, data), delete=list(obsolete)):
-            raise CreateError
-        self._stored_name = name
+    def _insert(self, data: dict[str, Any], *, key: str | None, obsolete: Iterable[str], attempts: int) -> bool:
+        """Insert under ``key`` (None: a new one), as :class:`Session` does; False if every name tried was taken."""
+        placed = insert_new(
+            self.store,
+            functools.partial(self._record, data=data),
+            self.settings,
+            key=key,
+            delete=list(obsolete),
+            attempts=attempts,
+            fresh=self._get_new_session_key,
+        )
+        if placed is None:
+            return False
+        self._session_key, self._stored_name = placed
+        return True
 
     def _update(self, data: dict[str, Any]) -> None:
+        """Write the stored session again, as :class:`Session` does (a ViUR plain name moves); UpdateError if gone."""
         key = self.session_key
         assert key is not None
-        stored = self._stored_name
-        target = stored or storage_name(key, self.settings)
-        if self.settings.key_storage == "hashed" and stored == key:
-            target = hash_key(key)  # a ViUR plain-named session moves to its hashed name
-        record = self._record(target, data)
-        if stored is not None and stored != target:
-            written = self.store.move(record, stored)
-        else:
-            written = self.store.update(record)
-            if not written and stored is None and target != key:
-                written = self.store.move(record, key)  # never loaded (clear()): it may be ViUR plain-named
-        if not written:
+        name = rewrite_stored(
+            self.store, functools.partial(self._record, data=data), key, self._stored_name, self.settings
+        )
+        if name is None:
             self._stored_name = None
             log.warning("session_gone_on_save", kind=self.settings.kind, dropped_fields=len(data))
             raise UpdateError
-        self._stored_name = target
+        self._stored_name = name
 
     def _record(self, name: str, data: dict[str, Any]) -> SessionRecord:
         """What is stored: the data, the user from ``_auth_user_id``, and the lifetime Django gives it now."""
@@ -440,33 +434,33 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]  # Djang
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, StoreError):
-            return _unavailable(exception)
+            return _unavailable(request, exception)
         if isinstance(exception, MisuseError):
-            return _misused(exception)
+            return _rendered(_answers.misused(exception))
         return None
 
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         try:
             result: HttpResponseBase = super().process_response(request, response)
         except StoreError as exc:
-            return _unavailable(exc)
+            return _unavailable(request, exc)
         except MisuseError as exc:
-            return _misused(exc)
+            return _rendered(_answers.misused(exc))
         return result
 
 
-def _misused(exc: MisuseError) -> HttpResponse:
-    log.warning("session_misuse", error=exc.reason)
-    return HttpResponse(f"Bad request: {exc.reason}", status=400, content_type="text/plain")
+def _unavailable(request: HttpRequest, exc: StoreError) -> HttpResponse:
+    """The 503, its ``Retry-After`` from the settings of the request's session (``SESSION_CORE_STORE``'s too)."""
+    session = getattr(request, "session", None)
+    settings = session.settings if isinstance(session, SessionStore) else configured_store()[0]
+    return _rendered(_answers.unavailable(settings, exc))
 
 
-def _unavailable(exc: StoreError) -> HttpResponse:
-    settings, _ = configured()
-    log.warning("session_unavailable", operation=exc.operation)
-    retry_after = max(1, int(settings.request_timeout.total_seconds()))
-    response = HttpResponse(UNAVAILABLE, status=503, content_type="text/plain")
-    response["Retry-After"] = str(retry_after)
-    response["Vary"] = "Cookie"
+def _rendered(answer: _answers.Answer) -> HttpResponse:
+    """One of our answers as Django's ``HttpResponse``."""
+    response = HttpResponse(answer.body, status=answer.status, content_type=_answers.CONTENT_TYPE)
+    for name, value in answer.headers:
+        response[name] = value
     return response
 
 

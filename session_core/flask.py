@@ -53,7 +53,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from google.cloud import datastore
 from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
-from session_core import logins
+from session_core import _answers, logins
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.errors import ConfigError, MisuseError, StoreError
@@ -76,7 +76,7 @@ class SessionUnavailable(ServiceUnavailable):
     ``errorhandler(503)`` can restyle it).
     """
 
-    description = "The session store did not answer in time. Please retry shortly."
+    description = _answers.UNAVAILABLE
 
 
 class SessionMisuseError(MisuseError, BadRequest):
@@ -120,7 +120,7 @@ class FlaskSession(Session, SessionMixin):
                 self._check_remembered(cookie)
         except StoreError as exc:
             self._unavailable = exc  # every later use raises again: never a fresh session, never a remembered user
-            raise SessionUnavailable(retry_after=_retry_after(self.settings)) from exc
+            raise SessionUnavailable(retry_after=_answers.retry_after(self.settings)) from exc
 
     def _check_remembered(self, cookie: str) -> None:
         """Refuse a remember-me cookie of a user killed since their last interactive login, before Flask-Login reads it.
@@ -334,26 +334,25 @@ def _answer_misuse_with_400(app: Flask) -> None:
 
 def _misuse_answer(exc: MisuseError) -> Any:
     """A 400 with the reason, through the app's own ``errorhandler(400)`` if it has one."""
-    log.warning("session_misuse", error=exc.reason)
-    return flask.current_app.handle_http_exception(BadRequest(description=exc.reason))
+    answer = _answers.misused(exc)
+    return flask.current_app.handle_http_exception(BadRequest(description=answer.detail))
 
 
 def _seconds(value: timedelta | None) -> int | None:
     return None if value is None else int(value.total_seconds())
 
 
-def _retry_after(settings: Settings) -> int:
-    return max(1, int(settings.request_timeout.total_seconds()))
-
-
 def _unavailable(response: Response, settings: Settings, exc: Exception) -> None:
-    """Rewrite the response into a 503 (the save failed: the page must not claim it worked)."""
-    failed = exc if isinstance(exc, StoreError) else exc.__cause__  # SessionUnavailable wraps the load's
-    log.warning("session_unavailable", operation=failed.operation if isinstance(failed, StoreError) else "load")
-    response.status_code = 503
-    response.set_data(SessionUnavailable.description)
-    response.mimetype = "text/plain"
-    response.headers["Retry-After"] = str(_retry_after(settings))
+    """Rewrite the response into the 503 (the save failed: the page must not claim it worked)."""
+    answer = _answers.unavailable(settings, exc)
+    response.status_code = answer.status
+    response.set_data(answer.body)
+    response.headers["Content-Type"] = _answers.CONTENT_TYPE
+    for name, value in answer.headers:
+        if name == "Vary":
+            response.vary.add(value)  # with what the app's response varies on already
+        else:
+            response.headers[name] = value
     response.headers.pop("Location", None)
 
 

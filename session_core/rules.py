@@ -61,6 +61,18 @@ def storage_name(cookie_key: str, settings: Settings) -> str:
     return hash_key(cookie_key) if settings.key_storage == "hashed" else cookie_key
 
 
+def save_target(cookie_key: str, stored_name: str | None, settings: Settings) -> str:
+    """The entity name a save of an existing session writes to; a move when it differs from ``stored_name``.
+
+    Where it is stored, except that a ViUR plain-named session under hashed
+    storage (``SESSION_KEY_STORAGE``) moves to its hash. Not known where it is
+    stored (``stored_name`` None: never loaded): its :func:`storage_name`.
+    """
+    if stored_name is None or (settings.key_storage == "hashed" and stored_name == cookie_key):
+        return storage_name(cookie_key, settings)
+    return stored_name
+
+
 def valid_session_id(value: object) -> bool:
     """An opaque session id: 64 lowercase hex digits (never a cookie)."""
     return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None

@@ -20,9 +20,10 @@ with a new one), unless this request itself issued the session that is gone.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -45,7 +46,7 @@ from session_core.rules import (
 )
 from session_core.store import DeleteObserver, SessionRecord, SessionStore
 
-_INSERT_ATTEMPTS = 3
+INSERT_ATTEMPTS = 3  # inserts of a new session before giving up on finding a free name
 MAX_DUPLICATE_COOKIES = 4  # cookies of our name looked up in one request, at most
 _REGISTERED: list[DeleteObserver] = []  # only Session.on_delete writes here (ViUR's API)
 log = structlog.get_logger("session_core.session")
@@ -298,17 +299,13 @@ class Session(MutableMapping[str, Any]):
         if not (self.changed or self._write_due):
             return Saved.NOTHING
         assert self._cookie_key is not None
-        target = self._stored_name
-        if self.settings.key_storage == "hashed" and self._stored_name == self._cookie_key:
-            target = hash_key(self._cookie_key)
-        record = self._record(target, now)
-        moving = target != self._stored_name
-        written = self.store.move(record, self._stored_name) if moving else self.store.update(record)
-        if not written:
+        record_at = functools.partial(self._record, now=now)
+        name = rewrite_stored(self.store, record_at, self._cookie_key, self._stored_name, self.settings)
+        if name is None:
             issued = self._issued == self._cookie_key
             self._gone()
             return Saved.GONE if issued else Saved.DROPPED
-        self._stored_name = target
+        self._stored_name = name
         self._written(now)
         return Saved.WRITTEN
 
@@ -336,17 +333,14 @@ class Session(MutableMapping[str, Any]):
         )
 
     def _insert(self, now: float) -> None:
-        key = self._cookie_key or rules.new_key()
-        for _ in range(_INSERT_ATTEMPTS):
-            name = storage_name(key, self.settings)
-            if self.store.insert(self._record(name, now), delete=self._obsolete):
-                self._obsolete = []
-                self._cookie_key, self._stored_name = key, name
-                self._issued = key
-                self._written(now)
-                return
-            key = rules.new_key()  # taken (about 2^-250 likely): another one
-        raise StoreError("insert", RuntimeError("no free session key after several attempts"))
+        record_at = functools.partial(self._record, now=now)
+        placed = insert_new(self.store, record_at, self.settings, key=self._cookie_key, delete=self._obsolete)
+        if placed is None:
+            raise no_free_key()
+        self._obsolete = []
+        self._cookie_key, self._stored_name = placed
+        self._issued = self._cookie_key
+        self._written(now)
 
     def _written(self, now: float) -> None:
         self.lastseen = now
@@ -511,6 +505,65 @@ class Session(MutableMapping[str, Any]):
         if self._pending is not None:
             return "<Session not loaded yet>"
         return f"<Session user={self._user!r} fields={len(self._data)} changed={self.changed}>"
+
+
+def insert_new(
+    store: Store,
+    record_at: Callable[[str], SessionRecord],
+    settings: Settings,
+    *,
+    key: str | None = None,
+    delete: Sequence[str] = (),
+    attempts: int = INSERT_ATTEMPTS,
+    fresh: Callable[[], str] | None = None,
+) -> tuple[str, str] | None:
+    """Store a new session: the cookie key and the entity name it went in under, or None if every name was taken.
+
+    One insert (``record_at(name)``, deleting ``delete`` with it, all or
+    none) under the :func:`~session_core.rules.storage_name` of ``key``, or
+    of a ``fresh()`` key (default :func:`~session_core.rules.new_key`). A
+    taken name (about 2^-250 likely for a fresh key) is tried again under
+    another fresh key, ``attempts`` inserts in all. Never an upsert: a taken
+    name is never overwritten.
+    """
+    for _ in range(attempts):
+        key = key or (fresh or rules.new_key)()
+        name = storage_name(key, settings)
+        if store.insert(record_at(name), delete=list(delete)):
+            return key, name
+        key = None  # taken: another one
+    return None
+
+
+def no_free_key() -> StoreError:
+    """What an insert that found every name it tried taken raises (:func:`insert_new` returned None)."""
+    return StoreError("insert", RuntimeError("no free session key after several attempts"))
+
+
+def rewrite_stored(
+    store: Store,
+    record_at: Callable[[str], SessionRecord],
+    cookie_key: str,
+    stored_name: str | None,
+    settings: Settings,
+) -> str | None:
+    """Write a stored session again, never re-creating it: the name it is stored under now, or None if it is gone.
+
+    Writes ``record_at(name)`` under :func:`~session_core.rules.save_target`:
+    an update in place (one commit), or a move from ``stored_name`` (a ViUR
+    plain-named session under hashed storage: one transaction). Where it is
+    stored is not known (``stored_name`` None: never loaded): an update of its
+    storage name, and if nothing is there, a move from its plain name.
+    """
+    target = rules.save_target(cookie_key, stored_name, settings)
+    record = record_at(target)
+    if stored_name is not None and stored_name != target:
+        written = store.move(record, stored_name)
+    else:
+        written = store.update(record)
+        if not written and stored_name is None and target != cookie_key:
+            written = store.move(record, cookie_key)  # it may be ViUR plain-named
+    return target if written else None
 
 
 def store_for(client: datastore.Client | None, settings: Settings, store: Store | None) -> Store:

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-import structlog
 from google.cloud import datastore
 
+from session_core import _answers
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.cookies import parse_cookie_header, parse_cookie_values
@@ -30,8 +30,6 @@ from session_core.errors import MisuseError, StoreError
 from session_core.session import Session, store_for
 
 ENVIRON_KEY = "session_core.session"
-UNAVAILABLE = b"The session store did not answer in time. Please retry shortly."
-log = structlog.get_logger("session_core.wsgi")
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -83,7 +81,7 @@ class SessionMiddleware:
         except StoreError as exc:
             return self._unavailable(start_response, exc)
         environ[ENVIRON_KEY] = session
-        failed: list[StoreError] = []
+        failed: list[bytes] = []  # the 503's body, once a save failed
         started: list[bool] = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None) -> Any:
@@ -92,8 +90,7 @@ class SessionMiddleware:
                 try:
                     session.save(context)
                 except StoreError as exc:
-                    failed.append(exc)
-                    self._unavailable(start_response, exc)
+                    failed.extend(self._unavailable(start_response, exc))
                     return lambda data: None  # the app's own body is dropped below
                 headers = [*headers, *context.headers]
                 if context.headers or session.accessed:  # a shared cache must not serve one user's page to another
@@ -107,23 +104,20 @@ class SessionMiddleware:
         if failed:
             if hasattr(body, "close"):
                 body.close()
-            return [UNAVAILABLE]
+            return failed
         return body
 
     def _misused(self, start_response: StartResponse, exc: MisuseError, *, replacing: bool) -> list[bytes]:
         """400 with the reason. ``replacing`` a response the app started: the server re-raises if it was sent."""
-        log.warning("session_misuse", error=exc.reason)
-        body = f"Bad request: {exc.reason}".encode()
-        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        answer = _answers.misused(exc)
         if replacing:
-            start_response("400 Bad Request", headers, sys.exc_info())
+            start_response(answer.status_line, answer.all_headers(), sys.exc_info())
         else:
-            start_response("400 Bad Request", headers)
-        return [body]
+            start_response(answer.status_line, answer.all_headers())
+        return [answer.body]
 
     def _unavailable(self, start_response: StartResponse, exc: StoreError) -> list[bytes]:
-        log.warning("session_unavailable", operation=exc.operation)
-        retry_after = str(max(1, int(self.settings.request_timeout.total_seconds())))
-        headers = [("Content-Type", "text/plain"), ("Retry-After", retry_after), ("Vary", "Cookie")]
-        start_response("503 Service Unavailable", headers)
-        return [UNAVAILABLE]
+        """503 with ``Retry-After``: the store did not answer within the request deadline."""
+        answer = _answers.unavailable(self.settings, exc)
+        start_response(answer.status_line, answer.all_headers())
+        return [answer.body]

@@ -28,6 +28,7 @@ RANK = {
     "flask": 6,
     "wsgi": 6,
     "asgi": 6,
+    "_answers": 6,  # the adapters' 503 and 400
     "testing": 6,
     "maintenance": 7,
     "maintenance.steps": 7,
