@@ -29,20 +29,17 @@ from cloudevents import exceptions as cloud_exceptions
 from cloudevents.http import CloudEvent
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from session_core import Settings, functions
-from session_core.errors import (
+from session_core import ConfigError, SessionCoreError, Settings, StoreError, functions
+from session_core.logging import configure_logging
+from session_core.maintenance import (
     BadInputError,
     BodyTooLargeError,
-    ConfigError,
     DependencyUnavailableError,
     DispatchError,
     ForbiddenError,
     PoisonMessageError,
-    SessionCoreError,
-    StoreError,
     UnauthenticatedError,
 )
-from session_core.logging import configure_logging
 from session_core.maintenance.messages import MAX_EVENT_BYTES
 
 configure_logging()  # before anything can log, so even the first line is structured and redacted

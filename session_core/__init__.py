@@ -5,95 +5,117 @@ with Flask, WSGI and ASGI adapters (``session_core.flask``,
 ``session_core.wsgi``, ``session_core.asgi``) and the maintenance that keeps
 the store healthy.
 
+The top level is what an app uses: the session and its settings, the store
+seam, signing users out (kill, list, end, logout everywhere else, each with
+an awaitable twin) and the errors an app catches. ViUR's spellings
+(``killSessionByUser``) live in :mod:`session_core.viur`; the errors only the
+Cloud Functions raise, in :mod:`session_core.maintenance`.
+
 Importing this package loads the session layer only. The maintenance names
-(cleanup, kill-by-user, a user's devices) load on first use (PEP 562), so a
-web app that never calls them never loads them.
+(kill-by-user, a user's devices) load on first use (PEP 562), so a web app
+that never calls them never loads them. The names this package exported
+before 0.13.0 still resolve until 0.14.0, with a :class:`DeprecationWarning`
+naming their new place.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from session_core.config import Settings
-from session_core.errors import (
-    AuthError,
-    BadInputError,
-    BodyTooLargeError,
-    ConfigError,
-    DependencyUnavailableError,
-    DispatchError,
-    ForbiddenError,
-    MisuseError,
-    PayloadError,
-    PoisonMessageError,
-    SessionCoreError,
-    SessionDataError,
-    StoreError,
-    TransientStoreError,
-    UnauthenticatedError,
-)
+from session_core.contract import Store
+from session_core.errors import ConfigError, MisuseError, SessionCoreError, SessionDataError, StoreError
 from session_core.rules import GUEST_USER
 from session_core.session import Session
-from session_core.store import DeleteObserver, SessionRecord, SessionStore
+from session_core.store import SessionRecord, SessionStore
 
 if TYPE_CHECKING:
-    from session_core.maintenance.cleanup import ClearResult, start_clear_sessions
     from session_core.maintenance.kill import (
         KillResult,
         SessionInfo,
         aend_user_session,
-        akillSessionByUser,
         alist_user_sessions,
         alogout_everywhere_else,
         end_user_session,
-        killSessionByUser,
         list_user_sessions,
         logout_everywhere_else,
     )
 
-__version__ = "0.12.0"
+    # kill.py names them kill_sessions / akill_sessions from issue 22 point 1 on.
+    from session_core.maintenance.kill import akillSessionByUser as akill_sessions  # noqa: N813
+    from session_core.maintenance.kill import killSessionByUser as kill_sessions  # noqa: N813
 
+__version__ = "0.13.0"
+
+_KILL = "session_core.maintenance.kill"
+# name -> (module, attribute): loaded on first use. (kill.py's ViUR-named definitions until issue 22 point 1.)
 _LAZY = {
-    "ClearResult": "session_core.maintenance.cleanup",
-    "start_clear_sessions": "session_core.maintenance.cleanup",
-    "KillResult": "session_core.maintenance.kill",
-    "SessionInfo": "session_core.maintenance.kill",
-    "aend_user_session": "session_core.maintenance.kill",
-    "akillSessionByUser": "session_core.maintenance.kill",
-    "alist_user_sessions": "session_core.maintenance.kill",
-    "alogout_everywhere_else": "session_core.maintenance.kill",
-    "end_user_session": "session_core.maintenance.kill",
-    "killSessionByUser": "session_core.maintenance.kill",
-    "list_user_sessions": "session_core.maintenance.kill",
-    "logout_everywhere_else": "session_core.maintenance.kill",
+    "KillResult": (_KILL, "KillResult"),
+    "SessionInfo": (_KILL, "SessionInfo"),
+    "kill_sessions": (_KILL, "killSessionByUser"),
+    "akill_sessions": (_KILL, "akillSessionByUser"),
+    "list_user_sessions": (_KILL, "list_user_sessions"),
+    "alist_user_sessions": (_KILL, "alist_user_sessions"),
+    "end_user_session": (_KILL, "end_user_session"),
+    "aend_user_session": (_KILL, "aend_user_session"),
+    "logout_everywhere_else": (_KILL, "logout_everywhere_else"),
+    "alogout_everywhere_else": (_KILL, "alogout_everywhere_else"),
+}
+# Names exported before 0.13.0 -> where they are now (module, attribute); they go in 0.14.0.
+_DEPRECATED = {
+    "killSessionByUser": ("session_core", "kill_sessions"),
+    "akillSessionByUser": ("session_core", "akill_sessions"),
+    "start_clear_sessions": ("session_core.maintenance.cleanup", "start_clear_sessions"),
+    "ClearResult": ("session_core.maintenance.cleanup", "ClearResult"),
+    **{
+        name: ("session_core.maintenance", name)
+        for name in (
+            "DeleteObserver",
+            "AuthError",
+            "BadInputError",
+            "BodyTooLargeError",
+            "DependencyUnavailableError",
+            "DispatchError",
+            "ForbiddenError",
+            "PayloadError",
+            "PoisonMessageError",
+            "TransientStoreError",
+            "UnauthenticatedError",
+        )
+    },
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Load a maintenance name on first use."""
+    """Load a maintenance name on first use; resolve a name of before 0.13.0 with a DeprecationWarning."""
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
         globals()[name] = value
         return value
+    if name in _DEPRECATED:
+        module, attribute = _DEPRECATED[name]
+        viur = " (ViUR's spelling stays in session_core.viur)" if module == "session_core" else ""
+        warnings.warn(
+            f"session_core.{name} is deprecated and goes in 0.14.0: use {module}.{attribute}{viur}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'session_core' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [
     "GUEST_USER",
-    "AuthError",
-    "BadInputError",
-    "BodyTooLargeError",
-    "ClearResult",
     "ConfigError",
-    "DeleteObserver",
-    "DependencyUnavailableError",
-    "DispatchError",
-    "ForbiddenError",
     "KillResult",
     "MisuseError",
-    "PayloadError",
-    "PoisonMessageError",
     "Session",
     "SessionCoreError",
     "SessionDataError",
@@ -101,16 +123,14 @@ __all__ = [
     "SessionRecord",
     "SessionStore",
     "Settings",
+    "Store",
     "StoreError",
-    "TransientStoreError",
-    "UnauthenticatedError",
     "aend_user_session",
-    "akillSessionByUser",
+    "akill_sessions",
     "alist_user_sessions",
     "alogout_everywhere_else",
     "end_user_session",
-    "killSessionByUser",
+    "kill_sessions",
     "list_user_sessions",
     "logout_everywhere_else",
-    "start_clear_sessions",
 ]

@@ -49,7 +49,7 @@ from session_core import (
     MisuseError,
     Settings,
     aend_user_session,
-    akillSessionByUser,
+    akill_sessions,
     alist_user_sessions,
     alogout_everywhere_else,
     logout_everywhere_else,
@@ -128,9 +128,7 @@ async def dumps(request: Request) -> PlainTextResponse:
 
 async def kill(request: Request) -> JSONResponse:
     session = session_of(request)
-    result = await akillSessionByUser(
-        request.path_params["user"], client=session.store.client, settings=session.settings
-    )
+    result = await akill_sessions(request.path_params["user"], client=session.store.client, settings=session.settings)
     return JSONResponse({"deleted": result.deleted})
 
 

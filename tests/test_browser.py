@@ -18,7 +18,7 @@ import pytest
 from google.cloud import datastore
 from werkzeug.serving import make_server
 
-from session_core import Settings, killSessionByUser
+from session_core import Settings, kill_sessions
 from session_core.flask import DatastoreSessionInterface
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -150,5 +150,5 @@ def test_scripts_cannot_read_the_session_cookie(browser: Browser, site: str) -> 
 
 def test_a_kill_logs_the_browser_out(browser: Browser, site: str, client: datastore.Client, settings: Settings) -> None:
     assert browser.text(f"{site}/login/alice?permanent=1", "who") == "alice"
-    killSessionByUser("alice", client=client, settings=settings)
+    kill_sessions("alice", client=client, settings=settings)
     assert browser.text(f"{site}/whoami", "who") == "anonymous"

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from google.cloud import datastore
 
-from session_core import Session, SessionRecord, Settings, TransientStoreError
+from session_core import Session, SessionRecord, Settings
 from session_core.errors import StoreError
+from session_core.maintenance import TransientStoreError
 from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME, _Lease, run_clear_step, start_clear_sessions
 from session_core.maintenance.runs import Run, RunRecorder, clear_params, list_runs
 from session_core.maintenance.steps import ClearStep

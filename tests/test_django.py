@@ -46,7 +46,7 @@ from session_core import (
     SessionDataError,
     Settings,
     StoreError,
-    killSessionByUser,
+    kill_sessions,
     rules,
 )
 from session_core.rules import GUEST_USER, hash_key, is_valid_key
@@ -536,7 +536,7 @@ def test_kill_session_by_user_logs_a_django_user_out_on_every_device(
     bobs.force_login(bob)
     assert [c.get("/me/").content.decode() for c in (laptop, phone, bobs)] == [alice.username] * 2 + [bob.username]
 
-    killSessionByUser(str(alice.pk), client=client, settings=settings)
+    kill_sessions(str(alice.pk), client=client, settings=settings)
 
     assert laptop.get("/me/").content == b"anonymous"
     response = phone.get("/me/")

@@ -24,7 +24,7 @@ from markupsafe import Markup
 from structlog.testing import capture_logs
 from werkzeug.http import parse_date
 
-from session_core import ConfigError, MisuseError, Settings, killSessionByUser, logout_everywhere_else
+from session_core import ConfigError, MisuseError, Settings, kill_sessions, logout_everywhere_else
 from session_core.flask import DatastoreSessionInterface
 from session_core.rules import hash_key
 from tests.conftest import RpcCounter
@@ -389,7 +389,7 @@ def test_a_kill_logs_the_browser_out_on_its_next_request(
     browser = login_app.test_client()
     browser.post("/sign-in/alice")
     assert browser.get("/me").text == "alice"
-    killSessionByUser("alice", client=client, settings=settings)
+    kill_sessions("alice", client=client, settings=settings)
     assert browser.get("/me").text == "anonymous"
 
 
@@ -405,7 +405,7 @@ def test_a_remember_me_cookie_cannot_undo_a_kill_until_the_next_interactive_logi
     rpcs.reset()
     assert browser.get("/me").text == "alice"  # the remembered login became a session: no kill-record lookup
     assert rpcs.calls["lookup"] == 1
-    killSessionByUser("alice", client=client, settings=settings)
+    kill_sessions("alice", client=client, settings=settings)
     response = browser.get("/me")
     assert (response.status_code, response.text) == (200, "anonymous")  # refused: the request goes on anonymous
     assert browser.get_cookie("remember_token") is None  # and its cookie is gone
@@ -454,7 +454,7 @@ def test_a_maintenance_calls_misuse_in_a_view_is_a_400_through_the_apps_own_400_
 
     @app.post("/kill/<user>")
     def kill(user: str) -> dict[str, object]:
-        return killSessionByUser(user, client=client, settings=settings, except_session="not-an-id").to_json()
+        return kill_sessions(user, client=client, settings=settings, except_session="not-an-id").to_json()
 
     refused = app.test_client().post("/kill/alice")
     assert refused.status_code == 400
@@ -520,7 +520,7 @@ def test_a_refused_remember_me_cookie_leaves_an_anonymous_request_and_is_deleted
     token = signing_in.get_cookie("remember_token", domain="example.com", path="/site")
     assert token is not None
     assert holding_only(app, token.value).get("/site/me", base_url=SITE).text == "alice"  # remember-me works
-    killSessionByUser("alice", client=client, settings=settings)
+    kill_sessions("alice", client=client, settings=settings)
 
     public = holding_only(app, token.value).get("/site/me", base_url=SITE)
     assert (public.status_code, public.text) == (200, "anonymous")  # a public page answers, as for anyone anonymous

@@ -8,7 +8,7 @@ import time
 import pytest
 from google.cloud import datastore
 
-from session_core import Session, Settings, killSessionByUser
+from session_core import Session, Settings, kill_sessions
 from session_core.logins import KIND, record_login, remembered_login_allowed
 from session_core.store import settings_key
 from tests.conftest import Ctx
@@ -49,7 +49,7 @@ def test_a_user_named_like_a_record_is_killed_without_touching_anyone_else(
     """``*`` used to be the everyone-record: killing user ``*`` refused every user's remember-me login."""
     cookies = {user: signed_in(client, settings, user) for user in USERS}
 
-    killSessionByUser(victim, client=client, settings=settings)
+    kill_sessions(victim, client=client, settings=settings)
 
     allowed = {user: remembered_login_allowed(client, settings, user) for user in USERS}
     assert allowed == {user: user != victim for user in USERS}
@@ -60,7 +60,7 @@ def test_a_user_named_like_a_record_is_killed_without_touching_anyone_else(
 def test_a_kill_of_everyone_still_refuses_every_user(client: datastore.Client, settings: Settings) -> None:
     for user in USERS:
         signed_in(client, settings, user)
-    killSessionByUser(None, client=client, settings=settings)
+    kill_sessions(None, client=client, settings=settings)
     assert [remembered_login_allowed(client, settings, user) for user in USERS] == [False] * len(USERS)
     record_login(client, settings, "*", time.time() + 1)  # an interactive login after the kill
     assert [remembered_login_allowed(client, settings, user) for user in USERS] == [True, False, False, False, False]

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from werkzeug.test import Client as WerkzeugClient
 
-from session_core import MisuseError, Session, Settings, akillSessionByUser, alist_user_sessions, killSessionByUser
+from session_core import MisuseError, Session, Settings, akill_sessions, alist_user_sessions, kill_sessions
 from session_core.asgi import SessionMiddleware as ASGIMiddleware
 from session_core.asgi import session_of
 from session_core.flask import DatastoreSessionInterface
@@ -79,7 +79,7 @@ def test_session_counts_rotates_its_key_at_login_and_is_killed_through_store(sto
     assert logged_in not in (None, cookie)  # a new key at login: no fixation
     assert store.lookup_all([cookie]) == {}  # the guest session is gone
     assert [r.user for r in store.sessions_of("alice")] == ["alice"]
-    assert killSessionByUser("alice", store=store).deleted == 1
+    assert kill_sessions("alice", store=store).deleted == 1
     session, _ = request(store, logged_in, lambda s: None)
     assert session.user == GUEST_USER and "n" not in session
 
@@ -131,7 +131,7 @@ def test_flask_on_the_memory_store(store: MemoryStore) -> None:
     browser.post("/login/alice")
     alice = browser.get_cookie("session")
     assert guest is not None and alice is not None and alice.value != guest.value
-    assert killSessionByUser("alice", store=store).deleted == 1
+    assert kill_sessions("alice", store=store).deleted == 1
     assert browser.post("/count").json == {"n": 1}  # signed out: a fresh session
 
 
@@ -154,7 +154,7 @@ def test_wsgi_on_the_memory_store(store: MemoryStore) -> None:
     assert browser.post("/").json == {"n": 2}
     browser.post("/login")
     assert [r.user for r in store.sessions_of(None)] == ["alice"]
-    assert killSessionByUser(None, store=store).deleted == 1
+    assert kill_sessions(None, store=store).deleted == 1
     assert browser.post("/").json == {"n": 1}
 
 
@@ -187,7 +187,7 @@ def test_asgi_on_the_memory_store(store: MemoryStore) -> None:
         assert http.post("/count").json() == {"n": 2}
         http.post("/login/alice")
         [device] = asyncio.run(alist_user_sessions(store=store, user="alice"))
-        assert asyncio.run(akillSessionByUser("alice", store=store)).deleted == 1
+        assert asyncio.run(akill_sessions("alice", store=store)).deleted == 1
         assert store.lookup_all([]) == {} and store.sessions_of(None) == []
         assert device.session_id == hash_key(http.cookies[store.settings.cookie_name])
         assert http.post("/count").json() == {"n": 1}
@@ -213,7 +213,7 @@ def test_django_on_the_memory_store(django_store: MemoryStore) -> None:
     assert browser.get("/login/dora/").status_code == 200
     assert browser.cookies["sessionid"].value != guest  # cycle_key at login
     [dora] = django_store.sessions_of(str(User.objects.get(username="dora").pk))
-    assert killSessionByUser(dora.user, store=django_store).deleted == 1
+    assert kill_sessions(dora.user, store=django_store).deleted == 1
     assert browser.get("/visits/").json() == {"visits": 1}
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from google.cloud import datastore
 
-from session_core import Session, Settings, killSessionByUser
+from session_core import Session, Settings, kill_sessions
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.rules import cutoff_for, hash_key
 from session_core.store import SessionStore
@@ -62,7 +62,7 @@ def test_kill_between_load_and_save_never_recreates_a_session(client: datastore.
     racer = threading.Thread(target=save_concurrently)
     racer.start()
     barrier.wait()
-    killSessionByUser("victim", client=client, settings=settings)
+    kill_sessions("victim", client=client, settings=settings)
     racer.join()
     for session in sessions[third : 2 * third]:
         session["changed_after_kill"] = True

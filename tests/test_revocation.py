@@ -9,7 +9,7 @@ import time
 import pytest
 from google.cloud import datastore
 
-from session_core import GUEST_USER, Session, SessionRecord, Settings, killSessionByUser
+from session_core import GUEST_USER, Session, SessionRecord, Settings, kill_sessions
 from session_core.errors import MisuseError, PoisonMessageError
 from session_core.functions import run_step
 from session_core.maintenance.kill import end_user_session, list_user_sessions, logout_everywhere_else, run_kill_step
@@ -65,7 +65,7 @@ def everyone_but(population: dict[str, set[str]], *users: str) -> set[str]:
 def test_one_user_with_more_than_a_page_is_killed_inline(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
-    result = killSessionByUser("alice", client=client, settings=settings)
+    result = kill_sessions("alice", client=client, settings=settings)
     assert result.deleted == 1200 and not result.continued
     assert remaining(client, settings) == everyone_but(population, "alice")
 
@@ -75,7 +75,7 @@ def test_first_batch_goes_at_once_and_the_rest_continues_as_tasks(
 ) -> None:
     queued: list[Step] = []
     rpcs.reset()
-    result = killSessionByUser("alice", client=client, settings=settings, enqueue=queued.append)
+    result = kill_sessions("alice", client=client, settings=settings, enqueue=queued.append)
     # The run and the kill time recorded in one commit, one keys-only page, one delete commit, and the count.
     assert rpcs.calls == {"commit": 3, "run_query": 1, "begin_transaction": 1, "lookup": 1}
     assert result.deleted == 500 and result.continued and len(queued) == 1
@@ -88,7 +88,7 @@ def test_a_small_user_is_logged_out_before_the_call_returns(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
     queued: list[Step] = []
-    result = killSessionByUser("bob", client=client, settings=settings, enqueue=queued.append)
+    result = kill_sessions("bob", client=client, settings=settings, enqueue=queued.append)
     assert result.deleted == 9 and not result.continued and queued == []
     assert remaining(client, settings) == everyone_but(population, "bob")
 
@@ -97,7 +97,7 @@ def test_guest_kills_every_guest_session_through_shards(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
     queued: list[Step] = []
-    result = killSessionByUser(GUEST_USER, client=client, settings=settings, enqueue=queued.append)
+    result = kill_sessions(GUEST_USER, client=client, settings=settings, enqueue=queued.append)
     assert result.shards == settings.shards == len(queued)
     assert drain(client, settings, queued) == 40
     assert remaining(client, settings) == everyone_but(population, GUEST_USER)
@@ -107,7 +107,7 @@ def test_each_shard_step_reports_how_many_shards_its_run_has(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
     queued: list[Step] = []
-    killSessionByUser(GUEST_USER, client=client, settings=settings, enqueue=queued.append)
+    kill_sessions(GUEST_USER, client=client, settings=settings, enqueue=queued.append)
     results = [run_step(client, settings, step, enqueue=None, chains=len(queued)) for step in queued]
     assert [(result.shard, result.shards) for result in results] == [(n, settings.shards) for n in range(len(queued))]
 
@@ -115,17 +115,17 @@ def test_each_shard_step_reports_how_many_shards_its_run_has(
 def test_no_user_kills_every_session(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
-    result = killSessionByUser(None, client=client, settings=settings)
+    result = kill_sessions(None, client=client, settings=settings)
     assert result.deleted == sum(map(len, population.values()))
     assert remaining(client, settings) == set()
 
 
 def test_except_session_survives(client: datastore.Client, settings: Settings, population: dict[str, set[str]]) -> None:
     kept_hashed = sorted(population["alice"])[0]
-    killSessionByUser("alice", client=client, settings=settings, except_session=kept_hashed)
+    kill_sessions("alice", client=client, settings=settings, except_session=kept_hashed)
     assert remaining(client, settings) == everyone_but(population, "alice") | {kept_hashed}
     kept_plain = next(name for name in population["bob"] if len(name) == 42)
-    killSessionByUser(None, client=client, settings=settings, except_session=hash_key(kept_plain))
+    kill_sessions(None, client=client, settings=settings, except_session=hash_key(kept_plain))
     assert remaining(client, settings) == {kept_plain}
 
 
@@ -136,7 +136,7 @@ def test_the_same_kill_delivered_twice_ends_in_the_same_state(
         queued: list[Step] = []
         for _ in range(2):
             run_id = ("e" if user else "f") * 32  # a message id names one kill
-            killSessionByUser(user, client=client, settings=settings, enqueue=queued.append, run_id=run_id)
+            kill_sessions(user, client=client, settings=settings, enqueue=queued.append, run_id=run_id)
         assert len({step.task_id for step in queued}) == len(queued) // 2  # the duplicates share task names
         drain(client, settings, queued, twice=True)
         if user == "alice":
@@ -148,16 +148,16 @@ def test_the_observer_sees_each_killed_session(
     client: datastore.Client, settings: Settings, population: dict[str, set[str]]
 ) -> None:
     seen: list[SessionRecord] = []
-    killSessionByUser("bob", client=client, settings=settings, observer=seen.append)
+    kill_sessions("bob", client=client, settings=settings, observer=seen.append)
     assert {record.key_name for record in seen} == population["bob"]
     assert {record.user for record in seen} == {"bob"}
 
 
 def test_kill_refuses_bad_arguments(client: datastore.Client, settings: Settings) -> None:
     with pytest.raises(MisuseError):
-        killSessionByUser("", client=client, settings=settings)
+        kill_sessions("", client=client, settings=settings)
     with pytest.raises(MisuseError):
-        killSessionByUser("bob", client=client, settings=settings, except_session=new_key())  # a cookie
+        kill_sessions("bob", client=client, settings=settings, except_session=new_key())  # a cookie
 
 
 # -- devices ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from google.cloud import datastore
 
-from session_core import Settings, killSessionByUser
+from session_core import Settings, kill_sessions
 from session_core.errors import PayloadError
 from session_core.functions import run_step
 from session_core.maintenance.cleanup import start_clear_sessions
@@ -68,10 +68,10 @@ def test_forged_and_replayed_kill_steps_are_refused_and_the_kill_still_ends_ever
     users = seed_users(client, settings, {"victim": 12, "bystander": 5})
     small = replace(settings, batch_size=5, page_size=5, time_budget=timedelta(0))
     queued: list[Step] = []
-    first = killSessionByUser("victim", client=client, settings=small, enqueue=queued.append)
+    first = kill_sessions("victim", client=client, settings=small, enqueue=queued.append)
     assert first.deleted == 5 and len(queued) == 1
     [real] = queued
-    previous = replace(real, cursor=None, page=0, done=0)  # the step killSessionByUser ran and counted
+    previous = replace(real, cursor=None, page=0, done=0)  # the step kill_sessions ran and counted
     left = remaining(client, settings)
     for name, forged in forgeries(real, previous, another_cursor(client, settings)).items():
         response = door(forged)
@@ -125,7 +125,7 @@ def test_a_cursor_that_is_base64_but_no_datastore_cursor_is_a_400(
     seed_users(client, settings, {"victim": 12})
     small = replace(settings, batch_size=5, page_size=5, time_budget=timedelta(0))
     queued: list[Step] = []
-    killSessionByUser("victim", client=client, settings=small, enqueue=queued.append)
+    kill_sessions("victim", client=client, settings=small, enqueue=queued.append)
     for cursor in ("AAAA", "ZmZmZmZm"):  # valid base64, not a protocol buffer
         response = door({**queued[0].to_json(), "cursor": cursor})
         assert response.status_code == 400, cursor

@@ -13,7 +13,7 @@ import time
 
 from google.cloud import datastore
 
-from session_core import Session, Settings, killSessionByUser
+from session_core import Session, Settings, kill_sessions
 from session_core.maintenance.cleanup import start_clear_sessions
 from tests.conftest import CAPTURED, LOG_DIR, ROOT, SECRETS, Ctx
 
@@ -38,7 +38,7 @@ def test_session_data_paths_log_no_data(client: datastore.Client, settings: Sett
     session.save(Ctx())
     gone = Session(client, settings)
     gone.load(Ctx({settings.cookie_name: session.cookie_key or ""}))
-    killSessionByUser("canary-user", client=client, settings=settings)
+    kill_sessions("canary-user", client=client, settings=settings)
     gone["secret"] = CANARY + "-2"
     gone.save(Ctx())  # logs session_gone_on_save
     other = Session(client, settings, clock=lambda: time.time() - 86400)

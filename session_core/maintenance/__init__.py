@@ -7,3 +7,34 @@
 - :mod:`.steps` and :mod:`.messages`: the task payloads and kill messages, parsed strictly;
 - :mod:`.dispatch`: Cloud Tasks; :mod:`.auth`: who may call ``session_task``.
 """
+
+from session_core.errors import (
+    AuthError,
+    BadInputError,
+    BodyTooLargeError,
+    DependencyUnavailableError,
+    DispatchError,
+    ForbiddenError,
+    PayloadError,
+    PoisonMessageError,
+    TransientStoreError,
+    UnauthenticatedError,
+)
+from session_core.store import DeleteObserver
+
+# What the Cloud Functions' own code (main.py, a deployment's observers) catches and annotates.
+# The errors are defined in session_core.errors, beside the root they share with the app's errors
+# (SessionDataError and MisuseError are BadInputErrors; the store raises TransientStoreError).
+__all__ = [
+    "AuthError",
+    "BadInputError",
+    "BodyTooLargeError",
+    "DeleteObserver",
+    "DependencyUnavailableError",
+    "DispatchError",
+    "ForbiddenError",
+    "PayloadError",
+    "PoisonMessageError",
+    "TransientStoreError",
+    "UnauthenticatedError",
+]

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.utils import timezone
 
-from session_core import killSessionByUser
+from session_core import kill_sessions
 from session_core.django import SessionStore, configured
 
 
@@ -90,7 +90,7 @@ def change_password_after_a_kill(request: HttpRequest, password: str) -> HttpRes
     user = request.user
     assert isinstance(user, User)
     settings, client = configured()
-    killSessionByUser(str(user.pk), client=client, settings=settings)
+    kill_sessions(str(user.pk), client=client, settings=settings)
     user.set_password(password)
     user.save()
     auth.update_session_auth_hash(request, user)
@@ -107,7 +107,7 @@ def sign_out_everywhere_else(request: HttpRequest) -> HttpResponse:
     """The README's view, with the session id to keep taken from the query (so a bad one is misuse)."""
     settings, client = configured()
     keep = request.GET.get("keep", request.session.session_id)
-    killSessionByUser(str(request.user.pk), client=client, settings=settings, except_session=keep)
+    kill_sessions(str(request.user.pk), client=client, settings=settings, except_session=keep)
     return HttpResponse("signed out everywhere else")
 
 
