@@ -37,6 +37,8 @@ _QUEUE = re.compile(r"projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+")
 # A Pub/Sub topic id (3-255 characters, starting with a letter, not "goog"), bare or as projects/P/topics/T.
 _TOPIC_ID = r"(?!goog)[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}"
 _TOPIC = re.compile(rf"(?:projects/[a-z][a-z0-9\-:.]*[a-z0-9]/topics/)?{_TOPIC_ID}")
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: never part of a setting.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -188,6 +190,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from environment variables; a bad one raises ConfigError naming it."""
+        for variable in VARIABLES.values():
+            if _CONTROL.search(environ.get(variable, "")):
+                raise ConfigError(
+                    variable, "a value without control characters (no newline, tab or escape)", environ[variable]
+                )
         emulator = _text(environ, "DATASTORE_EMULATOR_HOST")
         project = _text(environ, "GOOGLE_CLOUD_PROJECT")
         if project is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -172,3 +173,35 @@ def test_the_cookie_path_and_domain_are_read_and_checked() -> None:
         Settings(cookie_path="shop")
     with pytest.raises(ConfigError, match=r"^cookie_domain: "):
         Settings(cookie_domain="example.com; Secure")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SESSION_KIND", "viur-session\nevents\tshop-audit\tgrab"),  # the line injected into the deploy plan
+        ("SESSION_NAMESPACE", "shop\r"),
+        ("SESSION_DATABASE", "sessions\x1b[2J"),
+        ("SESSION_EVENTS_TOPIC", "events\x00"),
+        ("SESSION_PERSISTENT_FIELDS_ON_LOGIN", "language,the\tme"),
+        ("SESSION_COOKIE_PATH", "/app\u2028"),
+        ("SESSION_LIFE_TIME", "3600\x85"),
+        ("GOOGLE_CLOUD_PROJECT", "shop\x7f"),
+    ],
+)
+def test_a_control_character_in_any_setting_is_refused_naming_its_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    environ = {"GOOGLE_CLOUD_PROJECT": "shop", variable: value}
+    with pytest.raises(ConfigError, match="control characters") as raised:
+        Settings.from_env(environ)
+    assert raised.value.setting == variable and raised.value.got == value
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(environ))
+    with pytest.raises(ConfigError, match="control characters") as raised:
+        Settings.from_file(path)
+    assert raised.value.setting == variable
+
+
+def test_a_control_character_in_a_variable_the_library_does_not_read_is_none_of_its_business() -> None:
+    settings = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "shop", "PS1": "\x1b[32m$ \n", "OTHER": "a\tb"})
+    assert settings.project == "shop"
