@@ -9,22 +9,24 @@ VENV313 := .venv-313
 
 .PHONY: venv run test test-py313 lint browser bench clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# Every venv installs from locks with hashes (locks/compile.sh makes them from the pins): pip first.
+$(VENV)/.installed: locks/pip.txt locks/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --require-hashes -r locks/pip.txt
+	$(BIN)/pip install --quiet --require-hashes -r locks/dev.txt
 	touch $@
 
-$(TASKS_VENV)/.installed: requirements-tasks-emulator.txt
+$(TASKS_VENV)/.installed: locks/pip.txt locks/tasks-emulator.txt
 	$(PYTHON) -m venv $(TASKS_VENV)
-	$(TASKS_VENV)/bin/pip install --quiet -r requirements-tasks-emulator.txt
+	$(TASKS_VENV)/bin/pip install --quiet --require-hashes -r locks/pip.txt
+	$(TASKS_VENV)/bin/pip install --quiet --require-hashes -r locks/tasks-emulator.txt
 	touch $@
 
-$(VENV313)/.installed: requirements.txt requirements-dev.txt
+$(VENV313)/.installed: locks/pip.txt locks/dev.txt
 	@test -n "$(PYTHON313)" || { echo "error: no Python 3.13 under ~/.pyenv/versions (set PYTHON313=...)" >&2; exit 1; }
 	$(PYTHON313) -m venv $(VENV313)
-	$(VENV313)/bin/pip install --quiet --upgrade pip
-	$(VENV313)/bin/pip install --quiet -r requirements-dev.txt
+	$(VENV313)/bin/pip install --quiet --require-hashes -r locks/pip.txt
+	$(VENV313)/bin/pip install --quiet --require-hashes -r locks/dev.txt
 	touch $@
 
 venv: $(VENV)/.installed $(TASKS_VENV)/.installed

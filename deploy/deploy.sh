@@ -72,8 +72,13 @@ RUNTIME_SA="$(sa session-functions)"
 SCHEDULER_SA="$(sa session-scheduler)"
 TASKS_SA="$(sa session-tasks)"
 BUILDER_SA="$(sa session-builder)"
-RUNTIME_ROLES=(roles/datastore.user roles/cloudtasks.enqueuer)
-BUILDER_ROLES=(roles/cloudbuild.builds.builder)
+# Project-level roles, each narrowed by an IAM condition where the resource allows one (set in
+# "settings" below, once the database is known): ROLE<TAB>CONDITION (an expression, or None).
+# cloudtasks.enqueuer is granted on the queue itself (step "queue"), act-as on one account only.
+RUNTIME_ROLES=(roles/datastore.user)
+BUILDER_ROLES=(roles/logging.logWriter roles/artifactregistry.writer roles/storage.objectViewer)
+# What earlier versions granted project-wide without a condition: removed by a deploy, and by --destroy.
+LEGACY_ROLES=(roles/datastore.user roles/cloudtasks.enqueuer roles/cloudbuild.builds.builder)
 roles_of() { case "$1" in session-functions) printf '%s\n' "${RUNTIME_ROLES[@]}" ;; session-builder) printf '%s\n' "${BUILDER_ROLES[@]}" ;; esac; }
 METRICS=()
 for file in "$HERE"/metrics/*.json; do METRICS+=("$(basename "$file" .json)"); done
@@ -149,14 +154,30 @@ uri_placeholder() { echo "https://${1//_/-}-dryrun-${REGION}.a.run.app"; }
 # -- settings and what follows from them -------------------------------------------------------------
 KIND=viur-session DATABASE="(default)" BUDGET=300 SHARDS=16 EVENTS_PROJECT="" EVENTS_TOPIC=""
 if [ -n "$SETTINGS" ]; then
-  SETTINGS_OUT="$(render settings "$SETTINGS" "$PROJECT")" || exit 2
-  while IFS=$'\t' read -r name val extra; do
-    case "$name" in
-      kind) KIND="$val" ;; database) DATABASE="$val" ;; budget) BUDGET="$val" ;; shards) SHARDS="$val" ;;
-      events) EVENTS_PROJECT="$val" EVENTS_TOPIC="$extra" ;;
-    esac
-  done <<< "$SETTINGS_OUT"
+  # render.py writes the plan as JSON; `render get` hands each value back whole, NUL-terminated (a
+  # character no value holds), so a newline or tab in a value can never start another entry.
+  render settings "$SETTINGS" "$PROJECT" "$WORK/plan.json" || exit 2
+  { IFS= read -r -d '' KIND && IFS= read -r -d '' DATABASE && IFS= read -r -d '' BUDGET && IFS= read -r -d '' SHARDS &&
+    IFS= read -r -d '' EVENTS_PROJECT && IFS= read -r -d '' EVENTS_TOPIC; } < <(
+    render get "$WORK/plan.json" kind database budget shards events_project events_topic) ||
+    die "deploy/render.py get: the plan in $WORK/plan.json is incomplete"
 fi
+# The conditions that narrow each project-level role (CEL; no commas: gcloud splits --condition on them).
+condition_of() {
+  case "$1" in
+    roles/datastore.user) echo "resource.name == \"projects/$PROJECT/databases/$DATABASE\"" ;;
+    roles/artifactregistry.writer)
+      echo "resource.name.startsWith(\"projects/$PROJECT/locations/$REGION/repositories/gcf-artifacts\")" ;;
+    roles/storage.objectViewer) echo "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\")" ;;
+    *) echo None ;;
+  esac
+}
+# gcloud's --condition for a role: None, or expression=...,title=... (the title names what it allows).
+condition_flag() {
+  local expression
+  expression="$(condition_of "$1")"
+  if [ "$expression" = None ]; then echo None; else echo "expression=$expression,title=session_core ${1#roles/}"; fi
+}
 PERIOD="$(render period "$SCHEDULE")" || exit 2
 # HTTP functions may run 3600 s, event-driven ones 540 s; each step stops at the budget.
 HTTP_TIMEOUT=$(( BUDGET + 240 )); [ "$HTTP_TIMEOUT" -le 3600 ] || HTTP_TIMEOUT=3600
@@ -221,6 +242,12 @@ destroy() {
   step "queue (paused and purged, not deleted: its name could not be reused for days)"
   lookup name "RUNNING" -- gcloud tasks queues describe "$QUEUE" "${IN[@]}" --format 'value(state)'
   if [ -n "$name" ]; then
+    local held
+    lookup held roles/cloudtasks.enqueuer -- gcloud tasks queues get-iam-policy "$QUEUE" "${IN[@]}" \
+      --flatten 'bindings[].members' --filter "bindings.members=serviceAccount:$RUNTIME_SA" --format 'value(bindings.role)'
+    ! grep -qx roles/cloudtasks.enqueuer <<< "$held" ||
+      run gcloud tasks queues remove-iam-policy-binding "$QUEUE" "${IN[@]}" --member "serviceAccount:$RUNTIME_SA" \
+        --role roles/cloudtasks.enqueuer
     [ "$name" = PAUSED ] || run gcloud tasks queues pause "$QUEUE" "${IN[@]}"
     run gcloud tasks queues purge "$QUEUE" "${IN[@]}" --quiet
   fi
@@ -230,10 +257,10 @@ destroy() {
   for account in session-functions session-builder; do
     lookup held "$(roles_of "$account")" -- gcloud projects get-iam-policy "$PROJECT" --flatten 'bindings[].members' \
       --filter "bindings.members=serviceAccount:$(sa "$account")" --format 'value(bindings.role)'
-    for role in $(roles_of "$account"); do
+    for role in $( (roles_of "$account"; printf '%s\n' "${LEGACY_ROLES[@]}") | sort -u); do
       grep -qx "$role" <<< "$held" || continue
       run gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$(sa "$account")" \
-        --role "$role" --condition None --quiet
+        --role "$role" --all --quiet   # with or without a condition
     done
   done
   for account in "${ACCOUNTS[@]}"; do
@@ -277,14 +304,28 @@ deploy() {
     lookup found "$(sa "$account")" -- gcloud iam service-accounts describe "$(sa "$account")" "${AT[@]}" --format 'value(email)'
     [ -n "$found" ] || run gcloud iam service-accounts create "$account" "${AT[@]}" --display-name "session_core $account"
   done
+  # Bindings of earlier versions, project-wide and without a condition, go: only the narrowed ones stay.
+  local held role
+  for account in session-functions session-builder; do
+    lookup held "" -- gcloud projects get-iam-policy "$PROJECT" --flatten 'bindings[].members' \
+      --filter "bindings.members=serviceAccount:$(sa "$account") AND NOT bindings.condition:*" \
+      --format 'value(bindings.role)'
+    for role in "${LEGACY_ROLES[@]}"; do
+      grep -qx "$role" <<< "$held" || continue
+      run gcloud projects remove-iam-policy-binding "$PROJECT" --member "serviceAccount:$(sa "$account")" \
+        --role "$role" --condition None --quiet
+    done
+  done
+  # The functions' account reads and writes the sessions' database only.
   for role in "${RUNTIME_ROLES[@]}"; do
     run_retrying gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$RUNTIME_SA" --role "$role" \
-      --condition None --quiet
+      --condition "$(condition_flag "$role")" --quiet
   done
-  # Builds the functions (projects since mid-2024 may have a default build account that cannot).
+  # Builds the functions (projects since mid-2024 may have a default build account that cannot): what
+  # Google lists for a custom build account, narrowed to the functions' images and sources.
   for role in "${BUILDER_ROLES[@]}"; do
     run_retrying gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$BUILDER_SA" --role "$role" \
-      --condition None --quiet
+      --condition "$(condition_flag "$role")" --quiet
   done
   # The functions enqueue tasks that carry the tasks account's OIDC token: act-as on that account only.
   run_retrying gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" "${AT[@]}" \
@@ -300,6 +341,9 @@ deploy() {
   run gcloud tasks queues update "$QUEUE" "${IN[@]}" \
     --max-dispatches-per-second 5 --max-concurrent-dispatches "$CONCURRENCY" \
     --max-attempts 20 --min-backoff 10s --max-backoff 600s --max-doublings 5
+  # The functions enqueue steps on this queue, and on no other.
+  run_retrying gcloud tasks queues add-iam-policy-binding "$QUEUE" "${IN[@]}" --member "serviceAccount:$RUNTIME_SA" \
+    --role roles/cloudtasks.enqueuer
 
   step "topics"
   for topic in "$TOPIC" "$DEAD_LETTER"; do

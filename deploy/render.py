@@ -4,7 +4,8 @@ Standard library only (it runs wherever gcloud does, Cloud Build's
 google-cloud-cli image included). Each subcommand prints what deploy.sh
 needs on stdout, or one ``error: ...`` line on stderr and exits 2.
 
-  settings FILE PROJECT         check FILE; print ``name<TAB>value`` lines deploy.sh reads
+  settings FILE PROJECT OUT     check FILE; write the plan deploy.sh reads to OUT (a JSON object)
+  get PLAN NAME...              print values of the plan, whole, each ended by a NUL (deploy.sh reads them as data)
   env FILE OUT PROJECT [K=V..]  write FILE merged with what deploy.sh derives (for --env-vars-file)
   period CRON                   seconds between two runs of a cron schedule
   policy IN OUT [--duration S] [--alignment S] [--channel NAME]...
@@ -48,6 +49,10 @@ class RefusedError(Exception):
     """What deploy.sh prints as ``error: ...`` before it changes anything."""
 
 
+# A control character in a value could end a line of what a shell reads: refused, as the library does.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def load_settings(path: str, project: str) -> dict[str, str]:
     """The settings file, checked: a flat JSON object of strings naming only settings the functions may get."""
     try:
@@ -60,6 +65,8 @@ def load_settings(path: str, project: str) -> dict[str, str]:
         raise RefusedError(f"--settings {path}: must be a flat JSON object whose values are all strings")
     known = library_settings()
     for name in sorted(loaded):
+        if CONTROL.search(name) or CONTROL.search(loaded[name]):
+            raise RefusedError(f"--settings {path}: {name!r} holds a control character ({loaded[name]!r})")
         if name not in known and name != "GOOGLE_CLOUD_PROJECT":
             hint = "SESSION_* only" if not name.startswith("SESSION_") else "see the README's settings table"
             raise RefusedError(f"--settings {path}: {name} is not a setting the functions read ({hint})")
@@ -83,20 +90,35 @@ def load_settings(path: str, project: str) -> dict[str, str]:
     return loaded
 
 
-def settings(args: argparse.Namespace) -> None:
-    loaded = load_settings(args.file, args.project)
+def plan(loaded: dict[str, str], project: str) -> dict[str, str]:
+    """What deploy.sh takes from a checked settings file: each value one JSON string, never a line."""
     number = {name: int(loaded.get(name, str(default))) for name, default in NUMBERS.items()}
-    print(f"kind\t{loaded.get('SESSION_KIND', '').strip() or 'viur-session'}")
-    print(f"database\t{loaded.get('SESSION_DATABASE', '').strip() or '(default)'}")
-    print(f"budget\t{number['SESSION_TIME_BUDGET']}")
-    # A kill-all and a parallel cleanup each run one task per shard at once.
-    print(f"shards\t{max(number['SESSION_SHARDS'], number['SESSION_CLEAR_SHARDS'])}")
-    # Lifecycle events: the topic's project and id (the functions publish there).
     topic = loaded.get("SESSION_EVENTS_TOPIC", "").strip()
-    if topic:
-        match = TOPIC.fullmatch(topic)
-        assert match is not None  # load_settings checked it
-        print(f"events\t{match['project'] or args.project}\t{match['topic']}")
+    match = TOPIC.fullmatch(topic) if topic else None
+    return {
+        "kind": loaded.get("SESSION_KIND", "").strip() or "viur-session",
+        "database": loaded.get("SESSION_DATABASE", "").strip() or "(default)",
+        "budget": str(number["SESSION_TIME_BUDGET"]),
+        # A kill-all and a parallel cleanup each run one task per shard at once.
+        "shards": str(max(number["SESSION_SHARDS"], number["SESSION_CLEAR_SHARDS"])),
+        # Lifecycle events: the topic's project and id (the functions publish there).
+        "events_project": (match["project"] or project) if match else "",
+        "events_topic": match["topic"] if match else "",
+    }
+
+
+def settings(args: argparse.Namespace) -> None:
+    _write(args.out, plan(load_settings(args.file, args.project), args.project))
+
+
+def get(args: argparse.Namespace) -> None:
+    """Each named value of the plan, whole, followed by a NUL (which no value may hold)."""
+    loaded = _load(args.plan)
+    for name in args.names:
+        value = loaded[name]
+        if not isinstance(value, str) or "\0" in value:
+            raise RefusedError(f"{args.plan}: {name} must be a string without NUL")
+        sys.stdout.write(value + "\0")
 
 
 def env(args: argparse.Namespace) -> None:
@@ -176,7 +198,12 @@ def main(argv: list[str]) -> int:
     command = commands.add_parser("settings")
     command.add_argument("file")
     command.add_argument("project")
+    command.add_argument("out")
     command.set_defaults(run=settings)
+    command = commands.add_parser("get")
+    command.add_argument("plan")
+    command.add_argument("names", nargs="+")
+    command.set_defaults(run=get)
     command = commands.add_parser("env")
     command.add_argument("file")
     command.add_argument("out")

@@ -41,6 +41,8 @@ _TOPIC = re.compile(rf"(?:projects/[a-z][a-z0-9\-:.]*[a-z0-9]/topics/)?{_TOPIC_I
 # What publishing lifecycle events needs, and how to get it.
 EVENTS_MODULE = "google.pubsub_v1"
 EVENTS_EXTRA = "pip install 'session-core[events]'"
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: never part of a setting.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -192,6 +194,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from environment variables; a bad one raises ConfigError naming it."""
+        for variable in VARIABLES.values():
+            if _CONTROL.search(environ.get(variable, "")):
+                raise ConfigError(
+                    variable, "a value without control characters (no newline, tab or escape)", environ[variable]
+                )
         emulator = _text(environ, "DATASTORE_EMULATOR_HOST")
         project = _text(environ, "GOOGLE_CLOUD_PROJECT")
         if project is None:

@@ -236,3 +236,35 @@ def test_each_adapters_start_up_in_the_readme_refuses_a_topic_without_the_extra(
         namespace.pop("SESSION_CORE_SETTINGS")()  # Django's: the first session use
     assert refused.value.setting == "SESSION_EVENTS_TOPIC" and EXTRA in str(refused.value)
     assert not {"app", "SESSION_CORE_SETTINGS"} & set(namespace)  # nothing is built with such settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SESSION_KIND", "viur-session\nevents\tshop-audit\tgrab"),  # the line injected into the deploy plan
+        ("SESSION_NAMESPACE", "shop\r"),
+        ("SESSION_DATABASE", "sessions\x1b[2J"),
+        ("SESSION_EVENTS_TOPIC", "events\x00"),
+        ("SESSION_PERSISTENT_FIELDS_ON_LOGIN", "language,the\tme"),
+        ("SESSION_COOKIE_PATH", "/app\u2028"),
+        ("SESSION_LIFE_TIME", "3600\x85"),
+        ("GOOGLE_CLOUD_PROJECT", "shop\x7f"),
+    ],
+)
+def test_a_control_character_in_any_setting_is_refused_naming_its_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    environ = {"GOOGLE_CLOUD_PROJECT": "shop", variable: value}
+    with pytest.raises(ConfigError, match="control characters") as raised:
+        Settings.from_env(environ)
+    assert raised.value.setting == variable and raised.value.got == value
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(environ))
+    with pytest.raises(ConfigError, match="control characters") as raised:
+        Settings.from_file(path)
+    assert raised.value.setting == variable
+
+
+def test_a_control_character_in_a_variable_the_library_does_not_read_is_none_of_its_business() -> None:
+    settings = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "shop", "PS1": "\x1b[32m$ \n", "OTHER": "a\tb"})
+    assert settings.project == "shop"

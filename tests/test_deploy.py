@@ -8,6 +8,7 @@ Monitoring files parsed into the Monitoring API's own types.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -187,28 +188,60 @@ def test_every_function_is_private_gen2_within_its_timeout_limit(tmp_path: Path)
 
 
 def test_least_privilege(tmp_path: Path) -> None:
-    lines = dry_run(tmp_path)
+    lines = dry_run(tmp_path, settings=settings_file(tmp_path, SESSION_DATABASE="sessions"))
     text = "\n".join(lines)
     assert "allUsers" not in text and "allAuthenticatedUsers" not in text
     assert "roles/owner" not in text and "roles/editor" not in text
     grants = {
-        (flag(line, "--member"), flag(line, "--role"))
+        (flag(line, "--member"), flag(line, "--role")): flag(line, "--condition")
         for line in lines
         if "add-iam-policy-binding" in line and line.startswith("gcloud projects")
     }
+    functions, builder = (
+        "serviceAccount:" + SA.format("session-functions"),
+        "serviceAccount:" + SA.format("session-builder"),
+    )
+    # Datastore on the sessions' database only; the builder on the functions' images and sources only.
     assert grants == {
-        ("serviceAccount:" + SA.format("session-functions"), "roles/datastore.user"),
-        ("serviceAccount:" + SA.format("session-functions"), "roles/cloudtasks.enqueuer"),
-        ("serviceAccount:" + SA.format("session-builder"), "roles/cloudbuild.builds.builder"),
+        (functions, "roles/datastore.user"): (
+            f'expression=resource.name == "projects/{PROJECT}/databases/sessions",title=session_core datastore.user'
+        ),
+        (builder, "roles/logging.logWriter"): "None",
+        (builder, "roles/artifactregistry.writer"): (
+            f'expression=resource.name.startsWith("projects/{PROJECT}/locations/{REGION}/repositories/gcf-artifacts")'
+            ",title=session_core artifactregistry.writer"
+        ),
+        (builder, "roles/storage.objectViewer"): (
+            'expression=resource.name.startsWith("projects/_/buckets/gcf-v2-sources-")'
+            ",title=session_core storage.objectViewer"
+        ),
     }
+    assert "cloudbuild.builds.builder" not in text.replace("remove-iam-policy-binding", "")
+    # Enqueue on the session-tasks queue only.
+    enqueue = words(one(lines, "roles/cloudtasks.enqueuer"))
+    assert enqueue[:5] == ["gcloud", "tasks", "queues", "add-iam-policy-binding", "session-tasks"]
+    assert flag(" ".join(enqueue), "--member") == functions
     act_as = one(lines, "roles/iam.serviceAccountUser")
     assert words(act_as)[4] == SA.format("session-tasks")  # on that account only
     invokers = {words(line)[3]: flag(line, "--member") for line in lines if "add-invoker-policy-binding" in line}
     assert invokers == {
         "clear_sessions": "serviceAccount:" + SA.format("session-scheduler"),
         "session_task": "serviceAccount:" + SA.format("session-tasks"),
-        "kill_user_sessions": "serviceAccount:" + SA.format("session-functions"),
+        "kill_user_sessions": functions,
     }
+
+
+def test_a_redeploy_removes_the_project_wide_grants_of_earlier_versions(gcloud: StandIn) -> None:
+    member = "serviceAccount:" + SA.format("session-functions")
+    for role in ("roles/datastore.user", "roles/cloudtasks.enqueuer"):
+        gcloud.seed(f"binding:{member}:{role}")  # unconditioned, as 0.12 granted them
+    gcloud.seed(f"binding:serviceAccount:{SA.format('session-builder')}:roles/cloudbuild.builds.builder")
+    done, calls = gcloud.run("--settings", str(EXAMPLE))
+    assert done.returncode == 0, done.stderr
+    removed = {call[call.index("--role") + 1] for call in calls if "remove-iam-policy-binding" in call}
+    assert removed == {"roles/datastore.user", "roles/cloudtasks.enqueuer", "roles/cloudbuild.builds.builder"}
+    assert f"binding:{member}:roles/cloudtasks.enqueuer" not in gcloud.resources()
+    assert f"binding:{member}:roles/datastore.user:conditioned" in gcloud.resources()
 
 
 @pytest.mark.parametrize(
@@ -334,6 +367,75 @@ def test_bad_input_is_refused_before_any_command(
     assert commands(done.stdout) == []
 
 
+INJECTION = "viur-session\nevents\tshop-audit\tgrab"  # a newline and a line of the old plan format
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"SESSION_KIND": INJECTION}, {"SESSION_NAMESPACE": "shop\r"}, {"SESSION_DATABASE": "sessions\u2028x"}],
+    ids=["newline", "carriage-return", "line-separator"],
+)
+def test_a_setting_with_a_control_character_is_refused_before_any_command(
+    tmp_path: Path, values: dict[str, str]
+) -> None:
+    (name,) = values
+    done = script("--settings", str(settings_file(tmp_path, **values)), "--dry-run", work=tmp_path / "work")
+    assert done.returncode == 2 and "control character" in done.stderr and name in done.stderr
+    assert commands(done.stdout) == []
+    assert "grab" not in done.stdout and "shop-audit" not in done.stdout
+
+
+def load_render() -> Any:
+    spec = importlib.util.spec_from_file_location("render", DEPLOY / "render.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_value_with_a_newline_cannot_add_a_plan_line(tmp_path: Path) -> None:
+    """Even past the refusal, the plan is JSON read value by value: a newline stays inside its value."""
+    render = load_render()
+    plan = render.plan({"SESSION_KIND": INJECTION}, PROJECT)
+    assert plan == {
+        "kind": INJECTION,
+        "database": "(default)",
+        "budget": "300",
+        "shards": "16",
+        "events_project": "",
+        "events_topic": "",
+    }
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    done = subprocess.run(
+        [sys.executable, str(DEPLOY / "render.py"), "get", str(path), *plan],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "".join(value + "\0" for value in plan.values()))
+    # deploy.sh's own reading of such a plan (past render.py's refusal): the kind whole, no events topic.
+    done = script(
+        "--settings", str(EXAMPLE), "--dry-run", "--ttl", work=tmp_path / "work", env=planning(tmp_path, plan)
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"--collection-group '{INJECTION}' --enable-ttl" in done.stdout
+    assert "topics create grab" not in done.stdout and "--project shop-audit" not in done.stdout
+
+
+def planning(tmp_path: Path, plan: dict[str, str]) -> dict[str, str]:
+    """A PATH whose python3 answers `render.py settings` with ``plan`` as is (and runs everything else)."""
+    (tmp_path / "plan-as-is.json").write_text(json.dumps(plan))
+    fake = tmp_path / "fake-bin" / "python3"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text(
+        f'#!/bin/sh\nif [ "$2" = settings ]; then cp "{tmp_path / "plan-as-is.json"}" "$5"; exit 0; fi\n'
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    fake.chmod(0o755)
+    return {"PATH": f"{fake.parent}:{os.environ['PATH']}"}
+
+
 def test_the_shipped_settings_file_is_one_the_app_can_load() -> None:
     settings = Settings.from_file(EXAMPLE, {"GOOGLE_CLOUD_PROJECT": PROJECT})
     assert settings.kind == "viur-session" and settings.key_storage == "hashed"
@@ -368,15 +470,35 @@ def parse_with_gcloud(line: str, config: Path) -> str:
     return "" if "You do not currently have an active account selected" in done.stderr else done.stderr[-600:]
 
 
+def same_files(line: str, work: Path) -> str:
+    """The command with each mode's copy of a generated file replaced by the first deploy's same-named one.
+
+    The modes write the same files (env.json, alert-*.json, dashboard.json) into work directories of
+    their own; gcloud's parser reads one as well as the other, so commands that differ only there are one.
+    """
+    first = work / "first"
+    for path in set(re.findall(rf"{re.escape(str(work))}/[^/\s']+/([^\s']+)", line)):
+        if (first / path).is_file():
+            line = re.sub(rf"{re.escape(str(work))}/[^/\s']+/{re.escape(path)}", str(first / path), line)
+    return line
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs Google's Cloud SDK (gcloud) installed")
 def test_every_printed_command_passes_the_real_gcloud_parser(tmp_path: Path) -> None:
     modes = every_dry_run_command(tmp_path)
     assert {name: len(lines) > 5 for name, lines in modes.items()} == dict.fromkeys(modes, True)
-    unique = sorted({line for lines in modes.values() for line in lines})
+    # And deploy/build.sh's: the build accounts, and the two builds it submits.
+    modes["build.sh"] = [shlex.join(argv) for argv in build_sh("--accounts", tmp_path=tmp_path)]
+    settings = str(EXAMPLE.relative_to(ROOT))
+    modes["build.sh"] += [
+        shlex.join(argv) for argv in build_sh("--region", REGION, "--settings", settings, tmp_path=tmp_path)
+    ]
+    unique = sorted({same_files(line, tmp_path) for lines in modes.values() for line in lines})
     config = tmp_path / "gcloud-config"
-    config.mkdir()
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    config.mkdir(exist_ok=True)
+    # One gcloud process per distinct command (each starts Python and loads its command tree: ~1 s of CPU).
+    with ThreadPoolExecutor(max_workers=4) as pool:
         verdicts = dict(zip(unique, pool.map(lambda line: parse_with_gcloud(line, config), unique), strict=True))
     rejected = {line: why for line, why in verdicts.items() if why}
     assert rejected == {}
@@ -415,7 +537,17 @@ def checkout(tmp_path: Path) -> Path:
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs Google's Cloud SDK (gcloud) installed")
 def test_builds_submit_uploads_what_the_build_runs_and_reads(checkout: Path) -> None:
     files = uploaded(checkout)
-    for needed in ("Makefile", "README.md", "deploy/deploy.sh", "deploy/render.py", "cloudbuild.yaml", ".ci/run"):
+    for needed in (
+        "Makefile",
+        "README.md",
+        "deploy/deploy.sh",
+        "deploy/render.py",
+        "cloudbuild.yaml",
+        ".ci/run",
+        "cloudbuild.test.yaml",
+        "locks/dev.txt",
+        "locks/tasks-emulator.txt",
+    ):
         assert needed in files
     assert {"tests/test_deploy.py", "tests/conftest.py", "main.py", "requirements-dev.txt"} <= files
     assert not any(f.startswith((".venv", ".git/", ".local/")) or "__pycache__" in f for f in files)
@@ -512,13 +644,30 @@ if verb in ("describe", "list") and group != "projects":
 elif group == "projects" and verb == "describe":
     print("424242")
 elif group == "projects" and verb == "get-iam-policy":
-    member = opt("--filter").split("=", 1)[1]
-    print("\n".join(k.split(":", 3)[3] for k in resources if k.startswith(f"binding:{member}:")))
+    # Keys: binding:MEMBER:ROLE, plus ":conditioned" for a binding with a condition.
+    member, only_unconditioned, _ = opt("--filter").split("=", 1)[1].partition(" AND NOT bindings.condition:*")
+    held = [k.split(":", 3)[3] for k in resources if k.startswith(f"binding:{member}:")]
+    held = [role for role in held if not (only_unconditioned and role.endswith(":conditioned"))]
+    print("\n".join(role.removesuffix(":conditioned") for role in held))
+elif group == "tasks queues" and "policy" in verb:
+    key = f"queue-binding:{name}:{opt('--member', '')}:{opt('--role', '')}"
+    if verb == "get-iam-policy":
+        member = opt("--filter").split("=", 1)[1]
+        print("\n".join(k.split(":", 4)[4] for k in resources if k.startswith(f"queue-binding:{name}:{member}:")))
+    elif verb == "add-iam-policy-binding":
+        resources[key] = {}
+    elif resources.pop(key, None) is None:
+        sys.exit("ERROR: Policy binding with the specified principal and role not found!")
 elif group == "projects" and verb == "add-iam-policy-binding":
-    resources[f"binding:{opt('--member')}:{opt('--role')}"] = {}
+    conditioned = ":conditioned" if opt("--condition") != "None" else ""
+    resources[f"binding:{opt('--member')}:{opt('--role')}{conditioned}"] = {}
 elif group == "projects" and verb == "remove-iam-policy-binding":
-    if resources.pop(f"binding:{opt('--member')}:{opt('--role')}", None) is None:
+    key = f"binding:{opt('--member')}:{opt('--role')}"
+    found = [k for k in (key, key + ":conditioned") if k in resources and ("--all" in args or k == key)]
+    if not found:
         sys.exit("ERROR: Policy binding with the specified principal, role, and condition not found!")
+    for k in found:
+        resources.pop(k)
 elif verb in ("create", "deploy") or (group == "firestore fields ttls" and "--enable-ttl" in args):
     resources[key] = {**resources.get(key, {}), **created()}
 elif verb == "delete" or (group == "firestore fields ttls" and "--disable-ttl" in args):
@@ -675,9 +824,13 @@ def test_destroy_removes_what_the_first_run_created_and_keeps_the_sessions(gclou
     made = gcloud.resources()
     done, calls = gcloud.run("--destroy")
     assert done.returncode == 0, done.stderr
-    assert gcloud.resources() == {"firestore databases:(default)", "tasks queues:session-tasks"}
+    assert gcloud.resources() == {"firestore databases:(default)", "tasks queues:session-tasks"}  # no binding left
     assert made - gcloud.resources() == {key for key in made if not key.startswith(("firestore d", "tasks"))}
-    assert [" ".join(call[1:4]) for call in calls if call[1:3] == ["tasks", "queues"] and call[3] != "describe"] == [
+    queue_calls = [
+        call for call in calls if call[1:3] == ["tasks", "queues"] and call[3] not in ("describe", "get-iam-policy")
+    ]
+    assert [" ".join(call[1:4]) for call in queue_calls] == [
+        "tasks queues remove-iam-policy-binding",
         "tasks queues pause",
         "tasks queues purge",
     ]
@@ -814,22 +967,118 @@ def build() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())  # type: ignore[no-any-return]
 
 
-def test_cloudbuild_tests_before_it_deploys(build: dict[str, Any]) -> None:
-    steps = build["steps"]
-    assert [step["id"] for step in steps] == ["install", "test", "deploy"]
-    assert "test" in steps[2]["waitFor"] and "install" in steps[1]["waitFor"]
-    assert "make test" in " ".join(steps[1]["args"])
-    assert steps[1]["name"].endswith("google-cloud-cli:emulators")  # has the emulators and Java
+@pytest.fixture(scope="module")
+def test_build() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "cloudbuild.test.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def account(plan: dict[str, Any]) -> str:
+    return str(plan["serviceAccount"]).rsplit("/", 1)[1].split("@")[0]
+
+
+# What installs or runs third-party test code: pip, a venv, make's test targets, pytest.
+RUNS_TEST_CODE = re.compile(r"\bpip\b|make (venv|test|lint|check|bench|run)\b|pytest|requirements-dev|locks/dev")
+# Roles that neither deploy nor change IAM: all a build that runs test code may hold.
+HARMLESS = {"roles/logging.logWriter"}
+
+
+def build_sh(*args: str, tmp_path: Path) -> list[list[str]]:
+    done = subprocess.run(
+        ["bash", str(DEPLOY / "build.sh"), "--project", PROJECT, *args, "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"), "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    return [words(line) for line in commands(done.stdout)]
+
+
+def roles_held(tmp_path: Path) -> dict[str, set[str]]:
+    """Each build account's roles, as `deploy/build.sh --accounts` grants them."""
+    held: dict[str, set[str]] = {}
+    for argv in build_sh("--accounts", tmp_path=tmp_path):
+        if argv[1:3] == ["projects", "add-iam-policy-binding"]:
+            member = argv[argv.index("--member") + 1].split(":")[1].split("@")[0]
+            held.setdefault(member, set()).add(argv[argv.index("--role") + 1])
+    return held
+
+
+def test_tests_run_in_a_build_of_their_own_as_an_account_that_may_only_write_logs(
+    build: dict[str, Any], test_build: dict[str, Any], tmp_path: Path
+) -> None:
+    """A compromised dev dependency must not reach an account that can deploy or change IAM."""
+    assert [step["id"] for step in test_build["steps"]] == ["install", "test"]
+    assert "make test" in " ".join(test_build["steps"][1]["args"])
+    assert test_build["steps"][1]["name"].endswith("google-cloud-cli:emulators")  # has the emulators and Java
+    held = roles_held(tmp_path)
+    assert held["session-tester"] == HARMLESS
+    assert "roles/resourcemanager.projectIamAdmin" in held["session-deployer"]
+    running_test_code = []
+    for plan in (build, test_build):
+        assert plan["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # a named account needs a logging choice
+        for step in plan["steps"]:
+            if RUNS_TEST_CODE.search(" ".join(step["args"])):
+                running_test_code.append(step["id"])
+                assert held[account(plan)] <= HARMLESS, (step["id"], account(plan))
+    assert running_test_code == ["install", "test"]
+    # The deploy build installs nothing at all, and the deploy never grants the tester anything.
+    assert not any(re.search(r"install|make ", " ".join(step["args"])) for step in build["steps"])
+    lines = [*dry_run(tmp_path / "first"), *dry_run(tmp_path / "again", again=True)]
+    assert not any("session-tester" in line for line in lines)
+
+
+def test_build_sh_submits_the_test_build_then_the_deploy_build_of_one_archive(tmp_path: Path) -> None:
+    settings = str(EXAMPLE.relative_to(ROOT))
+    submits = build_sh("--region", REGION, "--settings", settings, tmp_path=tmp_path)
+    assert [argv[argv.index("--config") + 1] for argv in submits] == ["cloudbuild.test.yaml", "cloudbuild.yaml"]
+    archive = {argv[3] for argv in submits}
+    assert len(archive) == 1 and Path(archive.pop()).is_file()  # one archive, tested then deployed
+    assert f"~_SETTINGS={settings}~" in submits[1][-1] and "~_SOURCE_SHA256=" in submits[1][-1]
 
 
 def test_cloudbuild_deploys_as_a_named_account_with_its_settings_file(build: dict[str, Any]) -> None:
     deployer = "session-deployer@$PROJECT_ID.iam.gserviceaccount.com"
     assert build["serviceAccount"] == f"projects/$PROJECT_ID/serviceAccounts/{deployer}"
-    assert build["options"]["logging"] == "CLOUD_LOGGING_ONLY"  # a named account needs a logging choice
-    deploy = " ".join(build["steps"][2]["args"])
+    deploy = " ".join(build["steps"][-1]["args"])
     assert "deploy/deploy.sh" in deploy and "--settings" in deploy and "$_SETTINGS" in deploy
     assert "$_REGION" in deploy and "$PROJECT_ID" in deploy
-    assert "$_SETTINGS" in " ".join(build["steps"][0]["args"])  # a missing file fails before the tests run
+    assert deploy.index('test -f "$_SETTINGS"') < deploy.index("deploy/deploy.sh")  # a missing file says so
+
+
+def test_what_the_builds_install_comes_from_locks_with_a_hash_for_every_requirement() -> None:
+    locks = sorted((ROOT / "locks").glob("*.txt"))
+    assert {lock.stem for lock in locks} == {"pip", "runtime", "dev", "tasks-emulator", "sources", "viur-core"}
+    for lock in locks:
+        entries = re.sub(r"\\\n", " ", lock.read_text())
+        requirements = [line for line in entries.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert requirements, lock
+        for line in requirements:
+            assert re.match(r"^[A-Za-z0-9_.\-]+==\S+", line), (lock.name, line)
+            assert re.search(r"--hash=sha256:[0-9a-f]{64}", line), (lock.name, line)
+
+    # Each lock holds exactly the pins it is made from.
+    def pinned(path: Path) -> dict[str, str]:
+        return {n.lower(): v for n, v in re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", path.read_text(), re.M)}
+
+    for source, lock in (
+        ("requirements.txt", "runtime"),
+        ("requirements-dev.txt", "dev"),
+        ("requirements-tasks-emulator.txt", "tasks-emulator"),
+        ("locks/sources.in", "sources"),
+        ("locks/viur-core.in", "viur-core"),
+        ("locks/pip.in", "pip"),
+    ):
+        wanted = pinned(ROOT / source) | (pinned(ROOT / "requirements.txt") if source == "requirements-dev.txt" else {})
+        got = pinned(ROOT / "locks" / f"{lock}.txt")
+        assert {name: got.get(name) for name in wanted} == wanted, lock
+
+
+def test_the_makefile_installs_every_venv_with_require_hashes_from_a_lock() -> None:
+    installs = [line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line]
+    assert len(installs) == 6  # pip, then the rest: the venv, the tasks emulator's and the Python 3.13 one
+    for line in installs:
+        assert re.search(r"pip install (--quiet )?--require-hashes -r locks/[\w-]+\.txt$", line), line
 
 
 def seconds(value: str) -> int:
@@ -837,17 +1086,19 @@ def seconds(value: str) -> int:
     return int(value[:-1])
 
 
-def test_cloudbuild_timeout_leaves_room_above_the_test_suite(build: dict[str, Any]) -> None:
+def test_cloudbuild_timeout_leaves_room_above_the_test_suite(test_build: dict[str, Any]) -> None:
     """The test step may take as long as CI gives a whole run; the build adds the other steps and room."""
     ci_limit = 5400  # seconds CI allows `.ci/run` (make test and more) on the same 2-core machine size
-    steps = {step["id"]: seconds(step["timeout"]) for step in build["steps"]}
+    steps = {step["id"]: seconds(step["timeout"]) for step in test_build["steps"]}
     assert steps["test"] >= ci_limit
-    assert seconds(build["timeout"]) >= sum(steps.values()) + 600
+    assert seconds(test_build["timeout"]) >= sum(steps.values()) + 600
 
 
-def test_every_script_and_make_target_cloudbuild_calls_exists(build: dict[str, Any]) -> None:
+def test_every_script_and_make_target_cloudbuild_calls_exists(
+    build: dict[str, Any], test_build: dict[str, Any]
+) -> None:
     makefile = (ROOT / "Makefile").read_text()
-    for step in build["steps"]:
+    for step in [*build["steps"], *test_build["steps"]]:
         command = " ".join(step["args"])
         for name in re.findall(r"[\w./-]+\.sh", command):
             assert (ROOT / name).is_file(), name

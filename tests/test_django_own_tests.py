@@ -1,7 +1,8 @@
 """Django's own session tests, run against ``session_core.django`` on the emulator.
 
 The suite downloads the sdist of the installed Django from PyPI (once, into
-``.local/``) and runs, in a process of their own, the two test classes of
+``.local/``; checked against the hashes of locks/sources.txt) and runs, in a
+process of their own, the two test classes of
 Django's ``tests/sessions_tests/tests.py`` that are about a backend's contract
 and not one storage: ``SessionTestsMixin`` (which every Django backend runs,
 sync and async) with our ``SessionStore`` as its backend, and
@@ -23,6 +24,7 @@ import pytest
 
 from session_core.testing import Emulator
 from tests.conftest import ROOT
+from tests.locks import locked
 
 pytestmark = pytest.mark.slow
 VERSION = importlib.metadata.version("django")
@@ -139,7 +141,13 @@ def django_tests() -> Path:
     if not (root / "tests" / "sessions_tests").is_dir():
         CACHE.mkdir(parents=True, exist_ok=True)
         pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-        subprocess.run([*pip, f"django=={VERSION}", "-d", str(CACHE)], check=True, capture_output=True, timeout=300)
+        pinned = locked("sources", "django", VERSION, CACHE)
+        subprocess.run(
+            [*pip, "--require-hashes", "-r", str(pinned), "-d", str(CACHE)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         with tarfile.open(CACHE / f"django-{VERSION}.tar.gz") as archive:
             members = [m for m in archive.getmembers() if m.name.startswith(f"django-{VERSION}/tests/sessions_tests/")]
             archive.extractall(CACHE, members=members, filter="data")

@@ -1,11 +1,12 @@
 """Flask's own session tests, run against DatastoreSessionInterface.
 
 The suite downloads the sdist of the installed Flask from PyPI (once, into
-``.local/``), and runs every test of its session, flashing and session-transaction
-tests with every Flask app's ``session_interface`` swapped for ours, on the
-emulator. They all pass except the three that check what we change on purpose:
-a session that needs no ``SECRET_KEY`` (so there is no null session) and is not
-signed (so a new key does not empty it).
+``.local/``; checked against the hashes of locks/sources.txt), and runs every
+test of its session, flashing and session-transaction tests with every Flask
+app's ``session_interface`` swapped for ours, on the emulator. They all pass
+except the three that check what we change on purpose: a session that needs
+no ``SECRET_KEY`` (so there is no null session) and is not signed (so a new
+key does not empty it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from session_core.testing import Emulator
 from tests.conftest import ROOT
+from tests.locks import locked
 
 pytestmark = pytest.mark.slow
 VERSION = importlib.metadata.version("flask")
@@ -68,8 +70,9 @@ def flask_tests() -> Path:
     if not (root / "tests").is_dir():
         CACHE.mkdir(parents=True, exist_ok=True)
         pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+        pinned = locked("sources", "flask", VERSION, CACHE)
         subprocess.run(
-            [*pip, f"flask=={VERSION}", "-d", str(CACHE)],
+            [*pip, "--require-hashes", "-r", str(pinned), "-d", str(CACHE)],
             check=True,
             capture_output=True,
             timeout=300,

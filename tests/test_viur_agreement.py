@@ -7,6 +7,7 @@ viur-core reads: it must see each one alive exactly until its own expiry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,7 +41,9 @@ def python312() -> Path | None:
 
 @pytest.fixture(scope="module")
 def viur_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    marker = VENV / f".installed-{VIUR_CORE}"
+    lock = ROOT / "locks" / "viur-core.txt"  # viur-core and everything it needs, with hashes
+    assert f"\n{VIUR_CORE} \\\n" in lock.read_text(), f"{VIUR_CORE}: not what locks/viur-core.in pins"
+    marker = VENV / f".installed-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
     if not marker.exists():
         base = python312()
         if base is None:
@@ -49,8 +52,9 @@ def viur_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip("no Python 3.12 here: viur-core 3.9 needs it")
         shutil.rmtree(VENV, ignore_errors=True)
         subprocess.run([str(base), "-m", "venv", str(VENV)], check=True, timeout=120)
-        pip = [str(VENV / "bin" / "pip"), "install", "--quiet", VIUR_CORE]
-        subprocess.run(pip, check=True, timeout=900, capture_output=True)
+        pip = [str(VENV / "bin" / "pip"), "install", "--quiet", "--require-hashes", "-r"]
+        subprocess.run([*pip, str(ROOT / "locks" / "pip.txt")], check=True, timeout=900, capture_output=True)
+        subprocess.run([*pip, str(lock)], check=True, timeout=900, capture_output=True)
         marker.touch()
     return VENV / "bin" / "python"
 
