@@ -33,6 +33,8 @@ import structlog
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import translated
+from session_core._observers import registered_delete_observer
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import ConfigError, SessionCoreError
@@ -44,8 +46,6 @@ from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
 from session_core.maintenance.sweep import Progress
 from session_core.rules import GUEST_USER, cutoff_for, iso_utc
-from session_core.session import registered_delete_observer
-from session_core.store import translated
 
 log = structlog.get_logger("session_core.cli")
 

@@ -15,6 +15,7 @@ import structlog
 from google.auth.transport import requests as auth_requests
 from google.cloud import datastore
 
+from session_core._observers import registered_delete_observer
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import BadInputError, BodyTooLargeError
@@ -26,7 +27,6 @@ from session_core.maintenance.messages import parse_pubsub_event, run_id_for, st
 from session_core.maintenance.rehash import RehashResult, run_rehash_step
 from session_core.maintenance.runs import RunRecorder, check_step
 from session_core.maintenance.steps import ClearStep, Enqueue, RehashStep, Step, parse_step
-from session_core.session import registered_delete_observer
 from session_core.store import DeleteObserver
 
 

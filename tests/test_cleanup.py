@@ -12,13 +12,13 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionRecord, Settings, TransientStoreError
+from session_core._observers import registered_delete_observer
 from session_core.errors import StoreError
 from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME, _Lease, run_clear_step, start_clear_sessions
 from session_core.maintenance.runs import Run, RunRecorder, clear_params, list_runs
 from session_core.maintenance.steps import ClearStep
 from session_core.maintenance.sweep import batches, page_limit, session_names, with_retries
 from session_core.rules import cutoff_for, hash_key, new_key
-from session_core.session import registered_delete_observer
 from session_core.store import SessionStore, settings_key
 from tests.conftest import RpcCounter
 

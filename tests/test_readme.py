@@ -17,8 +17,7 @@ import pytest
 from google.cloud import datastore
 from werkzeug.test import Client
 
-from session_core import Settings
-from session_core import session as session_module
+from session_core import Settings, _observers
 from session_core.clients import datastore_client
 from session_core.config import VARIABLES
 from session_core.rules import hash_key
@@ -188,14 +187,14 @@ def test_every_python_block_of_the_readme_runs(
     if match := CONTINUES.match(code):
         [first, *_] = [other.code for other in readme_blocks() if other.heading == match[1]]
         code = first + code
-    observers = list(session_module._REGISTERED)  # a block may register Session.on_delete: not beyond this test
+    observers = list(_observers._REGISTERED)  # a block may register Session.on_delete: not beyond this test
     example: dict[str, Any] = {"__name__": "readme_example"}
     try:
         exec(compile(code, f"README.md ({block.heading})", "exec"), example)
         if block.heading in DRIVERS:
             DRIVERS[block.heading](example, settings)
     finally:
-        session_module._REGISTERED[:] = observers
+        _observers._REGISTERED[:] = observers
 
 
 def test_every_driver_names_a_readme_section_with_python() -> None:

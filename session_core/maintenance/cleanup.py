@@ -37,6 +37,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, settings_key, translated
 from session_core.config import Settings
 from session_core.errors import DispatchError, StoreError, TransientStoreError
 from session_core.maintenance.events import EventPublisher, batch_events
@@ -46,7 +47,7 @@ from session_core.maintenance.shards import SliceRange, plan_slices
 from session_core.maintenance.steps import ClearStep, Enqueue
 from session_core.maintenance.sweep import Progress, Sweep, offset_progress, session_query
 from session_core.rules import cutoff_for, iso_utc
-from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
+from session_core.store import DeleteObserver
 
 LEASE_KIND = "session_core-lease"
 LEASE_NAME = "clear_sessions"  # the first chain's lease (the only one, with one chain)

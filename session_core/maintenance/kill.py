@@ -29,6 +29,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, commit, translated
+from session_core._observers import notify
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.errors import MisuseError, StoreError
@@ -43,14 +45,13 @@ from session_core.maintenance.sweep import (
     Sweep,
     delete_batch,
     key_names,
-    notify,
     offset_progress,
     page_limit,
     session_query,
 )
 from session_core.rules import GUEST_USER, is_expired, session_id_of, valid_session_id, valid_user
 from session_core.session import Session
-from session_core.store import FAIL_FAST, DeleteObserver, SessionStore, commit, translated
+from session_core.store import DeleteObserver, SessionStore
 
 log = structlog.get_logger("session_core.kill")
 T = TypeVar("T")

@@ -30,6 +30,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core import values
+from session_core._datastore import FAIL_FAST, commit, rehome, translated
 from session_core.config import Settings
 from session_core.errors import MisuseError, StoreError
 from session_core.maintenance.pacing import Pacer
@@ -37,7 +38,7 @@ from session_core.maintenance.runs import Run, RunRecorder, rehash_params
 from session_core.maintenance.steps import Enqueue, RehashStep
 from session_core.maintenance.sweep import Progress, Sweep, session_query, with_retries
 from session_core.rules import hash_key, is_valid_key
-from session_core.store import FAIL_FAST, SessionRecord, commit, rehome, translated
+from session_core.store import SessionRecord
 
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024  # a commit request may carry 10 MiB; stay well below
 MAX_MOVES_PER_TRANSACTION = 250  # two mutations each: Datastore's 500 per commit

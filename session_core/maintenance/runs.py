@@ -46,11 +46,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, settings_key, translated
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
 from session_core.maintenance.steps import ClearStep, KillStep, RehashStep, Step
 from session_core.rules import iso_utc
-from session_core.store import FAIL_FAST, settings_key, translated
 
 KIND = "session_core-run"
 KEEP = timedelta(days=7)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, translated
 from session_core.config import Settings
 from session_core.maintenance.sweep import page_limit, session_names, session_query, with_retries
-from session_core.store import FAIL_FAST, translated
 
 SAMPLES_PER_SHARD = 256
 KeyRange = tuple[str | None, str | None]
