@@ -136,3 +136,9 @@ def settings_key(client: datastore.Client, settings: Settings, kind: str, name: 
     else:
         key = client.key(kind, name)
     return key
+
+
+def next_cursor(iterator: Any) -> str | None:
+    """Where a fetched query page ends, as the URL-safe string a task payload carries (None: the end)."""
+    token = iterator.next_page_token
+    return token.decode() if isinstance(token, bytes) else token

@@ -32,7 +32,7 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core import values
-from session_core._datastore import commit, rehome, settings_key, translated, within
+from session_core._datastore import commit, next_cursor, rehome, settings_key, translated, within
 from session_core.config import Settings
 from session_core.errors import StoreError
 from session_core.rules import GUEST_USER, expires_at, hash_key, session_id_of, stored_lastseen
@@ -223,7 +223,6 @@ class SessionStore:
             with translated("query"):
                 entities = list(iterator)
             records += [self.from_entity(entity) for entity in entities]
-            token = iterator.next_page_token
-            cursor = token.decode() if isinstance(token, bytes) else token
+            cursor = next_cursor(iterator)
             if len(entities) < _PAGE or cursor is None:
                 return records

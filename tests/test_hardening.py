@@ -161,8 +161,7 @@ def test_a_step_of_a_finished_run_is_acknowledged_without_work(
 def test_the_clear_worker_never_deletes_a_session_before_its_expiry_whatever_the_step_says(
     client: datastore.Client, settings: Settings
 ) -> None:
-    from session_core.maintenance.cleanup import run_clear_step
-    from session_core.maintenance.steps import ClearStep
+    from session_core.maintenance.cleanup import ClearStep, run_clear_step
 
     now = 2_000_000_000.0
     expired, live = seed(client, settings, 10, now - 86400), seed(client, settings, 10, now - 60)

@@ -40,6 +40,7 @@ RANK = {
     "maintenance.dispatch": 8,
     "maintenance.runs": 8,
     "maintenance.pacing": 7,
+    "maintenance.leases": 7,
     "maintenance.events": 7,
     "maintenance.rehash": 9,
     "maintenance.cleanup": 9,

@@ -28,7 +28,7 @@ import structlog
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
-from session_core._datastore import FAIL_FAST, commit, translated
+from session_core._datastore import FAIL_FAST, commit, next_cursor, translated
 from session_core._observers import notify
 from session_core.config import Settings
 from session_core.errors import PayloadError, StoreError, TransientStoreError
@@ -132,8 +132,7 @@ def fetch_page(make_query: QueryFactory, limit: int, cursor: str | None) -> tupl
         if cursor is not None and isinstance(exc.cause, gexc.InvalidArgument) and "pars" in str(exc.cause):
             raise PayloadError("cursor is not a query cursor") from exc
         raise
-    token = iterator.next_page_token
-    return keys, token.decode() if isinstance(token, bytes) else token
+    return keys, next_cursor(iterator)
 
 
 def key_names(make_query: QueryFactory, limit: int) -> Iterator[str]:
