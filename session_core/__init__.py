@@ -32,20 +32,19 @@ from session_core.session import Session
 from session_core.store import SessionRecord, SessionStore
 
 if TYPE_CHECKING:
+    # kill.py names them kill_sessions / akill_sessions from issue 22 point 1 on.
     from session_core.maintenance.kill import (
         KillResult,
         SessionInfo,
         aend_user_session,
+        akill_sessions,
         alist_user_sessions,
         alogout_everywhere_else,
         end_user_session,
+        kill_sessions,
         list_user_sessions,
         logout_everywhere_else,
     )
-
-    # kill.py names them kill_sessions / akill_sessions from issue 22 point 1 on.
-    from session_core.maintenance.kill import akillSessionByUser as akill_sessions  # noqa: N813
-    from session_core.maintenance.kill import killSessionByUser as kill_sessions  # noqa: N813
 
 __version__ = "0.13.0"
 
@@ -54,8 +53,8 @@ _KILL = "session_core.maintenance.kill"
 _LAZY = {
     "KillResult": (_KILL, "KillResult"),
     "SessionInfo": (_KILL, "SessionInfo"),
-    "kill_sessions": (_KILL, "killSessionByUser"),
-    "akill_sessions": (_KILL, "akillSessionByUser"),
+    "kill_sessions": (_KILL, "kill_sessions"),
+    "akill_sessions": (_KILL, "akill_sessions"),
     "list_user_sessions": (_KILL, "list_user_sessions"),
     "alist_user_sessions": (_KILL, "alist_user_sessions"),
     "end_user_session": (_KILL, "end_user_session"),

@@ -33,19 +33,20 @@ import structlog
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import translated
+from session_core._observers import registered_delete_observer
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import ConfigError, SessionCoreError
 from session_core.logging import configure_logging
 from session_core.maintenance.cleanup import ClearResult, start_clear_sessions
 from session_core.maintenance.events import REASONS, pull_events, subscriber_for
-from session_core.maintenance.kill import KillResult, end_user_session, killSessionByUser, list_user_sessions
+from session_core.maintenance.kill import KillResult, end_user_session, kill_sessions, list_user_sessions
 from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
+from session_core.maintenance.steps import step_type
 from session_core.maintenance.sweep import Progress
 from session_core.rules import GUEST_USER, cutoff_for, iso_utc
-from session_core.session import registered_delete_observer
-from session_core.store import translated
 
 log = structlog.get_logger("session_core.cli")
 
@@ -305,7 +306,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         if not _confirmed(ctx, f"kill-user {'--all' if user is None else '--guest'}", f"This ends {whom}"):
             return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
     before = _active(ctx, user)
-    result: KillResult = killSessionByUser(
+    result: KillResult = kill_sessions(
         user,
         client=ctx.client,
         settings=ctx.settings,
@@ -488,16 +489,7 @@ def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
     runs = [run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)]
     rows = []
     for run in runs:
-        if run["kind"] == "clear":
-            count = f"would delete {run['counted']:>9,}" if run["dry_run"] else f"     deleted {run['deleted']:>9,}"
-            subject = f"cutoff {run['cutoff_utc']}"
-        elif run["kind"] == "rehash":
-            verb = "       found" if run["dry_run"] else "     deleted" if run["delete"] else "       moved"
-            count = f"{verb} {run['counted']:>9,}"
-            subject = "plain-key sessions"
-        else:
-            count = f"     deleted {run['deleted']:>9,}"
-            subject = {None: "every session", GUEST_USER: "every guest"}.get(run["user"], f"user {run['user']!r}")
+        count, subject = step_type(run["kind"]).describe(run)
         rows.append(f"  {run['started'][:19]}  {run['kind']:<5} {run['run_id']}  {run['status']:<7} {count}  {subject}")
     return Outcome(f"{_count(len(runs), 'run')}, newest first" + (":" if runs else ""), {"runs": runs}, rows)
 

@@ -21,7 +21,7 @@ clear_expired), with these choices of ours:
   moment (``SESSION_COOKIE_AGE``, or what ``set_expiry`` gave), as Django's
   database backend stores ``expire_date``. An expired session loads empty.
 - ``django.contrib.auth``'s ``_auth_user_id`` is written to the indexed
-  ``user``, so ``killSessionByUser(str(user.pk), ...)`` ends that user's
+  ``user``, so ``kill_sessions(str(user.pk), ...)`` ends that user's
   sessions everywhere.
 - ``clear_expired()`` (``manage.py clearsessions``) runs our cleanup.
 
@@ -198,7 +198,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
     def session_id(self) -> str | None:
         """Opaque id of the session (the SHA-256 of its key), safe to show and log; None without a key.
 
-        What ``killSessionByUser(..., except_session=...)`` and
+        What ``kill_sessions(..., except_session=...)`` and
         ``end_user_session`` take: "sign out everywhere else".
         """
         key = self.session_key

@@ -15,18 +15,17 @@ import structlog
 from google.auth.transport import requests as auth_requests
 from google.cloud import datastore
 
+from session_core._observers import registered_delete_observer
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import BadInputError, BodyTooLargeError
 from session_core.maintenance.auth import CertificateCache, verify_task_caller
-from session_core.maintenance.cleanup import ClearResult, run_clear_step, start_clear_sessions
+from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.maintenance.dispatch import queue_for
-from session_core.maintenance.kill import KillResult, killSessionByUser, run_kill_step
+from session_core.maintenance.kill import kill_sessions
 from session_core.maintenance.messages import parse_pubsub_event, run_id_for, strict_json
-from session_core.maintenance.rehash import RehashResult, run_rehash_step
 from session_core.maintenance.runs import RunRecorder, check_step
-from session_core.maintenance.steps import ClearStep, Enqueue, RehashStep, Step, parse_step
-from session_core.session import registered_delete_observer
+from session_core.maintenance.steps import Enqueue, Step, StepResult, Work, parse_step
 from session_core.store import DeleteObserver
 
 
@@ -100,7 +99,7 @@ def kill_user_sessions(rt: Runtime, data: object, message_id: str) -> dict[str, 
     """
     structlog.contextvars.bind_contextvars(message_id=message_id)
     kill = parse_pubsub_event(data)
-    result = killSessionByUser(
+    result = kill_sessions(
         kill.user,
         client=rt.datastore,
         settings=rt.settings,
@@ -146,10 +145,6 @@ def run_step(
     enqueue: Enqueue | None,
     observer: DeleteObserver | None = None,
     chains: int = 1,
-) -> ClearResult | KillResult | RehashResult:
-    """Run one step of a cleanup, kill or rehash chain; ``chains``: how many its run has. Idempotent."""
-    if isinstance(step, ClearStep):
-        return run_clear_step(client, settings, step, enqueue=enqueue, observer=observer, chains=chains)
-    if isinstance(step, RehashStep):
-        return run_rehash_step(client, settings, step, enqueue=enqueue)
-    return run_kill_step(client, settings, step, enqueue=enqueue, observer=observer, chains=chains)
+) -> StepResult:
+    """Run one step of a maintenance chain, as its own type runs it; ``chains``: how many its run has. Idempotent."""
+    return step.run(Work(client, settings, enqueue, observer, chains))

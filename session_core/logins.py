@@ -27,8 +27,8 @@ import hashlib
 
 from google.cloud import datastore
 
+from session_core._datastore import settings_key, within
 from session_core.config import Settings
-from session_core.store import settings_key, within
 
 KIND = "session_core-login"
 EVERYONE = "all"  # the everyone-record's name: ``kill:all``; a user's names are ``<event>:user:<sha256>``

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import structlog
 from google.cloud import datastore
 
-from session_core import rules
+from session_core import _observers, rules
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.cookies import RequestContext, clear_cookie_header, set_cookie_header
@@ -48,7 +48,6 @@ from session_core.store import DeleteObserver, SessionRecord, SessionStore
 
 INSERT_ATTEMPTS = 3  # inserts of a new session before giving up on finding a free name
 MAX_DUPLICATE_COOKIES = 4  # cookies of our name looked up in one request, at most
-_REGISTERED: list[DeleteObserver] = []  # only Session.on_delete writes here (ViUR's API)
 log = structlog.get_logger("session_core.session")
 
 
@@ -133,18 +132,17 @@ class Session(MutableMapping[str, Any]):
         """Decorator, for code ported from ViUR: observe sessions that cleanup or kill delete.
 
         It runs only in the process that deletes: the Cloud Functions and the
-        command line, which pass :func:`registered_delete_observer` to the
+        command line, which pass :func:`~session_core._observers.registered_delete_observer` to the
         cleanup and kill they run. A web app registering it sees nothing; it
         learns of deletions through lifecycle events instead. Library callers
         pass an ``observer`` argument to cleanup and kill directly.
         """
-        _REGISTERED.append(func)
-        return func
+        return _observers.on_delete(func)
 
     @staticmethod
     def remove_on_delete(func: DeleteObserver) -> None:
         """Unregister an observer added with :meth:`on_delete`."""
-        _REGISTERED.remove(func)
+        _observers.remove_on_delete(func)
 
     # -- identity ------------------------------------------------------------
 
@@ -589,25 +587,3 @@ def request_keys(req: RequestContext, name: str) -> list[str]:
         one = req.get_cookie(name)
         values = [] if one is None else [one]
     return [value for value in dict.fromkeys(values) if is_valid_key(value)][:MAX_DUPLICATE_COOKIES]
-
-
-def registered_delete_observer() -> DeleteObserver | None:
-    """One observer calling, in order, every function registered with :meth:`Session.on_delete`.
-
-    None when nothing is registered, so cleanup reads no entity it need not.
-    """
-    if not _REGISTERED:
-        return None
-    observers = tuple(_REGISTERED)
-
-    def notify(record: SessionRecord) -> None:
-        failure: Exception | None = None
-        for observer in observers:
-            try:
-                observer(record)
-            except Exception as exc:  # the others still hear of it; the caller logs the first failure
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    return notify

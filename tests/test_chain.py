@@ -15,7 +15,7 @@ from functions_framework import create_app
 from google.cloud import datastore
 
 from session_core import Settings
-from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME
+from session_core.maintenance.leases import LEASE_KIND, LEASE_NAME
 from session_core.testing import Emulator, free_port
 from tests.conftest import LOG_DIR, ROOT, queue_env, serve_function
 from tests.test_cleanup import remaining, seed

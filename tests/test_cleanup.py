@@ -12,14 +12,14 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionRecord, Settings
+from session_core._observers import registered_delete_observer
 from session_core.errors import StoreError
 from session_core.maintenance import TransientStoreError
-from session_core.maintenance.cleanup import LEASE_KIND, LEASE_NAME, _Lease, run_clear_step, start_clear_sessions
+from session_core.maintenance.cleanup import ClearStep, run_clear_step, start_clear_sessions
+from session_core.maintenance.leases import LEASE_KIND, LEASE_NAME, Lease
 from session_core.maintenance.runs import Run, RunRecorder, clear_params, list_runs
-from session_core.maintenance.steps import ClearStep
 from session_core.maintenance.sweep import batches, page_limit, session_names, with_retries
 from session_core.rules import cutoff_for, hash_key, new_key
-from session_core.session import registered_delete_observer
 from session_core.store import SessionStore, settings_key
 from tests.conftest import RpcCounter
 
@@ -166,14 +166,14 @@ def test_a_second_run_is_skipped_while_a_chain_holds_the_lease(
 
 
 def test_a_stale_lease_is_taken_over(client: datastore.Client, settings: Settings, mixed: dict[str, set[str]]) -> None:
-    lease = _Lease(client, settings)
+    lease = Lease(client, settings)
     assert lease.acquire("a" * 32, NOW - lease.seconds - 1)  # a run that crashed long ago
     result = start_clear_sessions(client, settings, now=NOW)
     assert not result.skipped and result.deleted == 1200
 
 
 def test_a_chain_whose_lease_was_taken_over_stops(client: datastore.Client, settings: Settings) -> None:
-    lease = _Lease(client, settings)
+    lease = Lease(client, settings)
     assert lease.acquire("b" * 32, NOW)
     orphan = ClearStep(run_id="c" * 32, cutoff=cutoff_for(NOW, settings))
     result = run_clear_step(client, settings, orphan, now=NOW)

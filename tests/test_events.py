@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from session_core import Session, SessionRecord, Settings
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.maintenance.events import event_message, topic_path
-from session_core.maintenance.kill import end_user_session, killSessionByUser, logout_everywhere_else
+from session_core.maintenance.kill import end_user_session, kill_sessions, logout_everywhere_else
 from session_core.rules import GUEST_USER, hash_key, new_key, new_security_key
 from session_core.store import SessionStore
 from session_core.testing import Emulator, free_port
@@ -108,13 +108,13 @@ def test_kills_publish_killed_for_one_user_for_guests_and_for_everyone(
     now = time.time()
     alice, bob, guests = seeded.add("alice", 120, now), seeded.add("bob", 30, now), seeded.add(GUEST_USER, 40, now)
     keep = next(iter(alice))
-    one = killSessionByUser("alice", client=client, settings=settings, except_session=keep)
+    one = kill_sessions("alice", client=client, settings=settings, except_session=keep)
     first = events_topic.received()
     assert sessions_in(first) == dict.fromkeys(alice - {keep}, "alice")
     assert {(e["reason"], e["run_id"]) for e in first} == {("killed", one.run_id)}
-    killSessionByUser(GUEST_USER, client=client, settings=settings)
+    kill_sessions(GUEST_USER, client=client, settings=settings)
     assert sessions_in(events_topic.received()) == dict.fromkeys(guests, GUEST_USER)
-    killSessionByUser(None, client=client, settings=settings)  # everyone: each batch is read for its users
+    kill_sessions(None, client=client, settings=settings)  # everyone: each batch is read for its users
     assert sessions_in(events_topic.received()) == {**dict.fromkeys(bob, "bob"), keep: "alice"}
 
 
@@ -124,10 +124,10 @@ def test_a_kill_of_one_user_knows_the_user_and_reads_no_session_more_than_withou
     seeded = Seeded(client, events_topic.settings)
     carol, dan = seeded.add("carol", 30, time.time()), seeded.add("dan", 30, time.time())
     rpcs.reset()
-    killSessionByUser("dan", client=client, settings=replace(events_topic.settings, events_topic=None))
+    kill_sessions("dan", client=client, settings=replace(events_topic.settings, events_topic=None))
     without_events = dict(rpcs.calls)
     rpcs.reset()
-    killSessionByUser("carol", client=client, settings=events_topic.settings)
+    kill_sessions("carol", client=client, settings=events_topic.settings)
     assert dict(rpcs.calls) == without_events  # the same lookups (the run's receipt), no session read
     assert sessions_in(events_topic.received()) == dict.fromkeys(carol, "carol")
     assert dan
@@ -205,12 +205,12 @@ def test_without_a_topic_nothing_imports_pubsub(client: datastore.Client, settin
         "from session_core import Settings\n"
         "from session_core.clients import datastore_client\n"
         "from session_core.maintenance.cleanup import start_clear_sessions\n"
-        "from session_core.maintenance.kill import killSessionByUser\n"
+        "from session_core.maintenance.kill import kill_sessions\n"
         f"s = Settings(project={settings.project!r}, emulator_host={settings.emulator_host!r},"
         f" namespace={settings.namespace!r}, rampup=False)\n"
         "c = datastore_client(s)\n"
         "start_clear_sessions(c, s)\n"
-        "killSessionByUser('alice', client=c, settings=s)\n"
+        "kill_sessions('alice', client=c, settings=s)\n"
         "print(sorted(m for m in sys.modules if 'pubsub' in m))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -291,7 +291,7 @@ def test_a_publisher_that_cannot_be_imported_or_built_never_fails_a_delete(
     seeded.add(GUEST_USER, 4, time.time() - 86400)
     phone = sorted(bob)[0]
     with capture_logs() as logs:
-        assert killSessionByUser("alice", client=client, settings=with_events).deleted == 5
+        assert kill_sessions("alice", client=client, settings=with_events).deleted == 5
         assert end_user_session(client, with_events, "bob", phone)
         assert start_clear_sessions(client, with_events).deleted == 4
     assert len(remaining(client, settings)) == 1  # bob's other device: every delete happened

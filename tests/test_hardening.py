@@ -21,7 +21,7 @@ from google.cloud import datastore
 
 from session_core import ConfigError, Session, Settings
 from session_core.maintenance.cleanup import start_clear_sessions
-from session_core.maintenance.kill import killSessionByUser
+from session_core.maintenance.kill import kill_sessions
 from session_core.maintenance.runs import list_runs
 from session_core.rules import cutoff_for, hash_key, new_key
 from session_core.store import SessionRecord, SessionStore
@@ -148,7 +148,7 @@ def test_a_replayed_valid_token_with_forged_steps_deletes_nothing(
 def test_a_step_of_a_finished_run_is_acknowledged_without_work(
     function: FunctionClient, client: datastore.Client, settings: Settings
 ) -> None:
-    result = killSessionByUser("bob", client=client, settings=settings)
+    result = kill_sessions("bob", client=client, settings=settings)
     [run] = [run for run in list_runs(client, settings) if run.run_id == result.run_id]
     assert run.status == "done" and run.kind == "kill" and run.params["user"] == "bob"
     seed_users(client, settings, {"bob": 3})  # bob signed in again since
@@ -161,8 +161,7 @@ def test_a_step_of_a_finished_run_is_acknowledged_without_work(
 def test_the_clear_worker_never_deletes_a_session_before_its_expiry_whatever_the_step_says(
     client: datastore.Client, settings: Settings
 ) -> None:
-    from session_core.maintenance.cleanup import run_clear_step
-    from session_core.maintenance.steps import ClearStep
+    from session_core.maintenance.cleanup import ClearStep, run_clear_step
 
     now = 2_000_000_000.0
     expired, live = seed(client, settings, 10, now - 86400), seed(client, settings, 10, now - 60)
@@ -176,7 +175,7 @@ def test_runs_are_receipts_with_status_and_counts(client: datastore.Client, sett
     now = time.time()
     seed(client, settings, 30, now - 86400)
     cleared = start_clear_sessions(client, settings)
-    killed = killSessionByUser("__guest__", client=client, settings=settings)
+    killed = kill_sessions("__guest__", client=client, settings=settings)
     runs = {run.run_id: run for run in list_runs(client, settings)}
     assert runs[cleared.run_id].status == "done" and runs[cleared.run_id].deleted == 30
     assert runs[killed.run_id].kind == "kill" and runs[killed.run_id].params["user"] == "__guest__"

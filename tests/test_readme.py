@@ -17,8 +17,7 @@ import pytest
 from google.cloud import datastore
 from werkzeug.test import Client
 
-from session_core import Settings
-from session_core import session as session_module
+from session_core import Settings, _observers
 from session_core.clients import datastore_client
 from session_core.config import VARIABLES
 from session_core.rules import hash_key
@@ -91,7 +90,7 @@ def drive_flask_login(example: dict[str, Any], settings: Settings) -> None:
     assert browser.post("/sign-in/alice").data == b"signed in"
     client = datastore_client(settings)
     [stored] = client.query(kind=settings.kind, namespace=settings.namespace).fetch()
-    assert stored["user"] == "alice"  # what killSessionByUser("alice") finds
+    assert stored["user"] == "alice"  # what kill_sessions("alice") finds
     assert browser.post("/sign-out").data == b"signed out"
 
 
@@ -188,14 +187,14 @@ def test_every_python_block_of_the_readme_runs(
     if match := CONTINUES.match(code):
         [first, *_] = [other.code for other in readme_blocks() if other.heading == match[1]]
         code = first + code
-    observers = list(session_module._REGISTERED)  # a block may register Session.on_delete: not beyond this test
+    observers = list(_observers._REGISTERED)  # a block may register Session.on_delete: not beyond this test
     example: dict[str, Any] = {"__name__": "readme_example"}
     try:
         exec(compile(code, f"README.md ({block.heading})", "exec"), example)
         if block.heading in DRIVERS:
             DRIVERS[block.heading](example, settings)
     finally:
-        session_module._REGISTERED[:] = observers
+        _observers._REGISTERED[:] = observers
 
 
 def test_every_driver_names_a_readme_section_with_python() -> None:
@@ -251,7 +250,7 @@ def test_the_sizing_sections_operation_counts_are_what_a_cleanup_costs(
     client: datastore.Client, settings: Settings
 ) -> None:
     from session_core.maintenance.cleanup import start_clear_sessions
-    from session_core.maintenance.kill import killSessionByUser
+    from session_core.maintenance.kill import kill_sessions
     from tests.test_cleanup import seed
     from tests.test_revocation import seed_users
 
@@ -263,7 +262,7 @@ def test_the_sizing_sections_operation_counts_are_what_a_cleanup_costs(
 
     seed_users(client, settings, {"alice": 30})
     billed.operations.clear()
-    killSessionByUser("alice", client=client, settings=settings)
+    kill_sessions("alice", client=client, settings=settings)
     assert dict(billed.operations) == {"deletes": 30, "reads": 2, "writes": 3, "small": 30}
 
     per_100k = cleanup_operations(100_000)

@@ -12,10 +12,16 @@ from google.cloud import datastore
 from session_core import GUEST_USER, Session, SessionRecord, Settings, kill_sessions
 from session_core.errors import MisuseError, PoisonMessageError
 from session_core.functions import run_step
-from session_core.maintenance.kill import end_user_session, list_user_sessions, logout_everywhere_else, run_kill_step
+from session_core.maintenance.kill import (
+    KillStep,
+    end_user_session,
+    list_user_sessions,
+    logout_everywhere_else,
+    run_kill_step,
+)
 from session_core.maintenance.messages import parse_kill_message, parse_pubsub_event, run_id_for
 from session_core.maintenance.shards import shard_of, shard_ranges, split_points
-from session_core.maintenance.steps import KillStep, Step, parse_step
+from session_core.maintenance.steps import Step, parse_step
 from session_core.rules import hash_key, new_key
 from session_core.store import SessionStore
 from tests.conftest import Ctx, RpcCounter

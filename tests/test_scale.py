@@ -19,7 +19,8 @@ from google.cloud import datastore
 
 from session_core import MisuseError, Session, Settings
 from session_core.functions import run_step
-from session_core.maintenance.cleanup import LEASE_KIND, lease_name, start_clear_sessions
+from session_core.maintenance.cleanup import start_clear_sessions
+from session_core.maintenance.leases import LEASE_KIND, lease_name
 from session_core.maintenance.pacing import Pacer, budget, rate, time_for
 from session_core.maintenance.rehash import start_rehash
 from session_core.maintenance.runs import list_runs

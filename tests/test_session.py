@@ -10,8 +10,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import GUEST_USER, MisuseError, Session, Settings
+from session_core._observers import registered_delete_observer
 from session_core.rules import hash_key, is_valid_key, new_key
-from session_core.session import registered_delete_observer
 from tests.conftest import Ctx, RpcCounter
 
 

@@ -21,7 +21,7 @@ from session_core import Session, SessionDataError, Settings
 from session_core.contract import Store
 from session_core.maintenance.kill import (
     end_user_session,
-    killSessionByUser,
+    kill_sessions,
     list_user_sessions,
     logout_everywhere_else,
 )
@@ -245,7 +245,7 @@ def kill_by_user_ends_that_users_sessions_expired_ones_too_and_no_others(store: 
     alice = [session_of(store, "alice")[0], session_of(store, "alice", seen=NOW - 10**6)[0]]
     bob, _ = session_of(store, "bob")
     told: list[str] = []
-    result = killSessionByUser("alice", store=store, observer=lambda r: told.append(r.user))
+    result = kill_sessions("alice", store=store, observer=lambda r: told.append(r.user))
     assert result.deleted == 2 and result.user == "alice"
     assert set(store.lookup_all([*alice, bob])) == {bob}
     assert told == ["alice", "alice"]
@@ -255,7 +255,7 @@ def kill_by_user_ends_that_users_sessions_expired_ones_too_and_no_others(store: 
 def kill_keeps_the_excepted_session(store: Store) -> None:
     keep, kept = session_of(store, "alice")
     gone, _ = session_of(store, "alice")
-    assert killSessionByUser("alice", store=store, except_session=kept.session_id).deleted == 1
+    assert kill_sessions("alice", store=store, except_session=kept.session_id).deleted == 1
     assert set(store.lookup_all([keep, gone])) == {keep}
 
 
@@ -263,14 +263,14 @@ def kill_keeps_the_excepted_session(store: Store) -> None:
 def kill_of_the_guests_ends_every_guest_session_only(store: Store) -> None:
     guests = [session_of(store, GUEST_USER)[0] for _ in range(3)]
     alice, _ = session_of(store, "alice")
-    assert killSessionByUser(GUEST_USER, store=store).deleted == 3
+    assert kill_sessions(GUEST_USER, store=store).deleted == 3
     assert set(store.lookup_all([*guests, alice])) == {alice}
 
 
 @check
 def kill_of_everyone_ends_every_session(store: Store) -> None:
     cookies = [session_of(store, user)[0] for user in ("alice", "bob", GUEST_USER)]
-    assert killSessionByUser(None, store=store).deleted == 3
+    assert kill_sessions(None, store=store).deleted == 3
     assert store.lookup_all(cookies) == {}
 
 

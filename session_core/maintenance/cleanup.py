@@ -19,37 +19,48 @@ work left, the next step goes to ``enqueue`` (a Cloud Task) or, with no
 queue, runs on in the same process. Re-running any step is safe: deleting an
 absent key is a no-op, and the cutoff travels with the chain.
 
-Each chain holds a lease of its own (kind ``session_core-lease``), renewed
-as it works, so chains never contend on one entity; a run starts only when no
-chain of another run holds one.
+Each chain holds a lease of its own (:mod:`~session_core.maintenance.leases`),
+renewed as it works, so chains never contend on one entity; a run starts only
+when no chain of another run holds one.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
-from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, translated
 from session_core.config import Settings
-from session_core.errors import DispatchError, StoreError, TransientStoreError
+from session_core.errors import DispatchError, PayloadError, StoreError
 from session_core.maintenance.events import EventPublisher, batch_events
-from session_core.maintenance.pacing import Pacer
+from session_core.maintenance.leases import Lease, take_leases
+from session_core.maintenance.pacing import pacer_for
 from session_core.maintenance.runs import Run, RunRecorder, clear_params
-from session_core.maintenance.shards import SliceRange, plan_slices
-from session_core.maintenance.steps import ClearStep, Enqueue
+from session_core.maintenance.shards import plan_slices
+from session_core.maintenance.steps import (
+    Enqueue,
+    Step,
+    Work,
+    cursor_of,
+    epoch_of,
+    exact_fields,
+    pace_of,
+    page_of,
+    register,
+    shard_of,
+    typed,
+)
 from session_core.maintenance.sweep import Progress, Sweep, offset_progress, session_query
 from session_core.rules import cutoff_for, iso_utc
-from session_core.store import FAIL_FAST, DeleteObserver, settings_key, translated
+from session_core.store import DeleteObserver
 
-LEASE_KIND = "session_core-lease"
-LEASE_NAME = "clear_sessions"  # the first chain's lease (the only one, with one chain)
 log = structlog.get_logger("session_core.cleanup")
 
 
@@ -81,102 +92,72 @@ class ClearResult:
         return {**asdict(self), "cutoff_utc": iso_utc(self.cutoff)}
 
 
-def lease_name(shard: int | None) -> str:
-    """The lease of a chain: the first chain keeps the name a one-chain run has always used."""
-    return LEASE_NAME if not shard else f"{LEASE_NAME}:{shard}"
+@register
+@dataclass(frozen=True)
+class ClearStep(Step):
+    """One bounded step of an expired-session cleanup run: one chain, the slice ``lo <= lastseen < hi``.
 
-
-class _Lease:
-    """A small entity that lets one chain (one slice) of one cleanup run work at a time.
-
-    Held by run id until ``until``, renewed as the chain works and before a
-    step enqueues the next: a chain that stopped renewing it for
-    ``lease_ttl`` (it crashed, or its next task is stuck in retries) is taken
-    over, and a chain that finds its lease taken stops.
+    ``shard`` None is the run's only chain (no bounds); otherwise ``lo`` and
+    ``hi`` (None: unbounded) bound the slice, below the cutoff either way.
+    ``started`` is the run's start (epoch seconds) and ``done`` what the
+    chain deleted before this step: together they pace it (ramp-up).
     """
 
-    def __init__(self, client: datastore.Client, settings: Settings, shard: int | None = None) -> None:
-        self.client = client
-        self.shard = shard
-        self.key = settings_key(client, settings, LEASE_KIND, lease_name(shard))
-        self.seconds = settings.lease_ttl.total_seconds()
+    run_id: str
+    cutoff: float
+    cursor: str | None = None
+    page: int = 0
+    dry_run: bool = False
+    shard: int | None = None
+    lo: float | None = None
+    hi: float | None = None
+    started: float = 0.0
+    done: int = 0
 
-    def acquire(self, run_id: str, now: float, *, chains: int = 1) -> bool:
-        """Take or renew the lease for ``run_id`` (a run of ``chains`` chains); False if another live run holds it.
+    op = "clear"
 
-        A transaction that loses a race with a concurrent run (ABORTED) looks
-        again; any other failure raises StoreError.
-        """
-        return _transact(self.client, lambda: self._acquire(run_id, now, chains))
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> ClearStep:
+        exact_fields(
+            payload, {"op", "run_id", "cutoff", "cursor", "page", "dry_run", "shard", "lo", "hi", "started", "done"}
+        )
+        cutoff = epoch_of(payload, "cutoff")
+        assert cutoff is not None
+        shard = shard_of(payload)
+        lo, hi = epoch_of(payload, "lo", optional=True), epoch_of(payload, "hi", optional=True)
+        if shard is None and (lo, hi) != (None, None):
+            raise PayloadError("bounds without a shard")
+        started, done = pace_of(payload)
+        return cls(
+            run_id=payload["run_id"],
+            cutoff=cutoff,
+            cursor=cursor_of(payload),
+            page=page_of(payload),
+            dry_run=typed(payload, "dry_run", bool),
+            shard=shard,
+            lo=lo,
+            hi=hi,
+            started=started,
+            done=done,
+        )
 
-    def _acquire(self, run_id: str, now: float, chains: int) -> bool:
-        held = self.client.get(self.key, **FAIL_FAST)
-        if held is not None and held["run_id"] != run_id and held["until"] > now:
-            return False
-        self.client.put(self.entity(run_id, now, chains))
-        return True
+    @classmethod
+    def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> ClearStep:
+        slices = params["slices"]
+        lo, hi = (None, None) if slices is None else slices[chain]
+        shard = None if slices is None else chain
+        return cls(run_id, params["cutoff"], dry_run=params["dry_run"], shard=shard, lo=lo, hi=hi, started=started)
 
-    def entity(self, run_id: str, now: float, chains: int) -> datastore.Entity:
-        """The lease as ``run_id`` holds it from ``now``: it lapses after ``SESSION_LEASE_TTL``."""
-        lease = datastore.Entity(self.key)
-        lease.update(run_id=run_id, until=now + self.seconds, chains=chains)
-        return lease
+    @classmethod
+    def describe(cls, receipt: Mapping[str, Any]) -> tuple[str, str]:
+        dry_run = receipt["dry_run"]
+        count = f"would delete {receipt['counted']:>9,}" if dry_run else f"     deleted {receipt['deleted']:>9,}"
+        return count, f"cutoff {receipt['cutoff_utc']}"
 
-    def release_quietly(self, run_id: str) -> None:
-        """Release if the store answers; a lease that cannot be released lapses by itself."""
-        try:
-            self.release(run_id)
-        except StoreError as exc:
-            log.warning("lease_not_released", run_id=run_id, error=type(exc.cause).__name__)
-
-    def release(self, run_id: str) -> None:
-        """Free the lease if ``run_id`` holds it. The first lease of a run of several chains stays, lapsed:
-        it remembers how many chains to look at while the others may still run."""
-        with translated("lease"), self.client.transaction():
-            held = self.client.get(self.key, **FAIL_FAST)
-            if held is not None and held["run_id"] == run_id:
-                if not self.shard and int(held.get("chains", 1)) > 1:
-                    held["until"] = 0.0
-                    self.client.put(held)
-                else:
-                    self.client.delete(self.key)
-
-
-def _transact(client: datastore.Client, work: Callable[[], bool]) -> bool:
-    """Run ``work`` in a transaction, again when it loses a race (ABORTED), at most three times."""
-    for attempt in range(3):
-        try:
-            with translated("lease"), client.transaction():
-                done: bool = work()
-                return done
-        except TransientStoreError as exc:
-            if not isinstance(exc.cause, gexc.Aborted) or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _take_leases(
-    client: datastore.Client, settings: Settings, run_id: str, now: float, chains: int, record: datastore.Entity
-) -> bool:
-    """Take every chain's lease for a new run and record the run, in one commit; False if a chain is alive.
-
-    The first lease remembers how many chains its run has, so a run with
-    fewer chains still sees every lease of a run with more.
-    """
-    first = _Lease(client, settings)
-
-    def work() -> bool:
-        head = client.get(first.key, **FAIL_FAST)
-        known = max(chains, int(head.get("chains", 1)) if head is not None else 1)
-        leases = [_Lease(client, settings, shard) for shard in range(known)]
-        others = client.get_multi([lease.key for lease in leases[1:]], **FAIL_FAST) if known > 1 else []
-        held = ([head] if head is not None else []) + others
-        if any(lease["run_id"] != run_id and lease["until"] > now for lease in held):
-            return False
-        client.put_multi([*(lease.entity(run_id, now, chains) for lease in leases[:chains]), record])
-        return True
-
-    return _transact(client, work)
+    def run(self, work: Work) -> ClearResult:
+        return run_clear_step(
+            work.client, work.settings, self, enqueue=work.enqueue, observer=work.observer, chains=work.chains
+        )
 
 
 def start_clear_sessions(
@@ -208,18 +189,18 @@ def start_clear_sessions(
     if len(slices) < settings.clear_shards:  # sessions sharing one lastseen value are never split
         log.warning("clear_slices_collapsed", asked=settings.clear_shards, slices=len(slices))
     sliced = len(slices) > 1
-    run = Run(run_id, "clear", clear_params(cutoff, dry_run, slices if sliced else None), now, chains=len(slices))
+    run = Run(run_id, ClearStep.op, clear_params(cutoff, dry_run, slices if sliced else None), now, chains=len(slices))
     record = RunRecorder(client, settings).entity(run)
     if dry_run:
         with translated("run"):
             client.put(record, **FAIL_FAST)
-    elif not _take_leases(client, settings, run_id, now, len(slices), record):
+    elif not take_leases(client, settings, run_id, now, len(slices), record):
         result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, shards=len(slices))
         log.info("clear_sessions", **result.to_json())
         return result
     if not dry_run:
         _prune_receipts(client, settings, now)
-    steps = [_first_step(run_id, cutoff, dry_run, now, shard, bounds, sliced) for shard, bounds in enumerate(slices)]
+    steps = [ClearStep.for_chain(run_id, run.params, now, chain) for chain in range(len(slices))]
     if not sliced:
         return run_clear_step(
             client,
@@ -267,13 +248,6 @@ def _prune_receipts(client: datastore.Client, settings: Settings, now: float) ->
         log.info("runs_pruned", count=pruned)
 
 
-def _first_step(
-    run_id: str, cutoff: float, dry_run: bool, started: float, shard: int, bounds: SliceRange, sliced: bool
-) -> ClearStep:
-    lo, hi = bounds
-    return ClearStep(run_id, cutoff, dry_run=dry_run, shard=shard if sliced else None, lo=lo, hi=hi, started=started)
-
-
 def run_clear_step(
     client: datastore.Client,
     settings: Settings,
@@ -312,7 +286,7 @@ def run_clear_step(
     """
     started = time.monotonic()
     now = time.time() if now is None else now
-    lease = _Lease(client, settings, step.shard)
+    lease = Lease(client, settings, step.shard)
     if not step.dry_run and not lease_held and not lease.acquire(step.run_id, now, chains=chains):
         result = ClearResult(
             step.run_id, step.cutoff, 0, 0, False, True, 0.0, step.dry_run, shard=step.shard, shards=chains
@@ -333,10 +307,7 @@ def run_clear_step(
         return lease.acquire(step.run_id, now + time.monotonic() - started, chains=chains)
 
     budget = settings.time_budget.total_seconds() if enqueue is not None else None
-    pacer = None
-    if settings.rampup:
-        period = settings.rampup_period.total_seconds()
-        pacer = Pacer(settings.rampup_start, period, step.started or now, chains=chains, done=step.done, within=budget)
+    pacer = pacer_for(settings, step, chains=chains, within=budget, now=now)
     sweep = Sweep(
         client,
         settings,
@@ -357,9 +328,9 @@ def run_clear_step(
         elif not more and not step.dry_run and not outcome.lost:
             lease.release(step.run_id)
         recorder = RunRecorder(client, settings)
-        following = recorder.record_step(step, outcome.deleted, pages=outcome.pages, cursor=outcome.cursor, more=more)
-        if following is not None and enqueue is not None:
-            enqueue(following)  # only once the run expects it (see RunRecorder.record_step)
+        following = recorder.advance(
+            step, outcome.deleted, pages=outcome.pages, cursor=outcome.cursor, more=more, enqueue=enqueue
+        )
     except (StoreError, DispatchError):
         if not step.dry_run:
             lease.release_quietly(step.run_id)  # so that a retry need not wait for it to lapse

@@ -35,10 +35,11 @@ import structlog
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
+from session_core._datastore import TRANSIENT
 from session_core.config import EVENTS_EXTRA, Settings
 from session_core.errors import ConfigError
 from session_core.rules import session_id_of
-from session_core.store import TRANSIENT, SessionRecord
+from session_core.store import SessionRecord
 
 Reason = Literal["expired", "killed", "ended"]
 REASONS: tuple[Reason, ...] = ("expired", "killed", "ended")

@@ -9,7 +9,7 @@ one chain per shard. With no queue every step runs inline.
 Every step is idempotent (deleting an absent key is a no-op) and its task
 name is derived from the run id, the shard and the page.
 
-Async apps call the awaitable forms (``akillSessionByUser``,
+Async apps call the awaitable forms (``akill_sessions``,
 ``alist_user_sessions``, ``aend_user_session``, ``alogout_everywhere_else``):
 the same functions, run in a worker thread so that the event loop never waits
 on Datastore.
@@ -19,41 +19,54 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
-from functools import partial
-from typing import Any, TypeVar, overload
+from functools import partial, wraps
+from typing import Any, ParamSpec, TypeVar, overload
 
 import structlog
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, commit, translated
+from session_core._observers import notify
 from session_core.config import Settings
 from session_core.contract import Store
-from session_core.errors import MisuseError, StoreError
+from session_core.errors import MisuseError, PayloadError, StoreError
 from session_core.logins import kill_record
 from session_core.maintenance.events import EventPublisher, batch_events
-from session_core.maintenance.pacing import Pacer
+from session_core.maintenance.pacing import pacer_for
 from session_core.maintenance.runs import Run, RunRecorder, kill_params
 from session_core.maintenance.shards import plan_shards
-from session_core.maintenance.steps import Enqueue, KillStep
+from session_core.maintenance.steps import (
+    Enqueue,
+    Step,
+    Work,
+    cursor_of,
+    exact_fields,
+    pace_of,
+    page_of,
+    register,
+    shard_of,
+    typed,
+)
 from session_core.maintenance.sweep import (
     Progress,
     Sweep,
     delete_batch,
     key_names,
-    notify,
     offset_progress,
     page_limit,
     session_query,
 )
 from session_core.rules import GUEST_USER, is_expired, session_id_of, valid_session_id, valid_user
 from session_core.session import Session
-from session_core.store import FAIL_FAST, DeleteObserver, SessionStore, commit, translated
+from session_core.store import DeleteObserver, SessionStore
 
 log = structlog.get_logger("session_core.kill")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,81 @@ class KillResult:
 
 
 # -- steps ----------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class KillStep(Step):
+    """One bounded step of a kill-by-user run: one user's sessions, or one key-range shard.
+
+    ``user`` None means every session; ``shard`` None means the one-user chain,
+    otherwise ``lo`` <= key name < ``hi`` (None: unbounded) bounds the shard.
+    ``except_session`` is an opaque session id (SHA-256 hex), never a cookie.
+    """
+
+    run_id: str
+    user: str | None
+    except_session: str | None = None
+    shard: int | None = None
+    lo: str | None = None
+    hi: str | None = None
+    cursor: str | None = None
+    page: int = 0
+    started: float = 0.0
+    done: int = 0
+
+    op = "kill"
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> KillStep:
+        exact_fields(
+            payload,
+            {"op", "run_id", "user", "except_session", "shard", "lo", "hi", "cursor", "page", "started", "done"},
+        )
+        user = payload["user"]
+        if user is not None and not valid_user(user):
+            raise PayloadError("user is not a user key")
+        except_session = payload["except_session"]
+        if except_session is not None and not valid_session_id(except_session):
+            raise PayloadError("except_session is not a session id")
+        shard = shard_of(payload)
+        bounds = [typed(payload, name, str, optional=True) for name in ("lo", "hi")]
+        if any(bound is not None and (not bound or len(bound) > 1500) for bound in bounds):
+            raise PayloadError("shard bounds are not key names")
+        if shard is None and bounds != [None, None]:
+            raise PayloadError("bounds without a shard")
+        started, done = pace_of(payload)
+        return cls(
+            run_id=payload["run_id"],
+            user=user,
+            except_session=except_session,
+            shard=shard,
+            lo=bounds[0],
+            hi=bounds[1],
+            cursor=cursor_of(payload),
+            page=page_of(payload),
+            started=started,
+            done=done,
+        )
+
+    @classmethod
+    def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> KillStep:
+        shards = params["shards"]
+        lo, hi = (None, None) if shards is None else shards[chain]
+        shard = None if shards is None else chain
+        return cls(run_id, params["user"], params["except_session"], shard, lo, hi, started=started)
+
+    @classmethod
+    def describe(cls, receipt: Mapping[str, Any]) -> tuple[str, str]:
+        user = receipt["user"]
+        return f"     deleted {receipt['deleted']:>9,}", {None: "every session", GUEST_USER: "every guest"}.get(
+            user, f"user {user!r}"
+        )
+
+    def run(self, work: Work) -> KillResult:
+        return run_kill_step(
+            work.client, work.settings, self, enqueue=work.enqueue, observer=work.observer, chains=work.chains
+        )
 
 
 def _label(user: str | None) -> str:
@@ -132,12 +220,7 @@ def run_kill_step(
     started = time.monotonic()
     batch = batch_events(settings, events, "killed", step.run_id, step.user)
     budget = settings.time_budget.total_seconds() if enqueue is not None else None
-    pacer = None
-    if settings.rampup and settings.rampup_kill:
-        period = settings.rampup_period.total_seconds()
-        pacer = Pacer(
-            settings.rampup_start, period, step.started or time.time(), chains=chains, done=step.done, within=budget
-        )
+    pacer = pacer_for(settings, step, chains=chains, within=budget) if settings.rampup_kill else None
     page_size = settings.batch_size if first_batch_only else None
     sweep = Sweep(
         client,
@@ -167,9 +250,7 @@ def run_kill_step(
         deleted += rest.run(cursor).deleted
         cursor, more = None, False
     recorder = RunRecorder(client, settings)
-    following = recorder.record_step(step, deleted, pages=outcome.pages, cursor=cursor, more=more)
-    if following is not None and enqueue is not None:
-        enqueue(following)  # only once the run expects it (see RunRecorder.record_step)
+    following = recorder.advance(step, deleted, pages=outcome.pages, cursor=cursor, more=more, enqueue=enqueue)
     result = KillResult(
         run_id=step.run_id,
         user=_label(step.user),
@@ -195,7 +276,7 @@ def _start_run(
     recorder = RunRecorder(client, settings)
     now = time.time()
     shards = None if user not in (None, GUEST_USER) else plan_shards(client, settings, settings.shards)
-    run = Run(run_id, "kill", kill_params(user, except_session, shards), now, chains=len(shards or [None]))
+    run = Run(run_id, KillStep.op, kill_params(user, except_session, shards), now, chains=len(shards or [None]))
     killed = [] if user == GUEST_USER else [kill_record(client, settings, user, now)]  # no remember-me undoes it
     try:
         with translated("run"):
@@ -203,13 +284,13 @@ def _start_run(
     except StoreError as exc:
         if not isinstance(exc.cause, gexc.AlreadyExists) or (found := recorder.get(run_id)) is None:
             raise
-        if (found.kind, found.params["user"], found.params["except_session"]) != ("kill", user, except_session):
+        if (found.kind, found.params["user"], found.params["except_session"]) != (KillStep.op, user, except_session):
             raise MisuseError("run_id already names another run") from None
         return found  # the same message again: its run, with the shards it recorded
     return run
 
 
-def killSessionByUser(  # noqa: N802 - ViUR's name
+def kill_sessions(
     user: str | None = None,
     *,
     client: datastore.Client | None = None,
@@ -254,7 +335,7 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
     client, settings = chosen.client, chosen.settings
     run = _start_run(client, settings, run_id or uuid.uuid4().hex, user, except_session)
     if run.params["shards"] is None:
-        step = KillStep(run.run_id, user, except_session, started=run.started)
+        step = KillStep.for_chain(run.run_id, run.params, run.started, 0)
         return run_kill_step(
             client,
             settings,
@@ -266,10 +347,10 @@ def killSessionByUser(  # noqa: N802 - ViUR's name
             events=events,
         )
     started = time.monotonic()
-    ranges = [(lo, hi) for lo, hi in run.params["shards"]]
+    ranges = run.params["shards"]
     deleted = 0
-    for shard, (lo, hi) in enumerate(ranges):
-        step = KillStep(run.run_id, user, except_session, shard, lo, hi, started=run.started)
+    for shard in range(len(ranges)):
+        step = KillStep.for_chain(run.run_id, run.params, run.started, shard)
         if enqueue is not None:
             enqueue(step)
         else:
@@ -485,7 +566,7 @@ def logout_everywhere_else(
     """
     if session.user == GUEST_USER or session.session_id is None:
         raise session.misuse_error("only a logged-in session can log out its other sessions")
-    result = killSessionByUser(
+    result = kill_sessions(
         session.user,
         store=session.store,
         except_session=session.session_id,
@@ -511,38 +592,22 @@ async def _in_worker_thread(call: Callable[[], T]) -> T:
     return await to_thread.run_sync(call)
 
 
-async def akillSessionByUser(  # noqa: N802 - ViUR's name, with Django's "a" for its awaitable form
-    user: str | None = None,
-    *,
-    client: datastore.Client | None = None,
-    settings: Settings | None = None,
-    store: Store | None = None,
-    except_session: str | None = None,
-    enqueue: Enqueue | None = None,
-    run_id: str | None = None,
-    progress: Progress | None = None,
-    observer: DeleteObserver | None = None,
-    events: EventPublisher | None = None,
-) -> KillResult:
-    """:func:`killSessionByUser`, awaitable: the same promises, its RPCs in a worker thread.
+def _awaitable(call: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """``call``, awaitable: the same signature and promises, run in a worker thread (:func:`_in_worker_thread`).
 
-    ``enqueue``, ``progress`` and ``observer`` are called in that thread.
+    Every argument, and every callback among them, is used in that thread.
     """
-    return await _in_worker_thread(
-        partial(
-            killSessionByUser,
-            user,
-            client=client,
-            settings=settings,
-            store=store,
-            except_session=except_session,
-            enqueue=enqueue,
-            run_id=run_id,
-            progress=progress,
-            observer=observer,
-            events=events,
-        )
-    )
+
+    @wraps(call)
+    async def awaitable(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await _in_worker_thread(partial(call, *args, **kwargs))
+
+    awaitable.__name__ = awaitable.__qualname__ = f"a{call.__name__}"
+    awaitable.__doc__ = f":func:`{call.__name__}`, awaitable: the same promises, its RPCs in a worker thread."
+    return awaitable
+
+
+akill_sessions = _awaitable(kill_sessions)
 
 
 @overload
@@ -625,3 +690,8 @@ async def alogout_everywhere_else(
     """
     call = partial(logout_everywhere_else, session, enqueue=enqueue, observer=observer, events=events)
     return await _in_worker_thread(call)
+
+
+# ViUR's spellings, until ``session_core.viur`` holds them.
+killSessionByUser = kill_sessions  # noqa: N816 - ViUR's name
+akillSessionByUser = akill_sessions  # noqa: N816 - ViUR's name, with Django's "a" for its awaitable form

@@ -8,7 +8,8 @@ start time, which every step carries, so no coordination store is needed:
 each of a run's ``chains`` takes ``1 / chains`` of the budget.
 
 The schedule is pure (:func:`budget`, :func:`time_for`); :class:`Pacer` is the
-one piece that sleeps, with its clock and sleep passed in.
+one piece that sleeps, with its clock and sleep passed in; :func:`pacer_for`
+builds a step's pacer from the settings, the one place every operation does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from session_core.config import Settings
 
 GROWTH = 1.5
 
@@ -123,3 +127,28 @@ class Pacer:
         by_schedule = budget(now + within - self.run_started, self.start, self.period) / self.chains - self.done
         by_rate = self._share(now) * max(within - max(self.free_at - now, 0.0), 0.0)
         return max(0, math.floor(min(by_schedule, by_rate)))
+
+
+class Paced(Protocol):
+    """What a pacer needs of a step: its run's start and what its chain did before it."""
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def done(self) -> int: ...
+
+
+def pacer_for(
+    settings: Settings, step: Paced, *, chains: int = 1, within: float | None = None, now: float | None = None
+) -> Pacer | None:
+    """The pacer of one step of a run of ``chains`` chains; None when ``SESSION_RAMPUP`` is off.
+
+    ``within`` is the step's time budget (None: no deadline); a step that
+    carries no start (0) is paced from ``now`` (default: the clock).
+    """
+    if not settings.rampup:
+        return None
+    run_started = step.started or (time.time() if now is None else now)
+    period = settings.rampup_period.total_seconds()
+    return Pacer(settings.rampup_start, period, run_started, chains=chains, done=step.done, within=within)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,14 +30,26 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core import values
+from session_core._datastore import FAIL_FAST, commit, rehome, translated
 from session_core.config import Settings
 from session_core.errors import MisuseError, StoreError
-from session_core.maintenance.pacing import Pacer
+from session_core.maintenance.pacing import pacer_for
 from session_core.maintenance.runs import Run, RunRecorder, rehash_params
-from session_core.maintenance.steps import Enqueue, RehashStep
+from session_core.maintenance.steps import (
+    Enqueue,
+    Step,
+    Work,
+    cursor_of,
+    exact_fields,
+    pace_of,
+    page_of,
+    register,
+    task_id,
+    typed,
+)
 from session_core.maintenance.sweep import Progress, Sweep, session_query, with_retries
 from session_core.rules import hash_key, is_valid_key
-from session_core.store import FAIL_FAST, SessionRecord, commit, rehome, translated
+from session_core.store import SessionRecord
 
 MAX_TRANSACTION_BYTES = 4 * 1024 * 1024  # a commit request may carry 10 MiB; stay well below
 MAX_MOVES_PER_TRANSACTION = 250  # two mutations each: Datastore's 500 per commit
@@ -58,6 +70,53 @@ class RehashResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@register
+@dataclass(frozen=True)
+class RehashStep(Step):
+    """One bounded step of a rehash run: move (or, with ``delete``, delete) ViUR plain-key sessions."""
+
+    run_id: str
+    delete: bool = False
+    dry_run: bool = False
+    cursor: str | None = None
+    page: int = 0
+    started: float = 0.0
+    done: int = 0
+
+    op = "rehash"
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> RehashStep:
+        exact_fields(payload, {"op", "run_id", "delete", "dry_run", "cursor", "page", "started", "done"})
+        started, done = pace_of(payload)
+        return cls(
+            run_id=payload["run_id"],
+            delete=typed(payload, "delete", bool),
+            dry_run=typed(payload, "dry_run", bool),
+            cursor=cursor_of(payload),
+            page=page_of(payload),
+            started=started,
+            done=done,
+        )
+
+    @classmethod
+    def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> RehashStep:
+        return cls(run_id, delete=params["delete"], dry_run=params["dry_run"], started=started)
+
+    @classmethod
+    def describe(cls, receipt: Mapping[str, Any]) -> tuple[str, str]:
+        verb = "       found" if receipt["dry_run"] else "     deleted" if receipt["delete"] else "       moved"
+        return f"{verb} {receipt['counted']:>9,}", "plain-key sessions"
+
+    def run(self, work: Work) -> RehashResult:
+        """One step of the rehash (one chain; it tells no observer: it moves sessions, it deletes none)."""
+        return run_rehash_step(work.client, work.settings, self, enqueue=work.enqueue)
+
+    @property
+    def task_id(self) -> str:
+        return task_id(self.op, self.run_id, str(self.page))
 
 
 def is_plain(key: datastore.Key) -> bool:
@@ -85,10 +144,10 @@ def start_rehash(
             "moving the sessions would log their users out"
         )
     now = time.time() if now is None else now
-    run = Run(uuid.uuid4().hex, "rehash", rehash_params(delete, dry_run), now)
+    run = Run(uuid.uuid4().hex, RehashStep.op, rehash_params(delete, dry_run), now)
     with translated("run"):
         client.put(RunRecorder(client, settings).entity(run), **FAIL_FAST)
-    step = RehashStep(run.run_id, delete=delete, dry_run=dry_run, started=now)
+    step = RehashStep.for_chain(run.run_id, run.params, now, 0)
     return run_rehash_step(client, settings, step, enqueue=enqueue, progress=progress)
 
 
@@ -110,10 +169,7 @@ def run_rehash_step(
     """
     started = time.monotonic()
     budget = settings.time_budget.total_seconds() if enqueue is not None else None
-    pacer = None
-    if settings.rampup:
-        period = settings.rampup_period.total_seconds()
-        pacer = Pacer(settings.rampup_start, period, step.started, done=step.done, within=budget)
+    pacer = pacer_for(settings, step, within=budget)
     mover = None if step.delete else _Mover(client, settings)
     sweep = Sweep(
         client,
@@ -129,9 +185,9 @@ def run_rehash_step(
     outcome = sweep.run(step.cursor, deadline=deadline)
     recorder = RunRecorder(client, settings)
     more = outcome.more and enqueue is not None
-    following = recorder.record_step(step, outcome.deleted, pages=outcome.pages, cursor=outcome.cursor, more=more)
-    if following is not None and enqueue is not None:
-        enqueue(following)  # only once the run expects it (see RunRecorder.record_step)
+    following = recorder.advance(
+        step, outcome.deleted, pages=outcome.pages, cursor=outcome.cursor, more=more, enqueue=enqueue
+    )
     result = RehashResult(
         run_id=step.run_id,
         handled=outcome.deleted,

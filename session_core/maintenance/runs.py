@@ -38,24 +38,24 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, settings_key, translated
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
-from session_core.maintenance.steps import ClearStep, KillStep, RehashStep, Step
+from session_core.maintenance.steps import Enqueue, Step, step_type
 from session_core.rules import iso_utc
-from session_core.store import FAIL_FAST, settings_key, translated
 
 KIND = "session_core-run"
 KEEP = timedelta(days=7)
 RECENT = 8  # a chain remembers the digests of the last eight steps it counted: their redeliveries are duplicates
-RunKind = Literal["clear", "kill", "rehash"]
+RunKind = str  # a registered step type's ``op`` (see :func:`~session_core.maintenance.steps.register`)
 
 
 def step_digest(step: Step) -> str:
@@ -129,26 +129,9 @@ class Run:
         return self.expected or {chain: ChainState() for chain in range(self.chains)}
 
     def step_for(self, chain: int, state: ChainState) -> Step:
-        """The step of ``chain`` that ``state`` describes: every other field follows from the run."""
-        params = self.params
-        if self.kind == "rehash":
-            return RehashStep(
-                self.run_id, params["delete"], params["dry_run"], state.cursor, state.page, self.started, state.done
-            )
-        if self.kind == "clear":
-            slices = params["slices"]
-            lo, hi = (None, None) if slices is None else slices[chain]
-            shard = None if slices is None else chain
-            return ClearStep(
-                self.run_id, params["cutoff"], state.cursor, state.page, params["dry_run"], shard, lo, hi,
-                self.started, state.done,
-            )  # fmt: skip
-        shards = params["shards"]
-        lo, hi = (None, None) if shards is None else shards[chain]
-        return KillStep(
-            self.run_id, params["user"], params["except_session"], None if shards is None else chain, lo, hi,
-            state.cursor, state.page, self.started, state.done,
-        )  # fmt: skip
+        """The step of ``chain`` that ``state`` describes: every other field follows from the run (and its kind)."""
+        first = step_type(self.kind).for_chain(self.run_id, self.params, self.started, chain)
+        return first.at(state.cursor, state.page, state.done)
 
     def to_json(self) -> dict[str, Any]:
         """The receipt: a dry run's count is ``counted`` (its ``deleted`` is 0); a cutoff also as ISO 8601."""
@@ -258,7 +241,7 @@ class RunRecorder:
         Chains finish once, by number, so the run is done only when every one
         of its chains is.
         """
-        chain = chain_of(step)
+        chain = step.chain
         for attempt in range(5):
             try:
                 with translated("run"), self.client.transaction():
@@ -291,6 +274,15 @@ class RunRecorder:
                 if not isinstance(exc.cause, gexc.Aborted) or attempt == 4:
                     raise
         raise AssertionError("unreachable")
+
+    def advance(
+        self, step: Step, deleted: int, *, pages: int, cursor: str | None, more: bool, enqueue: Enqueue | None
+    ) -> Step | None:
+        """:meth:`record_step`, then hand the step it returns to ``enqueue``: only once the run expects it."""
+        following = self.record_step(step, deleted, pages=pages, cursor=cursor, more=more)
+        if following is not None and enqueue is not None:
+            enqueue(following)
+        return following
 
     def prune(self, now: float, limit: int = 500) -> int:
         """Delete up to ``limit`` receipts started more than seven days before ``now``; how many went.
@@ -344,7 +336,7 @@ def check_step(recorder: RunRecorder, step: Step) -> Admission:
     _check_params(run, step)
     if run.status == "done":
         return Admission(run, "its run has finished")
-    chain = chain_of(step)
+    chain = step.chain
     state = run.expected.get(chain)
     if state is None:
         raise ForbiddenError("the step's run expects no step of its chain (recorded by an earlier version)")
@@ -358,35 +350,19 @@ def check_step(recorder: RunRecorder, step: Step) -> Admission:
 
 
 def _check_params(run: Run, step: Step) -> None:
-    if step.started != run.started or run.kind != step.op:
-        raise ForbiddenError("the step's parameters are not its run's")
-    if isinstance(step, RehashStep):
-        if run.params != rehash_params(step.delete, step.dry_run):
-            raise ForbiddenError("the step's parameters are not its run's")
-        return
-    if isinstance(step, ClearStep):
-        ours = (run.params["cutoff"], run.params["dry_run"]) == (step.cutoff, step.dry_run)
-        ranges = run.params["slices"]
-    else:
-        ours = (run.params["user"], run.params["except_session"]) == (step.user, step.except_session)
-        ranges = run.params["shards"]
-    if not ours:
-        raise ForbiddenError("the step's parameters are not its run's")
-    if step.shard is None:
-        if ranges is not None:
-            raise ForbiddenError("the step's parameters are not its run's")
-    elif ranges is None or not 0 <= step.shard < len(ranges) or ranges[step.shard] != [step.lo, step.hi]:
+    """ForbiddenError unless ``step`` is on one of its run's chains, of its kind, with its start and parameters.
+
+    The run's own step type builds the step the run would enqueue there (steps of
+    two types are never equal), so a new step type is checked with no code here.
+    """
+    if not 0 <= step.chain < run.chains:
         raise ForbiddenError("the step's shard is not one of its run's")
-
-
-def chain_of(step: Step) -> int:
-    """The chain a step belongs to: its shard, or 0 for a run's only chain."""
-    shard = None if isinstance(step, RehashStep) else step.shard
-    return 0 if shard is None else shard
+    if run.step_for(step.chain, ChainState(step.page, step.cursor, step.done)) != step:
+        raise ForbiddenError("the step's parameters are not its run's")
 
 
 def _following(step: Step, deleted: int, pages: int, cursor: str | None) -> Step:
-    return replace(step, cursor=cursor, page=step.page + max(pages, 1), done=step.done + deleted)
+    return step.at(cursor, step.page + max(pages, 1), step.done + deleted)
 
 
 def _chain_steps(states: Mapping[int, ChainState]) -> str:

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core._datastore import FAIL_FAST, next_cursor, translated
 from session_core.config import Settings
 from session_core.maintenance.sweep import page_limit, session_names, session_query, with_retries
-from session_core.store import FAIL_FAST, translated
 
 SAMPLES_PER_SHARD = 256
 KeyRange = tuple[str | None, str | None]
@@ -129,8 +129,7 @@ def sample_lastseen(client: datastore.Client, settings: Settings, cutoff: float,
             iterator = query.fetch(limit=limit, start_cursor=cursor, **FAIL_FAST)
             with translated("query"):
                 values = [float(entity["lastseen"]) for entity in iterator]
-            token = iterator.next_page_token
-            return values, token.decode() if isinstance(token, bytes) else token
+            return values, next_cursor(iterator)
 
         values, cursor = with_retries(page)
         for value in values:

@@ -28,11 +28,13 @@ import structlog
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
+from session_core._datastore import FAIL_FAST, commit, next_cursor, translated
+from session_core._observers import notify
 from session_core.config import Settings
 from session_core.errors import PayloadError, StoreError, TransientStoreError
 from session_core.maintenance.events import BatchEvents
 from session_core.maintenance.pacing import Pacer
-from session_core.store import FAIL_FAST, DeleteObserver, SessionRecord, SessionStore, commit, translated
+from session_core.store import DeleteObserver, SessionRecord, SessionStore
 
 # A keys-only response must stay under the 4 MiB response limit; aim for half.
 MAX_PAGE_BYTES = 2 * 1024 * 1024
@@ -83,17 +85,6 @@ def session_query(client: datastore.Client, settings: Settings) -> datastore.Que
     return query
 
 
-def notify(observer: DeleteObserver | None, records: Iterable[SessionRecord]) -> None:
-    """Tell ``observer`` of each deleted session; one that raises is logged, and the rest are still told."""
-    if observer is None:
-        return
-    for record in records:
-        try:
-            observer(record)
-        except Exception as exc:  # an observer's bug must not stop a cleanup or keep its lease
-            log.error("delete_observer_failed", session_id=record.session_id, error=type(exc).__name__)
-
-
 def delete_batch(
     client: datastore.Client,
     keys: Sequence[datastore.Key],
@@ -141,8 +132,7 @@ def fetch_page(make_query: QueryFactory, limit: int, cursor: str | None) -> tupl
         if cursor is not None and isinstance(exc.cause, gexc.InvalidArgument) and "pars" in str(exc.cause):
             raise PayloadError("cursor is not a query cursor") from exc
         raise
-    token = iterator.next_page_token
-    return keys, token.decode() if isinstance(token, bytes) else token
+    return keys, next_cursor(iterator)
 
 
 def key_names(make_query: QueryFactory, limit: int) -> Iterator[str]:
