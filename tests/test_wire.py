@@ -38,9 +38,7 @@ EVERY_VALUE: dict[str, Any] = {
 
 
 def record(name: str, data: dict[str, Any]) -> SessionRecord:
-    return SessionRecord(
-        key_name=name, data=data, user="u-1", static_security_key="k" * 13, seen=SEEN, lifetime=900.0
-    )
+    return SessionRecord(key_name=name, data=data, user="u-1", static_security_key="k" * 13, seen=SEEN, lifetime=900.0)
 
 
 @pytest.mark.parametrize("name", EVERY_VALUE)
