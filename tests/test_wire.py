@@ -116,3 +116,19 @@ def test_the_named_database_routing_header_and_the_namespace_reach_the_server(se
     assert SessionStore(first, settings).lookup_all([cookie]) == {}  # the default database has nothing
     other_namespace = replace(second, namespace=f"{second.namespace}-other")
     assert SessionStore(client, other_namespace).lookup_all([cookie]) == {}  # nor does another namespace
+
+
+def test_with_plain_keys_off_a_lookup_carries_the_hashed_name_alone(settings: Settings) -> None:
+    from session_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="SESSION_PLAIN_KEYS"):
+        Settings.from_env({"GOOGLE_CLOUD_PROJECT": "p", "SESSION_KEY_STORAGE": "plain", "SESSION_PLAIN_KEYS": "off"})
+    hashed_only = replace(settings, plain_keys=False)
+    client = datastore_client(hashed_only)
+    sent: list[int] = []
+    wire = _wire.wire_of(client)
+    original = wire.lookup
+    wire.lookup = lambda request, timeout: sent.append(len(request.keys)) or original(request, timeout)
+    SessionStore(client, hashed_only).lookup_all([new_key()])
+    SessionStore(client, settings).lookup_all([new_key()])
+    assert sent == [1, 2]
