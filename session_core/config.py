@@ -63,6 +63,7 @@ VARIABLES: dict[str, str] = {
     "persistent_fields_on_logout": "SESSION_PERSISTENT_FIELDS_ON_LOGOUT",
     "cookie_secure": "SESSION_COOKIE_SECURE",
     "key_storage": "SESSION_KEY_STORAGE",
+    "plain_keys": "SESSION_PLAIN_KEYS",
     "clear_grace": "SESSION_CLEAR_GRACE",
     "batch_size": "SESSION_BATCH_SIZE",
     "page_size": "SESSION_PAGE_SIZE",
@@ -134,6 +135,9 @@ class Settings:
     persistent_fields_on_logout: tuple[str, ...] = ("language",)
     cookie_secure: bool = True
     key_storage: KeyStorage = "hashed"
+    # Whether a load also looks a cookie up under its plain (ViUR) name. Off only with hashed storage, once
+    # ``rehash`` has renamed every plain entity: each lookup then carries one key less.
+    plain_keys: bool = True
     # A web request's Datastore deadline for a load, and for a save, retries included.
     request_timeout: timedelta = timedelta(seconds=5)
     # Maintenance (cleanup and kill-by-user).
@@ -240,7 +244,7 @@ def _parse(field: str, variable: str, env: Mapping[str, str]) -> Any:
         except ValueError:
             raise ConfigError(variable, f"a whole number from {low} to {high}", raw) from None
         return timedelta(seconds=number) if field in _DURATIONS else number
-    if field in ("use_session_cookie", "cookie_secure", "rampup", "rampup_kill"):
+    if field in ("use_session_cookie", "cookie_secure", "rampup", "rampup_kill", "plain_keys"):
         if text.lower() in _TRUE:
             return True
         if text.lower() in _FALSE:
@@ -268,6 +272,10 @@ def _validate(settings: Settings) -> None:
         if getattr(settings, name) not in choices:
             shown = " or ".join("empty" if c is None else repr(c) for c in choices)
             raise ConfigError(name, f"one of {shown}", str(getattr(settings, name)))
+    if not settings.plain_keys and settings.key_storage != "hashed":
+        raise ConfigError(
+            "plain_keys", "on with plain key storage (sessions are stored under their plain names)", "off"
+        )
     if not settings.project:
         raise ConfigError("project", "a Google Cloud project id", str(settings.project))
     if not settings.kind:

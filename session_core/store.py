@@ -10,8 +10,14 @@ policy), ``seen`` (float: the real time of the last write) and ``lifetime``
 
 Key names: with ``hashed`` storage an entity is named by the SHA-256 hex of
 the cookie value, so an export does not hand out live sessions; with
-``plain`` storage by the cookie value itself, as ViUR does. Reads always try
-both names in one lookup, so either layout loads.
+``plain`` storage by the cookie value itself, as ViUR does. Reads try both
+names in one lookup, so either layout loads (``SESSION_PLAIN_KEYS=off``, once
+every plain name is rehashed: the hashed name alone).
+
+The request path (:meth:`SessionStore.lookup_all`, ``insert``, ``update``,
+``move``, ``delete``) sends raw protobuf messages on the client's own channel
+(:mod:`session_core._wire`): the same RPCs, without the client library's
+proto-plus marshalling. Queries and maintenance use the client library.
 
 Writes never upsert: a loaded session is written back with an ``update``
 mutation, which fails when the entity is gone, and a new one with ``insert``.
@@ -31,8 +37,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
-from session_core import values
-from session_core._datastore import commit, next_cursor, rehome, settings_key, translated, within
+from session_core import _wire, values
+from session_core._datastore import next_cursor, settings_key, translated, within
 from session_core.config import Settings
 from session_core.errors import StoreError
 from session_core.rules import GUEST_USER, expires_at, hash_key, session_id_of, stored_lastseen
@@ -91,14 +97,36 @@ def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings
     return entity
 
 
+def session_record(name: str, entity: Mapping[str, Any]) -> SessionRecord:
+    """The record stored under ``name`` with these properties (client-library values), ours or ViUR's.
+
+    Missing fields get safe defaults (see :meth:`SessionStore.from_entity`).
+    """
+    lastseen = _number(entity.get("lastseen")) or 0.0
+    seen, lifetime = _number(entity.get("seen")), _number(entity.get("lifetime"))
+    if seen is None or lifetime is None:
+        seen, expires = lastseen, entity.get("expires")
+        lifetime = expires.timestamp() - lastseen if isinstance(expires, datetime) else None
+    return SessionRecord(
+        key_name=name,
+        data=values.decode(entity.get("data")),
+        user=str(entity.get("user") or GUEST_USER),
+        static_security_key=str(entity.get("static_security_key") or ""),
+        seen=seen,
+        lifetime=lifetime,
+    )
+
+
 class SessionStore:
     """Reads and writes session entities with the client it is given.
 
     It keeps the store contract (:class:`session_core.contract.Store`). RPC
     costs: :meth:`lookup` one lookup; :meth:`insert`, :meth:`update` and
-    :meth:`delete` one commit each; :meth:`move` one transaction (lookup and
-    commit, plus begin where the server needs it); :meth:`sessions_of` one
-    query per 100 sessions.
+    :meth:`delete` one commit each; :meth:`move` one transaction (begin and
+    commit) and the delete's commit; :meth:`sessions_of` one query per 100
+    sessions. The first five send raw protobuf messages on the client's own
+    channel (:mod:`session_core._wire`); :meth:`sessions_of` uses the client
+    library.
     """
 
     def __init__(self, client: datastore.Client, settings: Settings) -> None:
@@ -120,46 +148,47 @@ class SessionStore:
         global life time; one written by session_core 0.1/0.2 (``expires`` but
         no ``seen``) keeps the life time it was written with.
         """
-        lastseen = _number(entity.get("lastseen")) or 0.0
-        seen, lifetime = _number(entity.get("seen")), _number(entity.get("lifetime"))
-        if seen is None or lifetime is None:
-            seen, expires = lastseen, entity.get("expires")
-            lifetime = expires.timestamp() - lastseen if isinstance(expires, datetime) else None
-        return SessionRecord(
-            key_name=str(entity.key.name),
-            data=values.decode(entity.get("data")),
-            user=str(entity.get("user") or GUEST_USER),
-            static_security_key=str(entity.get("static_security_key") or ""),
-            seen=seen,
-            lifetime=lifetime,
-        )
+        return session_record(str(entity.key.name), entity)
 
-    def _within(self, operation: str, call: Callable[[dict[str, Any]], T]) -> T:
-        return within(self.settings.request_timeout.total_seconds(), operation, call)
+    def _key_pb(self, name: str) -> Any:
+        client, namespace = self.client, self.settings.namespace
+        return _wire.key_pb(client.project, client.database, namespace or client.namespace, self.settings.kind, name)
+
+    def _entity_pb(self, record: SessionRecord) -> Any:
+        """The Entity protobuf for a record; SessionDataError (before any RPC) if Datastore would refuse it."""
+        return _wire.entity_pb(self.to_entity(record), key=self._key_pb(record.key_name))
+
+    def _within(self, operation: str, call: Callable[[_wire.Wire, float], T]) -> T:
+        wire = _wire.wire_of(self.client)
+        return within(self.settings.request_timeout.total_seconds(), operation, lambda rpc: call(wire, rpc["timeout"]))
 
     def lookup(self, cookie_key: str) -> SessionRecord | None:
         """Find a session by cookie value under its hashed or plain name: one RPC (within the deadline)."""
         return self.lookup_all([cookie_key]).get(cookie_key)
 
     def lookup_all(self, cookie_keys: Sequence[str]) -> dict[str, SessionRecord]:
-        """The stored sessions of several cookie values, each under its hashed or plain name: one RPC."""
-        names = {cookie: (hash_key(cookie), cookie) for cookie in cookie_keys}
-        keys = [self.key(name) for pair in names.values() for name in pair]
-        found: list[datastore.Entity] = self._within("lookup", lambda rpc: self.client.get_multi(keys, **rpc))
-        by_name = {entity.key.name: entity for entity in found}
+        """The stored sessions of several cookie values, each under its hashed or plain name: one RPC.
+
+        With ``plain_keys`` off, under the hashed name alone: one key a cookie.
+        """
+        plain = self.settings.plain_keys
+        names = {cookie: (hash_key(cookie), cookie) if plain else (hash_key(cookie),) for cookie in cookie_keys}
+        keys = [self._key_pb(name) for pair in names.values() for name in pair]
+        found = self._within("lookup", lambda wire, timeout: _wire.lookup(wire, keys, timeout))
+        by_name = {message.key.path[-1].name: message for message in found}
         records: dict[str, SessionRecord] = {}
         for cookie, pair in names.items():
-            entity = next((by_name[name] for name in pair if name in by_name), None)
-            if entity is not None:
-                records[cookie] = self.from_entity(entity)
+            name = next((name for name in pair if name in by_name), None)
+            if name is not None:
+                records[cookie] = session_record(name, _wire.properties(by_name[name]))
         return records
 
     def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
         """Create a session (and drop ``delete``) in one commit; False if the name is taken."""
-        entity = self.to_entity(record)
-        gone = [self.key(name) for name in delete]
+        entity = self._entity_pb(record)
+        gone = [self._key_pb(name) for name in delete]
         try:
-            self._within("insert", lambda rpc: commit(self.client, insert=[entity], delete=gone, rpc=rpc))
+            self._within("insert", lambda wire, timeout: _wire.commit(wire, timeout, insert=[entity], delete=gone))
         except StoreError as exc:
             if isinstance(exc.cause, gexc.AlreadyExists):
                 return False
@@ -168,9 +197,9 @@ class SessionStore:
 
     def update(self, record: SessionRecord) -> bool:
         """Overwrite an existing session in one commit; False if it is gone."""
-        entity = self.to_entity(record)
+        entity = self._entity_pb(record)
         try:
-            self._within("update", lambda rpc: commit(self.client, update=[entity], rpc=rpc))
+            self._within("update", lambda wire, timeout: _wire.commit(wire, timeout, update=[entity]))
         except StoreError as exc:
             if isinstance(exc.cause, gexc.NotFound):
                 return False
@@ -191,10 +220,10 @@ class SessionStore:
         concurrent requests do not wait on each other's locks. Three RPCs
         (begin, commit, and the delete's commit).
         """
-        new = self.to_entity(record)
-        before = self.to_entity(replace(old or record, key_name=old_name))
+        new = self._entity_pb(record)
+        before = self._entity_pb(replace(old or record, key_name=old_name))
         try:
-            self._within("move", lambda rpc: rehome(self.client, [before], [new], rpc))
+            self._within("move", lambda wire, timeout: _wire.rehome(wire, [before], [new], timeout))
         except StoreError as exc:
             if not isinstance(exc.cause, (gexc.NotFound, gexc.AlreadyExists)):
                 raise
@@ -205,8 +234,8 @@ class SessionStore:
     def delete(self, names: Sequence[str]) -> None:
         """Delete sessions by entity name in one commit (absent names are fine), within the deadline."""
         if names:
-            keys = [self.key(name) for name in names]
-            self._within("delete", lambda rpc: commit(self.client, delete=keys, rpc=rpc))
+            keys = [self._key_pb(name) for name in names]
+            self._within("delete", lambda wire, timeout: _wire.commit(wire, timeout, delete=keys))
 
     def sessions_of(self, user: str | None) -> list[SessionRecord]:
         """Every stored session of ``user`` ("__guest__": every guest; None: everyone), expired ones too.

@@ -32,6 +32,7 @@ from google.cloud import datastore
 from devstack.emulators import cloud_tasks, functions_framework, pubsub, pubsub_pull_subscription
 from session_core import Settings, rules
 from session_core import logging as logging_module
+from session_core._wire import wire_of
 from session_core.clients import datastore_client
 from session_core.rules import hash_key
 from session_core.testing import Emulator, firestore_datastore_mode
@@ -157,15 +158,17 @@ class RpcCounter:
 
     def __init__(self, client: datastore.Client) -> None:
         self.calls: Counter[str] = Counter()
-        api = client._datastore_api
-        for name in self.METHODS:
-            original = getattr(api, name)
+        for api in (client._datastore_api, wire_of(client)):  # the client library's RPCs, and the request path's
+            for name in self.METHODS:
+                original = getattr(api, name, None)
+                if original is None:
+                    continue
 
-            def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
-                self.calls[_name] += 1
-                return _original(*args, **kwargs)
+                def counted(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+                    self.calls[_name] += 1
+                    return _original(*args, **kwargs)
 
-            setattr(api, name, counted)
+                setattr(api, name, counted)
 
     @property
     def total(self) -> int:

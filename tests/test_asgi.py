@@ -54,6 +54,7 @@ from session_core import (
     alogout_everywhere_else,
     logout_everywhere_else,
 )
+from session_core._wire import wire_of
 from session_core.asgi import ASGISession, SessionMiddleware, session_of
 from session_core.clients import datastore_client
 from session_core.rules import GUEST_USER, hash_key, new_key
@@ -699,15 +700,17 @@ class RpcThreads:
 
     def __init__(self, client: datastore.Client) -> None:
         self.threads: list[int] = []
-        api = client._datastore_api
-        for name in RpcCounter.METHODS:
-            original = getattr(api, name)
+        for api in (client._datastore_api, wire_of(client)):
+            for name in RpcCounter.METHODS:
+                original = getattr(api, name, None)
+                if original is None:
+                    continue
 
-            def recorded(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                self.threads.append(threading.get_ident())
-                return _original(*args, **kwargs)
+                def recorded(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                    self.threads.append(threading.get_ident())
+                    return _original(*args, **kwargs)
 
-            setattr(api, name, recorded)
+                setattr(api, name, recorded)
 
 
 @contextmanager
