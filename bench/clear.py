@@ -53,8 +53,8 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.maintenance.cleanup import run_clear_step, start_clear_sessions
-from session_core.maintenance.steps import ClearStep, Step
+from session_core.maintenance.cleanup import ClearStep, run_clear_step, start_clear_sessions
+from session_core.maintenance.steps import Step
 from session_core.maintenance.sweep import page_limit
 from session_core.rules import GUEST_USER, cutoff_for, hash_key, new_key, new_security_key
 from session_core.store import SessionRecord, SessionStore

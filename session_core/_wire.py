@@ -16,7 +16,7 @@ rules) and ``Value`` protobufs, byte for byte as the client library's own
 ``entity_to_protobuf`` would (``tests/test_wire.py`` proves it for every
 tagged form). Errors leave as google.api_core exceptions
 (:func:`google.api_core.exceptions.from_grpc_error`), for
-:func:`session_core.store.translated`.
+:func:`session_core._datastore.translated`.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Wire:
     """The four request-path RPCs of one client, each ``(request protobuf, timeout) -> response protobuf``.
 
     Build it with :func:`wire_of`. Each method is one RPC, never retried here
-    (:func:`session_core.store.within` retries); a failure raises the
+    (:func:`session_core._datastore.within` retries); a failure raises the
     google.api_core exception for its status.
     """
 

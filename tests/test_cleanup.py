@@ -12,6 +12,7 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionRecord, Settings
+from session_core._datastore import settings_key
 from session_core._observers import registered_delete_observer
 from session_core.errors import StoreError
 from session_core.maintenance import TransientStoreError
@@ -20,7 +21,7 @@ from session_core.maintenance.leases import LEASE_KIND, LEASE_NAME, Lease
 from session_core.maintenance.runs import Run, RunRecorder, clear_params, list_runs
 from session_core.maintenance.sweep import batches, page_limit, session_names, with_retries
 from session_core.rules import cutoff_for, hash_key, new_key
-from session_core.store import SessionStore, settings_key
+from session_core.store import SessionStore
 from tests.conftest import RpcCounter
 
 NOW = 2_000_000_000.0

@@ -9,8 +9,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, Settings, kill_sessions
+from session_core._datastore import settings_key
 from session_core.logins import KIND, record_login, remembered_login_allowed
-from session_core.store import settings_key
 from tests.conftest import Ctx
 
 USERS = ("*", "all", "user:x", "alice", "bob")

@@ -13,8 +13,8 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Settings
+from session_core._datastore import settings_key
 from session_core.maintenance.leases import LEASE_KIND, LEASE_NAME
-from session_core.store import settings_key
 from tests.conftest import VALID_CLEAR, VALID_KILL, FunctionClient, record_run
 from tests.test_cleanup import remaining, seed
 

@@ -8,8 +8,9 @@ import pytest
 from google.cloud import datastore
 
 from session_core import Session, SessionDataError, Settings, StoreError
+from session_core._datastore import commit
 from session_core.rules import hash_key, new_key
-from session_core.store import SessionRecord, SessionStore, commit
+from session_core.store import SessionRecord, SessionStore
 from tests.conftest import Ctx, RpcCounter
 
 

@@ -16,9 +16,10 @@ from google.cloud.datastore_v1.services.datastore import DatastoreClient
 from google.cloud.datastore_v1.services.datastore.transports import DatastoreGrpcTransport
 
 from session_core import Settings, _wire, values
+from session_core._datastore import commit
 from session_core.clients import datastore_client
 from session_core.rules import hash_key, new_key
-from session_core.store import SessionRecord, SessionStore, commit, session_entity
+from session_core.store import SessionRecord, SessionStore, session_entity
 from tests.test_values import ROUND_TRIPS, same
 
 SEEN = time.time()  # one moment for every record, so two written alike are byte-for-byte alike
