@@ -40,6 +40,7 @@ is not saved.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -227,14 +228,25 @@ class SessionMiddleware:
     ``client`` is the only Datastore client it uses; ``threads`` bounds the
     worker threads its RPCs run in. RPCs per request: none without a
     well-formed cookie, else one lookup; at most one commit when it saves.
+    ``clock`` gives the time in epoch seconds (expiry and refresh), as for
+    :class:`Session`: tests pass one in rather than wait.
     """
 
-    def __init__(self, app: ASGIApp, *, client: datastore.Client, settings: Settings, threads: int = 10) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        client: datastore.Client,
+        settings: Settings,
+        threads: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if threads < 1:
             raise MisuseError("threads must be at least 1")
         self.app = app
         self.client = client
         self.settings = settings
+        self.clock = clock
         self._waiting = anyio.CapacityLimiter(threads)  # a request waits here, within the deadline, for a thread
         self._threads = anyio.CapacityLimiter(threads)  # the thread it then runs in (never contended)
 
@@ -243,7 +255,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         context = ASGIContext(scope)
-        session = ASGISession(self.client, self.settings)
+        session = ASGISession(self.client, self.settings, clock=self.clock)
         try:
             await self._load(session, context)
         except StoreError as exc:
