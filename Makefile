@@ -1,4 +1,6 @@
 # The README's two commands: `make run` and `make test`. Both set up what they need.
+# Lanes (markers in pyproject.toml, set by tests/lanes.py): `make check` is ruff, mypy and every test that
+# needs no emulator, no process of its own and no long run (no Java); `make test` is everything.
 PYTHON ?= python3
 VENV := .venv
 TASKS_VENV := .venv-tasks
@@ -7,7 +9,10 @@ BIN := $(VENV)/bin
 PYTHON313 ?= $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3)))
 VENV313 := .venv-313
 
-.PHONY: venv run test test-py313 lint browser bench clean
+# What `make check` runs: no emulator, no subprocess (functions, stack, gcloud, pip), no long run.
+CHECK_LANE := not emulator and not stack and not slow
+
+.PHONY: venv run test check test-py313 lint browser bench clean
 
 # Every venv installs from locks with hashes (locks/compile.sh makes them from the pins): pip first.
 $(VENV)/.installed: locks/pip.txt locks/dev.txt
@@ -34,10 +39,25 @@ venv: $(VENV)/.installed $(TASKS_VENV)/.installed
 run: venv
 	$(BIN)/python -m devstack $(if $(ONCE),--once,)
 
+# $(call lint-with,BIN): ruff and mypy --strict from that venv.
+define lint-with
+	$(1)/ruff check .
+	$(1)/ruff format --check .
+	$(1)/mypy session_core main.py devstack
+endef
+
+# $(call check-with,BIN): lint, then the tests that need nothing but Python (Hypothesis at its check profile).
+define check-with
+	$(call lint-with,$(1))
+	SESSION_CORE_TEST_LANE=check $(1)/python -m pytest -q -m "$(CHECK_LANE)"
+endef
+
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy session_core main.py devstack
+	$(call lint-with,$(BIN))
+
+# The fast lane: no Java, no tasks emulator venv; a test that starts a process here fails and says so.
+check: $(VENV)/.installed
+	$(call check-with,$(BIN))
 
 # The browser tests need Debian's chromium and chromium-driver: installed here when we are root.
 browser:
@@ -53,9 +73,10 @@ browser:
 test: lint browser
 	$(BIN)/python -m pytest
 
-# The fast part of the suite (no fault, load or whole-stack tests) under Python 3.13.
-test-py313: $(VENV313)/.installed $(TASKS_VENV)/.installed browser
-	$(VENV313)/bin/python -m pytest -m "not slow"
+# CI's second pass, under Python 3.13: the fast lane, then an emulator smoke of each adapter and each function.
+test-py313: $(VENV313)/.installed
+	$(call check-with,$(VENV313)/bin)
+	$(VENV313)/bin/python -m pytest -q -m smoke
 
 bench: venv
 	$(BIN)/python -m bench

@@ -44,6 +44,7 @@ is not saved.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -240,6 +241,8 @@ class SessionMiddleware:
     :class:`session_core.testing.MemoryStore`, holds the sessions instead);
     ``threads`` bounds the worker threads its RPCs run in. RPCs per request: none without a
     well-formed cookie, else one lookup; at most one commit when it saves.
+    ``clock`` gives the time in epoch seconds (expiry and refresh), as for
+    :class:`Session`: tests pass one in rather than wait.
     """
 
     def __init__(
@@ -250,6 +253,7 @@ class SessionMiddleware:
         settings: Settings,
         store: Store | None = None,
         threads: int = 10,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if threads < 1:
             raise MisuseError("threads must be at least 1")
@@ -257,6 +261,7 @@ class SessionMiddleware:
         self.client = client
         self.settings = settings
         self.store = store_for(client, settings, store)
+        self.clock = clock
         self._waiting = anyio.CapacityLimiter(threads)  # a request waits here, within the deadline, for a thread
         self._threads = anyio.CapacityLimiter(threads)  # the thread it then runs in (never contended)
 
@@ -265,7 +270,7 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         context = ASGIContext(scope)
-        session = ASGISession(self.client, self.settings, store=self.store)
+        session = ASGISession(self.client, self.settings, store=self.store, clock=self.clock)
         try:
             await self._load(session, context)
         except StoreError as exc:

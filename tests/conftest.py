@@ -36,27 +36,65 @@ from session_core._wire import wire_of
 from session_core.clients import datastore_client
 from session_core.rules import hash_key
 from session_core.testing import Emulator, firestore_datastore_mode
+from tests.lanes import examples, mark_lanes, pytest_runtest_call
+
+__all__ = ["examples", "pytest_runtest_call"]  # a property's example count for the lane; the check lane's guard
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".local" / "test-logs"
 QUEUE = "projects/session-core-test/locations/europe-west3/queues/session-tasks"
 
 
-# Every credential this run issues (cookie values, their hashed names, security keys),
-# and every log line it writes: tests/test_zz_log_hygiene.py checks one against the other.
+# Every credential this run issues (cookie values, their hashed names, security keys): every log line
+# is checked against them as it is written (LogWatch), and the functions' own log files at the end.
 SECRETS: set[str] = set()
-CAPTURED: list[str] = []
+CANARY = "canary-session-data-7f3a91"  # session data that tests/test_zz_log_hygiene.py stores
+TOKENS = re.compile(r"[A-Za-z0-9]+")
+
+
+def leaks(line: str) -> bool:
+    """True if a log line carries the canary or a credential this run issued."""
+    return CANARY in line or not SECRETS.isdisjoint(TOKENS.findall(line))
+
+
+class LogWatch:
+    """Every structured line this process logs, checked for secrets as it is written; nothing is copied.
+
+    A line that leaks is kept with the test that wrote it, and that test fails (``_no_log_line_leaks``):
+    this holds in every lane and in parallel runs. The rest is only counted, by event, so that the
+    whole-run check in tests/test_zz_log_hygiene.py can show it watched a real sample.
+    """
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.events: Counter[str] = Counter()
+        self.leaks: list[tuple[str, str]] = []  # (test node id, line)
+        self.test = ""
+
+    def see(self, text: str) -> None:
+        for line in text.splitlines():
+            if '"event"' not in line:
+                continue
+            self.lines += 1
+            if line.startswith("{"):
+                self.events[str(json.loads(line).get("event"))] += 1
+            if leaks(line):
+                self.leaks.append((self.test, line))
+
+
+WATCH = LogWatch()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Record secrets and log lines for the whole run; a SIGTERM unwinds like Ctrl-C."""
+    """Record secrets and watch log lines for the whole run; a SIGTERM unwinds like Ctrl-C."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    shutil.rmtree(LOG_DIR, ignore_errors=True)
-    LOG_DIR.mkdir(parents=True)
+    if not hasattr(config, "workerinput"):  # a parallel run's workers share the controller's directory
+        shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     issue_key, issue_security_key = rules.new_key, rules.new_security_key
 
     def recorded_key() -> str:
@@ -73,16 +111,27 @@ def pytest_configure(config: pytest.Config) -> None:
     rules.new_security_key = recorded_security_key  # type: ignore[assignment]
     write = logging_module._CurrentStderr.write
 
-    def tee(self: Any, text: str) -> int:
-        CAPTURED.extend(text.splitlines())
+    def watched(self: Any, text: str) -> int:
+        WATCH.see(text)
         return write(self, text)
 
-    logging_module._CurrentStderr.write = tee  # type: ignore[method-assign]
+    logging_module._CurrentStderr.write = watched  # type: ignore[method-assign]
     logging_module.configure_logging(json=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_log_line_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Whatever a test logs in this process carries no credential it or another test was issued."""
+    WATCH.test = request.node.nodeid
+    before = len(WATCH.leaks)
+    yield
+    leaked = [line for _, line in WATCH.leaks[before:]]
+    assert leaked == [], "log lines carry a credential or session data"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The log-hygiene check reads what every other test logged: it runs last."""
+    """Mark what each test needs (tests/lanes.py). The log-hygiene check reads what the others logged: it runs last."""
+    mark_lanes(items)
     items.sort(key=lambda item: "test_zz_log_hygiene" in item.nodeid)
 
 
@@ -102,16 +151,32 @@ def datastore_emulator() -> Iterator[Emulator]:
             os.environ["DATASTORE_EMULATOR_HOST"] = previous
 
 
+# Where an offline client sends an RPC it should not make: nothing listens on port 1, so it fails at once.
+NO_EMULATOR = "127.0.0.1:1"
+
+
 @pytest.fixture
-def settings(datastore_emulator: Emulator) -> Settings:
-    """Default settings in a namespace of this test's own."""
+def offline_settings() -> Settings:
+    """Default settings in a namespace of this test's own, with no emulator behind them (tests that make no RPC)."""
     return Settings(
         project="session-core-test",
-        emulator_host=datastore_emulator.host,
+        emulator_host=NO_EMULATOR,
         namespace=f"t-{uuid.uuid4().hex[:12]}",
         cookie_name="viur_cookie_session-core-test",
         rampup=False,  # the tests that pace say so
     )
+
+
+@pytest.fixture
+def offline_client(offline_settings: Settings) -> datastore.Client:
+    """A Datastore client with nothing behind it: for tests that prove an operation makes no RPC."""
+    return datastore_client(offline_settings)
+
+
+@pytest.fixture
+def settings(offline_settings: Settings, datastore_emulator: Emulator) -> Settings:
+    """Default settings in a namespace of this test's own, on the session's emulator."""
+    return replace(offline_settings, emulator_host=datastore_emulator.host)
 
 
 @pytest.fixture
@@ -122,6 +187,24 @@ def plain_settings(settings: Settings) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> datastore.Client:
     return datastore_client(settings)
+
+
+class Clock:
+    """A clock that stands still until a test moves it (it starts at the real time): pass it in, never sleep."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 class Ctx:
@@ -181,6 +264,11 @@ class RpcCounter:
 @pytest.fixture
 def rpcs(client: datastore.Client) -> RpcCounter:
     return RpcCounter(client)
+
+
+@pytest.fixture
+def offline_rpcs(offline_client: datastore.Client) -> RpcCounter:
+    return RpcCounter(offline_client)
 
 
 @pytest.fixture(scope="session")

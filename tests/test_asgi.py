@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import timedelta
@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from structlog.testing import capture_logs
 
 from session_core import (
     MisuseError,
@@ -59,7 +60,7 @@ from session_core.asgi import ASGISession, SessionMiddleware, session_of
 from session_core.clients import datastore_client
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.testing import free_port
-from tests.conftest import CAPTURED, ROOT, RpcCounter, readme_python_blocks
+from tests.conftest import ROOT, Clock, RpcCounter, readme_python_blocks
 
 # -- the app: Starlette's test routes, and ours ------------------------------------------
 
@@ -178,10 +179,12 @@ ROUTES = [
 ]
 
 
-def make_app(client: datastore.Client, settings: Settings, **app: Any) -> Starlette:
+def make_app(
+    client: datastore.Client, settings: Settings, *, clock: Callable[[], float] = time.time, **app: Any
+) -> Starlette:
     return Starlette(
         routes=app.pop("routes", ROUTES),
-        middleware=[Middleware(SessionMiddleware, client=client, settings=settings)],
+        middleware=[Middleware(SessionMiddleware, client=client, settings=settings, clock=clock)],
         **app,
     )
 
@@ -208,8 +211,9 @@ def stored_sessions(client: datastore.Client, settings: Settings) -> list[datast
 
 
 @pytest.fixture
-def app(client: datastore.Client, settings: Settings) -> Starlette:
-    return make_app(client, settings)
+def app(client: datastore.Client, settings: Settings, clock: Clock) -> Starlette:
+    """The test app, on a clock that moves when the test says so."""
+    return make_app(client, settings, clock=clock)
 
 
 @pytest.fixture
@@ -221,6 +225,7 @@ def plain_http(settings: Settings) -> Settings:
 # -- Starlette's SessionMiddleware tests, for ours ----------------------------------------
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_set_read_and_clear_a_session(app: Starlette, client: datastore.Client, settings: Settings) -> None:
     """Starlette's ``test_session``: the session is {} at first, keeps what is set, and is {} once cleared."""
     http = browser(app)
@@ -261,12 +266,12 @@ def test_max_age_is_the_session_lifetime_unless_it_is_a_browser_session_cookie(
     assert browser_session.get("/view_session").json() == {"session": {}}
 
 
-def test_an_expired_session_reads_as_a_fresh_one(app: Starlette, settings: Settings) -> None:
+def test_an_expired_session_reads_as_a_fresh_one(app: Starlette, settings: Settings, clock: Clock) -> None:
     """Starlette's ``test_session_expires``: the browser still sends the cookie, the session is {}."""
     http = browser(app)
     assert http.post("/expiry/1").text == "ok"
     cookie = http.cookies[settings.cookie_name]
-    time.sleep(1.2)
+    clock.advance(1.2)
     again = browser(app, cookies={settings.cookie_name: cookie})
     assert again.get("/view_session").json() == {"session": {}}
     again.post("/update_session", json={"some": "data"})
@@ -390,11 +395,13 @@ def test_popping_a_missing_key_writes_nothing_as_with_starlette(
     assert http.get("/view_session").json() == {"session": {"theme": "dark"}}
 
 
-def test_a_session_only_read_is_still_refreshed_so_an_active_user_stays(app: Starlette, rpcs: RpcCounter) -> None:
+def test_a_session_only_read_is_still_refreshed_so_an_active_user_stays(
+    app: Starlette, rpcs: RpcCounter, clock: Clock
+) -> None:
     http = browser(app)
     http.post("/expiry/2")  # a 2 s lifetime: rewritten by a request more than 1 s after the last write
     for _ in range(2):
-        time.sleep(1.2)
+        clock.advance(1.2)
         rpcs.reset()
         response = http.get("/view_session")
         assert dict(rpcs.calls) == {"lookup": 1, "commit": 1} and "set-cookie" in response.headers
@@ -812,13 +819,12 @@ def test_a_stalled_datastore_neither_blocks_the_loop_nor_takes_the_apps_threads(
             quick = [await timed(http, path) for path in ("/ping", "/sync-ping", "/ping", "/sync-ping")]
             return await asyncio.gather(*stuck), quick
 
-    logged = len(CAPTURED)
-    with serving(app) as url:
+    with capture_logs() as logged, serving(app) as url:
         stuck, quick = asyncio.run(scenario(url))
 
     assert [status for status, _ in quick] == [200] * 4 and max(elapsed for _, elapsed in quick) < 0.5
     assert [status for status, _ in stuck] == [503] * 4  # past the deadline, or no thread free within it
-    failures = [json.loads(line) for line in CAPTURED[logged:] if '"session_unavailable"' in line]
+    failures = [line for line in logged if line["event"] == "session_unavailable"]
     assert {line["operation"] for line in failures} == {"lookup", "wait for a thread"}
     assert max(elapsed for _, elapsed in stuck) < 2 * 1 + 3.0  # a thread wait and a load, each at most 1 s
 

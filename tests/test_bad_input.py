@@ -28,13 +28,13 @@ from session_core.flask import DatastoreSessionInterface
 from session_core.maintenance.messages import parse_kill_message
 from session_core.maintenance.steps import parse_step
 from session_core.rules import hash_key, is_valid_key, new_key
-from tests.conftest import VALID_CLEAR, VALID_KILL, FunctionClient, RpcCounter
+from tests.conftest import VALID_CLEAR, VALID_KILL, FunctionClient, RpcCounter, examples
 from tests.test_cleanup import remaining
 from tests.test_revocation import POISON, seed_users
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = hsettings(
-    max_examples=1000,
+    max_examples=examples(1000),
     deadline=None,
     derandomize=True,
     database=None,
@@ -102,7 +102,7 @@ def test_ten_thousand_generated_cookies(
     ours = re.compile(rf"{re.escape(settings.cookie_name)}=[A-Za-z0-9]{{42}}; Secure; HttpOnly; Path=/; SameSite=Lax")
     seen: Counter[str] = Counter()
 
-    @hsettings(GENERATED, max_examples=10_000)
+    @hsettings(GENERATED, max_examples=examples(10_000))
     @given(value=COOKIES, write=st.integers(0, 19))
     def request_with(value: str, write: int) -> None:
         header = f"{settings.cookie_name}={latin1(value)}"
@@ -261,7 +261,7 @@ def test_generated_clear_requests_get_clear_errors_and_delete_nothing(
     clear = function("clear_sessions")
     statuses: Counter[int] = Counter()
 
-    @hsettings(GENERATED, max_examples=300)
+    @hsettings(GENERATED, max_examples=examples(300))
     @given(method=st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "POST"]), body=PAYLOADS | MESSAGES)
     def request(method: str, body: bytes) -> None:
         if method == "POST":

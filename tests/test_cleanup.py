@@ -266,13 +266,13 @@ def test_persistent_errors_surface_as_store_errors() -> None:
         with_retries(broken, sleep=lambda _: None)
 
 
-def test_page_limit_keeps_a_keys_only_response_far_below_4_mib(settings: Settings) -> None:
-    assert page_limit(settings) == 10000
-    assert page_limit(replace(settings, page_size=20000), key_bytes=1500) * 1600 < 4 * 1024 * 1024
+def test_page_limit_keeps_a_keys_only_response_far_below_4_mib(offline_settings: Settings) -> None:
+    assert page_limit(offline_settings) == 10000
+    assert page_limit(replace(offline_settings, page_size=20000), key_bytes=1500) * 1600 < 4 * 1024 * 1024
 
 
-def test_batches_drop_duplicates_and_never_exceed_the_size(client: datastore.Client) -> None:
-    keys = [client.key("k", i % 700) for i in range(1500)]
+def test_batches_drop_duplicates_and_never_exceed_the_size(offline_client: datastore.Client) -> None:
+    keys = [offline_client.key("k", i % 700) for i in range(1500)]
     chunks = batches(keys, 500)
     assert [len(c) for c in chunks] == [500, 200]
 

@@ -103,6 +103,7 @@ def user(username: str) -> User:
 # -- the basics ----------------------------------------------------------------------------
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_a_visit_counter_lives_across_requests_under_our_key_stored_by_its_hash(
     browser: Client, client: datastore.Client, settings: Settings
 ) -> None:

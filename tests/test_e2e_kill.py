@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from google.cloud import datastore
 
-from devstack.emulators import pubsub, pubsub_publish, pubsub_push_subscription
+from devstack.emulators import pubsub_publish, pubsub_push_subscription, pubsub_rest
 from session_core import GUEST_USER, Settings
 from session_core.rules import hash_key
 from session_core.testing import Emulator, free_port
@@ -28,9 +29,13 @@ TOPIC = "kill-user"
 
 
 @pytest.fixture
-def stack(settings: Settings, tasks_emulator: Emulator) -> Iterator[tuple[str, str, Path]]:
-    """Pub/Sub with a push subscription to kill_user_sessions, and session_task for the queue."""
+def stack(settings: Settings, tasks_emulator: Emulator, pubsub_emulator: Emulator) -> Iterator[tuple[str, str, Path]]:
+    """A topic of this test's own with a push subscription to kill_user_sessions, and session_task for the queue.
+
+    The Pub/Sub emulator is the run's own (conftest), not one started per test.
+    """
     kill_port, task_port = free_port(), free_port()
+    topic = f"{TOPIC}-{uuid.uuid4().hex[:10]}"
     env = queue_env(
         settings,
         tasks_emulator,
@@ -41,17 +46,15 @@ def stack(settings: Settings, tasks_emulator: Emulator) -> Iterator[tuple[str, s
         SESSION_SHARDS="4",
     )
     with ExitStack() as stack:
-        emulator = stack.enter_context(pubsub(LOG_DIR, settings.project))
         stack.enter_context(serve_function("kill_user_sessions", kill_port, env, cloudevent=True))
         stack.enter_context(serve_function("session_task", task_port, env))
         project = f"projects/{settings.project}"
+        subscription = f"{project}/subscriptions/{topic}-push"
         pubsub_push_subscription(
-            emulator.host,
-            f"{project}/topics/{TOPIC}",
-            f"{project}/subscriptions/kill-user-push",
-            f"http://127.0.0.1:{kill_port}/",
+            pubsub_emulator.host, f"{project}/topics/{topic}", subscription, f"http://127.0.0.1:{kill_port}/"
         )
-        yield emulator.host, f"{project}/topics/{TOPIC}", LOG_DIR / f"kill_user_sessions-{kill_port}.log"
+        stack.callback(pubsub_rest, pubsub_emulator.host, "DELETE", subscription)  # first: before its endpoint stops
+        yield pubsub_emulator.host, f"{project}/topics/{topic}", LOG_DIR / f"kill_user_sessions-{kill_port}.log"
 
 
 def publish(stack: tuple[str, str, Path], message: dict[str, object]) -> None:

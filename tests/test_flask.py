@@ -102,6 +102,7 @@ def cookie_header(response: flask.Response | object, name: str = "session") -> s
 # -- the basics -------------------------------------------------------------------------
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_a_cart_lives_across_requests_in_the_store_under_the_hashed_cookie(
     app: flask.Flask, client: datastore.Client, settings: Settings
 ) -> None:

@@ -136,10 +136,10 @@ def test_a_short_session_in_use_never_expires_and_a_long_one_is_rewritten_at_mos
 
 @pytest.mark.parametrize("bad", [0, -1, 3651 * DAY, "60", True, timedelta(0)])
 def test_set_expiry_refuses_what_is_not_a_positive_lifetime_of_at_most_ten_years(
-    client: datastore.Client, settings: Settings, bad: object
+    offline_client: datastore.Client, offline_settings: Settings, bad: object
 ) -> None:
     with pytest.raises(MisuseError):
-        Session(client, settings).set_expiry(bad)  # type: ignore[arg-type]
+        Session(offline_client, offline_settings).set_expiry(bad)  # type: ignore[arg-type]
 
 
 def test_set_expiry_writes_only_a_real_change_and_drives_max_age(

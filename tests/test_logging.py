@@ -52,10 +52,12 @@ def test_redact_scrubs_key_shaped_values_inside_any_string() -> None:
 
 
 def test_an_apps_log_exception_after_a_datastore_error_in_load_carries_no_cookie(
-    settings: Settings, capsys: pytest.CaptureFixture[str]
+    offline_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The reviewed case: a load fails, the app logs the exception, the traceback's frames hold the cookie."""
-    unreachable = replace(settings, emulator_host=f"127.0.0.1:{free_port()}", request_timeout=timedelta(seconds=1))
+    unreachable = replace(
+        offline_settings, emulator_host=f"127.0.0.1:{free_port()}", request_timeout=timedelta(seconds=1)
+    )
     cookie = new_key()
     session = Session(datastore_client(unreachable), unreachable)
     with pytest.raises(StoreError):

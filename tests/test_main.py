@@ -27,6 +27,7 @@ def expired_and_live(client: datastore.Client, settings: Settings) -> tuple[set[
     return seed(client, settings, 600, now - 86400), seed(client, settings, 40, now)
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_scheduler_post_clears_expired_sessions(
     function: FunctionClient,
     client: datastore.Client,
@@ -95,6 +96,7 @@ def test_bad_clear_requests_get_clear_errors_and_delete_nothing(
     assert remaining(client, settings) == expired_and_live[0] | expired_and_live[1]
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_session_task_runs_a_clear_step(
     function: FunctionClient,
     client: datastore.Client,
@@ -169,6 +171,7 @@ def users(client: datastore.Client, settings: Settings) -> dict[str, set[str]]:
     return seed_users(client, settings, {"alice": 30, "bob": 5, "__guest__": 12})
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_kill_message_as_a_raw_pubsub_push(
     function: FunctionClient,
     client: datastore.Client,
@@ -220,6 +223,7 @@ def test_poison_messages_are_acknowledged_and_delete_nothing(
     assert len(rejected) == len(POISON)
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_session_task_runs_a_kill_step(
     function: FunctionClient,
     client: datastore.Client,

@@ -44,10 +44,12 @@ def stored(client: datastore.Client, settings: Settings, name: str) -> datastore
 # -- RPC counts --------------------------------------------------------------
 
 
-def test_load_without_cookie_makes_no_rpc(client: datastore.Client, settings: Settings, rpcs: RpcCounter) -> None:
-    session = Session(client, settings)
+def test_load_without_cookie_makes_no_rpc(
+    offline_client: datastore.Client, offline_settings: Settings, offline_rpcs: RpcCounter
+) -> None:
+    session = Session(offline_client, offline_settings)
     assert session.load(Ctx()) is False
-    assert rpcs.total == 0
+    assert offline_rpcs.total == 0
     assert len(session) == 0
 
 
@@ -56,13 +58,14 @@ def test_load_without_cookie_makes_no_rpc(client: datastore.Client, settings: Se
     ["", "short", "a" * 41, "a" * 43, "A" * 41 + "-", "é" * 42, "a" * 41 + "\n", hash_key("x"), " " + "a" * 41],
 )
 def test_malformed_cookie_gives_fresh_session_without_rpc(
-    client: datastore.Client, settings: Settings, rpcs: RpcCounter, cookie: str
+    offline_client: datastore.Client, offline_settings: Settings, offline_rpcs: RpcCounter, cookie: str
 ) -> None:
-    session = Session(client, settings)
-    assert session.load(Ctx({settings.cookie_name: cookie})) is False
-    assert rpcs.total == 0
+    session = Session(offline_client, offline_settings)
+    assert session.load(Ctx({offline_settings.cookie_name: cookie})) is False
+    assert offline_rpcs.total == 0
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_valid_cookie_costs_exactly_one_lookup(client: datastore.Client, settings: Settings, rpcs: RpcCounter) -> None:
     cookie = saved_session(client, settings, language="de")
     rpcs.reset()
@@ -271,14 +274,14 @@ def test_logout_keeps_only_logout_fields_and_becomes_guest(client: datastore.Cli
 
 @pytest.mark.parametrize("user", ["", GUEST_USER, None, 0, False, 42, "a\nb", "x" * 1501, "\x00"])
 def test_login_refuses_anything_kill_could_not_name_before_any_rpc(
-    client: datastore.Client, settings: Settings, rpcs: RpcCounter, user: Any
+    offline_client: datastore.Client, offline_settings: Settings, offline_rpcs: RpcCounter, user: Any
 ) -> None:
-    session = Session(client, settings)
+    session = Session(offline_client, offline_settings)
     session.load(Ctx())
     with pytest.raises(MisuseError):
         session.login(user)
     session.save(Ctx())
-    assert rpcs.total == 0 and session.user == GUEST_USER
+    assert offline_rpcs.total == 0 and session.user == GUEST_USER
 
 
 def test_issued_keys_have_the_format_we_accept(client: datastore.Client, settings: Settings) -> None:
@@ -319,9 +322,11 @@ def test_nested_and_large_values_round_trip(client: datastore.Client, settings: 
     assert dict(loaded(client, settings, cookie)) == value
 
 
-def test_every_mutating_call_marks_the_session_changed(client: datastore.Client, settings: Settings) -> None:
+def test_every_mutating_call_marks_the_session_changed(
+    offline_client: datastore.Client, offline_settings: Settings
+) -> None:
     def fresh() -> Session:
-        session = Session(client, settings)
+        session = Session(offline_client, offline_settings)
         session.load(Ctx())
         session._data.update(a=1, b=2)  # preloaded, unchanged
         return session
@@ -347,8 +352,8 @@ def test_every_mutating_call_marks_the_session_changed(client: datastore.Client,
     assert not session.changed
 
 
-def test_dict_semantics(client: datastore.Client, settings: Settings) -> None:
-    session = Session(client, settings)
+def test_dict_semantics(offline_client: datastore.Client, offline_settings: Settings) -> None:
+    session = Session(offline_client, offline_settings)
     session.load(Ctx())
     session |= {"a": 1}
     session["b"] = 2
@@ -362,11 +367,11 @@ def test_dict_semantics(client: datastore.Client, settings: Settings) -> None:
     assert session.pop("missing", None) is None
 
 
-def test_seed_attributes(client: datastore.Client, settings: Settings) -> None:
-    session = Session(client, replace(settings, same_site="strict", use_session_cookie=False))
+def test_seed_attributes(offline_client: datastore.Client, offline_settings: Settings) -> None:
+    session = Session(offline_client, replace(offline_settings, same_site="strict", use_session_cookie=False))
     assert (Session.kindName, Session.GUEST_USER) == ("viur-session", "__guest__")
     assert session.same_site == "strict" and session.use_session_cookie is False
-    assert session.cookie_name == settings.cookie_name
+    assert session.cookie_name == offline_settings.cookie_name
 
 
 def test_on_delete_registers_for_the_process_that_deletes_and_unregisters() -> None:

@@ -65,14 +65,14 @@ def test_commit_sends_all_mutations_in_one_rpc(client: datastore.Client, setting
 
 
 def test_unstorable_values_are_named_before_any_rpc(
-    client: datastore.Client, settings: Settings, rpcs: RpcCounter
+    offline_client: datastore.Client, offline_settings: Settings, offline_rpcs: RpcCounter
 ) -> None:
-    store = SessionStore(client, settings)
+    store = SessionStore(offline_client, offline_settings)
     with pytest.raises(SessionDataError, match=r"session\['cart'\]\[1\]: set cannot be stored"):
         store.insert(SessionRecord("x", {"cart": [1, {2}]}, "u", "k", 1.0))
     with pytest.raises(SessionDataError, match="keys must be strings"):
         store.insert(SessionRecord("x", {"m": {1: "a"}}, "u", "k", 1.0))
-    assert rpcs.total == 0
+    assert offline_rpcs.total == 0
 
 
 def test_other_datastore_errors_become_store_errors(client: datastore.Client, settings: Settings) -> None:

@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from session_core import SessionDataError, Settings, values
 from session_core.store import SessionRecord, SessionStore
-from tests.conftest import RpcCounter
+from tests.conftest import RpcCounter, examples
 
 KEY = datastore.Key("viur-session", "a" * 64, project="p")
 
@@ -240,7 +240,7 @@ def round_trips_or_refuses(session: tuple[bool, dict[str, Any]], save_and_load: 
     assert same(data, got), (data, got)
 
 
-@settings(max_examples=10_000, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(10_000), derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sessions)
 def test_ten_thousand_generated_sessions_round_trip_or_raise_session_data_error(
     data: tuple[bool, dict[str, Any]],
@@ -249,7 +249,10 @@ def test_ten_thousand_generated_sessions_round_trip_or_raise_session_data_error(
 
 
 @settings(
-    max_examples=200, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(200),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=sessions)
 def test_two_hundred_generated_sessions_round_trip_through_the_emulator(

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
 from google.cloud import datastore
 from werkzeug.test import Client
 
@@ -22,6 +23,7 @@ def counter_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     return [json.dumps({"visits": session.get("visits", 0)}).encode()]
 
 
+@pytest.mark.smoke  # CI's Python 3.13 pass runs it after make check
 def test_wsgi_middleware_counts_visits(client: datastore.Client, settings: Settings) -> None:
     browser = Client(SessionMiddleware(counter_app, client=client, settings=settings))
     first = browser.post("/")
