@@ -14,24 +14,28 @@ CHECK_LANE := not emulator and not stack and not slow
 
 .PHONY: venv run test check test-py313 lint browser bench clean
 
-# Every venv installs from locks with hashes (locks/compile.sh makes them from the pins): pip first.
+# Every venv installs from locks with hashes (locks/compile.sh makes them from the pins): pip and uv
+# first, with pip; then the venv's lock with uv (seconds instead of pip's minutes; the same hashes).
+# $(call install-lock,VENV_DIR,LOCK)
+define install-lock
+	$(1)/bin/pip install --quiet --require-hashes -r locks/pip.txt
+	$(1)/bin/uv pip install --quiet --python $(1)/bin/python --require-hashes -r $(2)
+endef
+
 $(VENV)/.installed: locks/pip.txt locks/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes -r locks/pip.txt
-	$(BIN)/pip install --quiet --require-hashes -r locks/dev.txt
+	$(call install-lock,$(VENV),locks/dev.txt)
 	touch $@
 
 $(TASKS_VENV)/.installed: locks/pip.txt locks/tasks-emulator.txt
 	$(PYTHON) -m venv $(TASKS_VENV)
-	$(TASKS_VENV)/bin/pip install --quiet --require-hashes -r locks/pip.txt
-	$(TASKS_VENV)/bin/pip install --quiet --require-hashes -r locks/tasks-emulator.txt
+	$(call install-lock,$(TASKS_VENV),locks/tasks-emulator.txt)
 	touch $@
 
 $(VENV313)/.installed: locks/pip.txt locks/dev.txt
 	@test -n "$(PYTHON313)" || { echo "error: no Python 3.13 under ~/.pyenv/versions (set PYTHON313=...)" >&2; exit 1; }
 	$(PYTHON313) -m venv $(VENV313)
-	$(VENV313)/bin/pip install --quiet --require-hashes -r locks/pip.txt
-	$(VENV313)/bin/pip install --quiet --require-hashes -r locks/dev.txt
+	$(call install-lock,$(VENV313),locks/dev.txt)
 	touch $@
 
 venv: $(VENV)/.installed $(TASKS_VENV)/.installed

@@ -1075,10 +1075,18 @@ def test_what_the_builds_install_comes_from_locks_with_a_hash_for_every_requirem
 
 
 def test_the_makefile_installs_every_venv_with_require_hashes_from_a_lock() -> None:
-    installs = [line for line in (ROOT / "Makefile").read_text().splitlines() if "pip install" in line]
-    assert len(installs) == 6  # pip, then the rest: the venv, the tasks emulator's and the Python 3.13 one
-    for line in installs:
-        assert re.search(r"pip install (--quiet )?--require-hashes -r locks/[\w-]+\.txt$", line), line
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line.strip() for line in makefile.splitlines() if "pip install" in line]
+    assert installs == [  # one macro: pip and uv from their hashed lock, then the venv's own lock with uv
+        "$(1)/bin/pip install --quiet --require-hashes -r locks/pip.txt",
+        "$(1)/bin/uv pip install --quiet --python $(1)/bin/python --require-hashes -r $(2)",
+    ]
+    venvs = re.findall(r"\$\(call install-lock,([^,]+),(locks/[\w-]+\.txt)\)", makefile)
+    assert venvs == [
+        ("$(VENV)", "locks/dev.txt"),
+        ("$(TASKS_VENV)", "locks/tasks-emulator.txt"),
+        ("$(VENV313)", "locks/dev.txt"),
+    ]
 
 
 def seconds(value: str) -> int:

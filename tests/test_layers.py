@@ -22,6 +22,7 @@ RANK = {
     "cookies": 3,
     "clients": 3,
     "_datastore": 3,
+    "_wire": 3,  # the request path's raw protobufs
     "store": 4,
     "contract": 4,
     "logins": 4,

@@ -6,7 +6,6 @@ import hashlib
 import math
 import secrets
 from collections import Counter
-from typing import Any
 
 import pytest
 from google.cloud import datastore
@@ -21,15 +20,19 @@ def test_keys_come_from_secrets_with_at_least_250_bits(monkeypatch: pytest.Monke
     alphabet = cookie_rules._ALPHABET
     assert len(set(alphabet)) == 62
     assert KEY_LENGTH * math.log2(len(alphabet)) >= 250  # 42 characters of 62: 250.07 bits
-    drawn: list[str] = []
+    drawn: list[bytes] = []
+    token_bytes = secrets.token_bytes
 
-    def spy(sequence: Any) -> Any:
-        drawn.append(sequence)
-        return secrets.SystemRandom().choice(sequence)
+    def spy(n: int) -> bytes:
+        chunk = token_bytes(n)
+        drawn.append(chunk)
+        return chunk
 
-    monkeypatch.setattr(cookie_rules.secrets, "choice", spy)
-    new_key()
-    assert len(drawn) == KEY_LENGTH and all(seq == alphabet for seq in drawn)  # every character from secrets
+    monkeypatch.setattr(cookie_rules.secrets, "token_bytes", spy)
+    key = new_key()
+    unbiased = 256 - 256 % len(alphabet)  # bytes at or above this would favour the first characters: dropped
+    usable = [alphabet[b % len(alphabet)] for chunk in drawn for b in chunk if b < unbiased]
+    assert drawn and key == "".join(usable[:KEY_LENGTH])  # every character from secrets, none biased
 
 
 def test_key_characters_are_uniform() -> None:
