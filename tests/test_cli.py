@@ -22,7 +22,8 @@ import structlog
 from google.cloud import datastore
 
 from session_core import SessionRecord, Settings
-from session_core.cli import COMMANDS, WHERE, Console, Outcome
+from session_core._render import Console, Outcome
+from session_core.cli import COMMANDS, WHERE
 from session_core.config import VARIABLES
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.store import SessionStore
