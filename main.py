@@ -40,7 +40,7 @@ from session_core.maintenance import (
     PoisonMessageError,
     UnauthenticatedError,
 )
-from session_core.maintenance.messages import MAX_EVENT_BYTES
+from session_core.maintenance.kill import MAX_EVENT_BYTES
 
 configure_logging()  # before anything can log, so even the first line is structured and redacted
 log = structlog.get_logger("main")

@@ -25,7 +25,7 @@ from google.cloud.datastore.query import PropertyFilter
 from devstack.emulators import ROOT
 from session_core.clients import datastore_client
 from session_core.config import Settings
-from session_core.maintenance.messages import run_id_for
+from session_core.maintenance.kill import run_id_for
 from session_core.maintenance.runs import Run, RunRecorder
 from session_core.maintenance.sweep import key_names, page_limit, session_query
 from session_core.rules import GUEST_USER

@@ -4,7 +4,8 @@ Every command runs the library in this process, against the Datastore the
 settings name, with the same code the Cloud Functions run. The commands are
 one table, :data:`COMMANDS`: each entry has its description, the environment
 variables it reads, examples, its arguments and what it runs, so ``--help``
-and the README say the same, and a new command is one more entry.
+and the README say the same, and a new command is one more entry. What a
+command prints is built in :mod:`session_core._render`.
 
 What a run prints: on stderr, progress (one rewritten line on a terminal, log
 lines otherwise), then one summary line; on stdout, the result as one JSON
@@ -23,18 +24,19 @@ import os
 import sys
 import textwrap
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 import structlog
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from session_core import _render as render
 from session_core._datastore import translated
 from session_core._observers import registered_delete_observer
+from session_core._render import Console, Outcome, printable
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.errors import ConfigError, SessionCoreError
@@ -44,11 +46,7 @@ from session_core.maintenance.events import REASONS, pull_events, subscriber_for
 from session_core.maintenance.kill import KillResult, end_user_session, kill_sessions, list_user_sessions
 from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
-from session_core.maintenance.steps import step_type
-from session_core.maintenance.sweep import Progress
 from session_core.rules import GUEST_USER, cutoff_for, iso_utc
-
-log = structlog.get_logger("session_core.cli")
 
 # The variables every command reads: where the sessions are.
 WHERE = ("GOOGLE_CLOUD_PROJECT", "DATASTORE_EMULATOR_HOST", "SESSION_DATABASE", "SESSION_NAMESPACE", "SESSION_KIND")
@@ -70,100 +68,10 @@ ENVIRONMENT = {  # what each variable means to a command (the README's settings 
     "SESSION_EVENTS_TOPIC": "publish lifecycle events of what a command deletes to this Pub/Sub topic (default: off)",
     "PUBSUB_EMULATOR_HOST": "host:port of a Pub/Sub emulator instead of Pub/Sub",
 }
-# Summary lines the library logs for each step: the command prints one summary of its own instead.
-STEP_EVENTS = frozenset({"clear_sessions", "kill_sessions", "rehash_sessions"})
 
 
 class UsageError(Exception):
     """The command line asks for something it cannot do as given (exit status 2)."""
-
-
-def printable(text: str) -> str:
-    """``text`` with every character that is not printable (controls, escapes, bidi marks) shown as ``repr`` does.
-
-    Everything the command prints on stderr passes through it: a stored user
-    agent of ``"\\x1b]0;pwned\\x07"`` is shown as those characters, not obeyed.
-    """
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a command did: one summary line (and rows under it) for stderr, the JSON for stdout."""
-
-    summary: str
-    result: Mapping[str, Any]
-    rows: Sequence[str] = ()
-    status: int = 0
-
-
-class Console:
-    """stderr as an operator reads it: progress, log lines that never run into it, one summary.
-
-    On a terminal the progress is one line rewritten in place; a log line
-    (a retry warning, say) first ends it, and the summary replaces it. Not
-    on a terminal, progress is a ``progress`` log line. Rates are over the
-    whole command (every shard of a kill), from when :meth:`progress` was
-    called.
-    """
-
-    def __init__(self, stream: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream
-        self.tty = tty
-        self.clock = clock
-        self._open = False  # a progress line is on the terminal, not ended
-
-    def progress(self, verb: str) -> Progress:
-        """A callback for the library's ``progress=``: it reports ``verb`` N sessions, at the command's rate."""
-        started = self.clock()
-
-        def report(done: int, _step_elapsed: float) -> None:
-            elapsed = self.clock() - started
-            rate = done / elapsed if elapsed > 0 else 0.0
-            if self.tty:
-                line = f"{verb} {done:,} sessions ({rate:,.0f}/s, {elapsed:.1f} s)"
-                self.stream.write(f"\r\x1b[K{line}")
-                self.stream.flush()
-                self._open = True
-            else:
-                log.info("progress", verb=verb, done=done, rate_per_s=round(rate), elapsed_s=round(elapsed, 1))
-
-        return report
-
-    def end_line(self) -> None:
-        """End the progress line, if one is showing, so that what follows starts on a line of its own."""
-        if self._open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open = False
-
-    def summary(self, outcome: Outcome) -> None:
-        """The command's one summary line (replacing the progress line on a terminal), then its rows."""
-        if self._open:
-            self.stream.write("\r\x1b[K")
-            self._open = False
-        self.stream.write("".join(f"{printable(line)}\n" for line in [outcome.summary, *outcome.rows]))
-        self.stream.flush()
-
-    def row(self, line: str) -> None:
-        """A line printed as it happens (the events a tail receives), after any progress line."""
-        self.end_line()
-        self.stream.write(f"{printable(line)}\n")
-        self.stream.flush()
-
-    def log_processor(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        """structlog processor: drop the library's per-step summaries; end the progress line before a log line.
-
-        Text values are made :func:`printable`: on a terminal, log lines are
-        printed as they are, and one can carry stored data (an error's detail).
-        """
-        if event.get("event") in STEP_EVENTS:
-            raise structlog.DropEvent
-        self.end_line()
-        for field_name, value in event.items():
-            if isinstance(value, str):
-                event[field_name] = printable(value)
-        return event
 
 
 def _ask(question: str) -> str:
@@ -267,19 +175,7 @@ def _clear(args: argparse.Namespace, ctx: Context) -> Outcome:
         progress=ctx.console.progress(verb),
         observer=registered_delete_observer(),
     )
-    cutoff = f"cutoff {iso_utc(result.cutoff)} ({result.cutoff:.3f})"
-    if result.skipped:
-        return Outcome(
-            f"skipped: another cleanup run holds the lease, so nothing was deleted ({cutoff})", result.to_json()
-        )
-    if result.dry_run:
-        summary = f"would delete {result.counted:,} expired sessions (a dry run: nothing was deleted); {cutoff}"
-    else:
-        summary = (
-            f"deleted {result.deleted:,} expired sessions in {_seconds(result.elapsed_s)}"
-            f" ({_rate(result.deleted, result.elapsed_s)}, {_count(result.batches, 'commit')}); {cutoff}"
-        )
-    return Outcome(summary, result.to_json())
+    return render.cleared(result)
 
 
 # -- kill-user --------------------------------------------------------------------------
@@ -304,7 +200,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
     if user in (None, GUEST_USER) and not args.yes:
         whom = "every session (every user's and every guest's)" if user is None else "every guest session"
         if not _confirmed(ctx, f"kill-user {'--all' if user is None else '--guest'}", f"This ends {whom}"):
-            return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
+            return render.not_confirmed()
     before = _active(ctx, user)
     result: KillResult = kill_sessions(
         user,
@@ -314,15 +210,7 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         progress=ctx.console.progress("deleted"),
         observer=registered_delete_observer(),
     )
-    whose = {None: "sessions (every user's and every guest's)", GUEST_USER: "guest sessions"}.get(
-        user, f"sessions of user {user!r}"
-    )
-    spread = f" across {result.shards} shards" if result.shards else ""
-    kept = f"; kept session {args.except_session}" if args.except_session else ""
-    summary = (
-        f"deleted {result.deleted:,} {whose}{spread} in {_seconds(result.elapsed_s)}"
-        f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
-    )
+    summary = render.killed(result, user, args.except_session)
     return _with_counts(ctx, user, before, summary, result.to_json())
 
 
@@ -341,11 +229,7 @@ def _active(ctx: Context, user: str | None) -> int | None:
 
 def _with_counts(ctx: Context, user: str | None, before: int | None, summary: str, result: dict[str, Any]) -> Outcome:
     """The outcome, with one named user's active sessions before and after it (JSON: active_before, active_after)."""
-    after = _active(ctx, user)
-    if before is None or after is None:
-        return Outcome(summary, result)
-    counts = {"active_before": before, "active_after": after}
-    return Outcome(f"{summary}; {user!r} has {_count(after, 'active session')} (before: {before:,})", result | counts)
+    return render.with_counts(user, before, _active(ctx, user), summary, result)
 
 
 # -- sessions, end ------------------------------------------------------------------------
@@ -358,25 +242,7 @@ def _user_argument(parser: argparse.ArgumentParser) -> None:
 def _sessions(args: argparse.Namespace, ctx: Context) -> Outcome:
     if args.user == GUEST_USER:
         raise UsageError("guests are not one user: there is no list of every guest session")
-    infos = list_user_sessions(ctx.client, ctx.settings, args.user)
-    listed = [
-        {
-            "session_id": info.session_id,
-            "lastseen": info.lastseen,
-            "lastseen_utc": iso_utc(info.lastseen),
-            "user_agent": info.user_agent,
-            "ip": info.ip,
-        }
-        for info in infos
-    ]
-    rows = [
-        f"  {info['session_id']}  last seen {info['lastseen_utc']}  {info['ip'] or '-'}  {info['user_agent'] or '-'}"
-        for info in listed
-    ]
-    summary = f"user {args.user!r} has {_count(len(listed), 'active session')}" + (
-        ", most recent first:" if listed else ""
-    )
-    return Outcome(summary, {"user": args.user, "sessions": listed}, rows)
+    return render.sessions(args.user, list_user_sessions(ctx.client, ctx.settings, args.user))
 
 
 def _end_arguments(parser: argparse.ArgumentParser) -> None:
@@ -389,10 +255,10 @@ def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
     ended = end_user_session(
         ctx.client, ctx.settings, args.user, args.session_id, observer=registered_delete_observer()
     )
-    result = {"user": args.user, "session_id": args.session_id, "ended": ended}
+    summary, result = render.ended(args.user, args.session_id, ended)
     if ended:
-        return _with_counts(ctx, args.user, before, f"ended session {args.session_id} of user {args.user!r}", result)
-    return Outcome(f"user {args.user!r} has no session {args.session_id}: nothing was ended", result, status=1)
+        return _with_counts(ctx, args.user, before, summary, result)
+    return Outcome(summary, result, status=1)
 
 
 # -- rehash ---------------------------------------------------------------------------------
@@ -408,18 +274,11 @@ def _rehash(args: argparse.Namespace, ctx: Context) -> Outcome:
     verb = "found" if args.dry_run else "deleted" if args.delete else "moved"
     question = "This deletes every plain-key session (their users sign in again)"
     if args.delete and not args.dry_run and not args.yes and not _confirmed(ctx, "rehash --delete", question):
-        return Outcome("not confirmed: nothing was deleted", {"confirmed": False, "deleted": 0}, status=1)
+        return render.not_confirmed()
     result: RehashResult = start_rehash(
         ctx.client, ctx.settings, delete=args.delete, dry_run=args.dry_run, progress=ctx.console.progress(verb)
     )
-    if args.dry_run:
-        summary = f"found {_count(result.handled, 'plain-key session')} (a dry run: nothing was changed)"
-    else:
-        summary = (
-            f"{verb} {_count(result.handled, 'plain-key session')} in {_seconds(result.elapsed_s)}"
-            f" ({_rate(result.handled, result.elapsed_s)})"
-        )
-    return Outcome(summary, result.to_json())
+    return render.rehashed(result, verb, args.dry_run)
 
 
 # -- events -------------------------------------------------------------------------------
@@ -432,17 +291,6 @@ def _events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--follow", action="store_true", help="keep waiting for more until Ctrl-C")
     parser.add_argument("--wait", type=float, default=5.0, help="without --follow, stop after S quiet seconds (5)")
     parser.add_argument("--limit", type=int, help="stop after N events")
-
-
-def _event_row(event: Mapping[str, Any]) -> str:
-    sessions = event.get("sessions", [])
-    users: Counter[str] = Counter(s.get("user", "?") for s in sessions)
-    shown = ", ".join(f"{user} ({count})" if count > 1 else user for user, count in users.most_common(3))
-    more = f" and {len(users) - 3} more" if len(users) > 3 else ""
-    return (
-        f"  {event.get('at', '?')}  {event.get('reason', '?'):<7} {len(sessions):>5,} sessions"
-        f"  run {event.get('run_id', '?')}  {shown}{more}"
-    )
 
 
 def _events(args: argparse.Namespace, ctx: Context) -> Outcome:
@@ -463,19 +311,13 @@ def _events(args: argparse.Namespace, ctx: Context) -> Outcome:
                 continue
             quiet_since = time.monotonic()
             for event in batch:
-                ctx.console.row(_event_row(event))
+                ctx.console.row(render.event_row(event))
             received += batch
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a --follow ends: what was received is acknowledged, and is summed up below
     except gexc.NotFound:
         raise UsageError(f"there is no subscription {subscription}") from None
-    counts = {reason: 0 for reason in REASONS}
-    for event in received:
-        if event.get("reason") in counts:
-            counts[event["reason"]] += len(event.get("sessions", []))
-    summed = ", ".join(f"{reason} {count:,}" for reason, count in counts.items())
-    summary = f"{_count(len(received), 'event')} from {subscription}, sessions by reason: {summed}"
-    return Outcome(summary, {"subscription": subscription, "counts": counts, "events": received})
+    return render.events(subscription, received, REASONS)
 
 
 # -- runs -----------------------------------------------------------------------------------
@@ -486,24 +328,7 @@ def _runs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
-    runs = [run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)]
-    rows = []
-    for run in runs:
-        count, subject = step_type(run["kind"]).describe(run)
-        rows.append(f"  {run['started'][:19]}  {run['kind']:<5} {run['run_id']}  {run['status']:<7} {count}  {subject}")
-    return Outcome(f"{_count(len(runs), 'run')}, newest first" + (":" if runs else ""), {"runs": runs}, rows)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
-
-
-def _seconds(seconds: float) -> str:
-    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:,.1f} s"
-
-
-def _rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:,.0f}/s" if seconds > 0 else "-/s"
+    return render.runs([run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)])
 
 
 COMMANDS: tuple[Command, ...] = (

@@ -22,10 +22,9 @@ from session_core.errors import BadInputError, BodyTooLargeError
 from session_core.maintenance.auth import CertificateCache, verify_task_caller
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.maintenance.dispatch import queue_for
-from session_core.maintenance.kill import kill_sessions
-from session_core.maintenance.messages import parse_pubsub_event, run_id_for, strict_json
+from session_core.maintenance.kill import kill_sessions, parse_pubsub_event, run_id_for
 from session_core.maintenance.runs import RunRecorder, check_step
-from session_core.maintenance.steps import Enqueue, Step, StepResult, Work, parse_step
+from session_core.maintenance.steps import Enqueue, Step, StepResult, Work, parse_step, strict_json
 from session_core.store import DeleteObserver
 
 

@@ -25,7 +25,7 @@ from werkzeug.http import parse_cookie
 from session_core import Settings
 from session_core.errors import PayloadError, PoisonMessageError
 from session_core.flask import DatastoreSessionInterface
-from session_core.maintenance.messages import parse_kill_message
+from session_core.maintenance.kill import parse_kill_message
 from session_core.maintenance.steps import parse_step
 from session_core.rules import hash_key, is_valid_key, new_key
 from tests.conftest import VALID_CLEAR, VALID_KILL, FunctionClient, RpcCounter, examples

@@ -22,7 +22,8 @@ import structlog
 from google.cloud import datastore
 
 from session_core import SessionRecord, Settings
-from session_core.cli import COMMANDS, WHERE, Console, Outcome
+from session_core._render import Console, Outcome
+from session_core.cli import COMMANDS, WHERE
 from session_core.config import VARIABLES
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.store import SessionStore
@@ -518,3 +519,20 @@ def test_a_log_line_on_a_terminal_shows_stored_control_characters_escaped() -> N
     console = Console(io.StringIO(), tty=True)
     event = console.log_processor(None, "warning", {"event": "observer_failed", "detail": "agent\x1b]0;pwned\x07"})
     assert event == {"event": "observer_failed", "detail": r"agent\x1b]0;pwned\x07"}
+
+
+def test_the_command_line_module_holds_the_command_table_and_its_rendering_lives_in_render() -> None:
+    """cli.py: commands and arguments; _render.py: summaries, rows, progress and the escaping of stored text."""
+    import ast
+    import inspect
+
+    from session_core import _render, cli
+
+    for name in ("Console", "Outcome", "printable"):
+        assert getattr(cli, name) is getattr(_render, name)
+        assert getattr(_render, name).__module__ == "session_core._render"
+    tree = ast.parse(inspect.getsource(cli))
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert defined.isdisjoint({"Console", "Outcome", "printable", "_count", "_seconds", "_rate", "_event_row"})
+    assert "\\x1b" not in inspect.getsource(cli)  # no terminal control sequence is written by the command table
+    assert _render.printable("agent\x1b]0;pwned\x07") == "agent\\x1b]0;pwned\\x07"

@@ -23,10 +23,8 @@ from session_core.maintenance.runs import Run, RunRecorder
 from session_core.maintenance.steps import (
     Step,
     Work,
-    cursor_of,
+    chain_fields,
     exact_fields,
-    pace_of,
-    page_of,
     parse_step,
     register,
     step_type,
@@ -67,8 +65,7 @@ class ProbeStep(Step):
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> ProbeStep:
         exact_fields(payload, {"op", "run_id", "cursor", "page", "started", "done"})
-        started, done = pace_of(payload)
-        return cls(payload["run_id"], cursor_of(payload), page_of(payload), started, done)
+        return cls(**chain_fields(payload))
 
     @classmethod
     def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> ProbeStep:
@@ -163,3 +160,79 @@ def test_op_is_dispatched_in_one_place_the_registry() -> None:
         if _dispatches_on_op(node)
     ]
     assert offenders == []
+
+
+# -- a kill, read in a handful of files ----------------------------------------------------------------
+
+KILL = PACKAGE / "maintenance" / "kill.py"
+
+
+def _imported(path: Path) -> set[str]:
+    """The session_core modules ``path`` imports (at the top or inside a function)."""
+    return {
+        node.module
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("session_core")
+    }
+
+
+def test_a_kill_is_followed_from_its_message_to_its_deletes_in_kill_sweep_and_the_datastore_plumbing() -> None:
+    """The Pub/Sub message, the key-range shards, the steps and the queries of a kill are in kill.py and sweep.py.
+
+    kill.py asks the other maintenance modules for one thing each (a run
+    record, a pacer, an event batch, the step contract), and none of them
+    calls back into it; the message parsing and the shard planning are no
+    modules of their own.
+    """
+    from session_core.maintenance import kill, sweep
+
+    for name in ("parse_pubsub_event", "parse_kill_message", "run_id_for", "plan_shards", "KillStep", "kill_sessions"):
+        assert getattr(kill, name).__module__ == "session_core.maintenance.kill", name
+    maintenance = {module for module in _imported(KILL) if module.startswith("session_core.maintenance.")}
+    assert maintenance == {
+        "session_core.maintenance.events",
+        "session_core.maintenance.pacing",
+        "session_core.maintenance.runs",
+        "session_core.maintenance.steps",
+        "session_core.maintenance.sweep",
+    }
+    assert not (PACKAGE / "maintenance" / "messages.py").exists()
+    functions_path = PACKAGE / "functions.py"
+    assert "session_core.maintenance.messages" not in _imported(functions_path)
+    assert "PropertyFilter" not in KILL.read_text()  # every session query is sweep's, filtered there
+    assert sweep.session_query.__module__ == "session_core.maintenance.sweep"
+
+
+def test_every_step_type_reads_what_every_step_carries_through_one_helper() -> None:
+    """``chain_fields`` checks run_id, cursor, page, started and done once; each type adds its own fields."""
+    payload = {"run_id": "a" * 32, "cursor": None, "page": 3, "started": 12.5, "done": 7}
+    assert chain_fields(payload) == payload
+    with pytest.raises(PayloadError, match="page out of range"):
+        chain_fields(payload | {"page": -1})
+    for op in BUILT_IN_OPS:
+        kind = step_type(op)
+        first = kind.for_chain("b" * 32, _params(op), 1.0, 0).at(None, 2, 5)
+        parsed = kind.parse(first.to_json())
+        assert parsed == first
+        assert {name: getattr(parsed, name) for name in payload} == chain_fields(first.to_json())
+
+
+def _params(op: str) -> dict[str, Any]:
+    return {
+        "clear": {"cutoff": 100.0, "dry_run": False, "slices": None},
+        "kill": {"user": "alice", "except_session": None, "shards": None},
+        "rehash": {"delete": False, "dry_run": True},
+    }[op]
+
+
+def test_the_awaitable_forms_are_the_functions_themselves_in_a_worker_thread() -> None:
+    """One wrapper makes every awaitable form: the same signature, the same promises (no copied overloads)."""
+    import inspect
+
+    from session_core.maintenance import kill
+
+    for name in ("kill_sessions", "list_user_sessions", "end_user_session", "logout_everywhere_else"):
+        awaitable = getattr(kill, f"a{name}")
+        assert inspect.iscoroutinefunction(awaitable), name
+        assert awaitable.__wrapped__ is getattr(kill, name), name
+        assert inspect.signature(awaitable) == inspect.signature(getattr(kill, name)), name

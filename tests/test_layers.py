@@ -35,7 +35,6 @@ RANK = {
     "testing": 6,
     "maintenance": 7,
     "maintenance.steps": 7,
-    "maintenance.messages": 7,
     "maintenance.auth": 7,
     "maintenance.sweep": 7,
     "maintenance.shards": 8,
@@ -48,6 +47,7 @@ RANK = {
     "maintenance.cleanup": 9,
     "maintenance.kill": 9,
     "functions": 10,
+    "_render": 10,  # what the command line prints
     "cli": 10,
     # An adapter, but clear_expired() (manage.py clearsessions) runs the cleanup: imported there, lazily.
     "django": 10,

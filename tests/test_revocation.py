@@ -17,10 +17,14 @@ from session_core.maintenance.kill import (
     end_user_session,
     list_user_sessions,
     logout_everywhere_else,
+    parse_kill_message,
+    parse_pubsub_event,
+    run_id_for,
     run_kill_step,
+    shard_of,
+    shard_ranges,
+    split_points,
 )
-from session_core.maintenance.messages import parse_kill_message, parse_pubsub_event, run_id_for
-from session_core.maintenance.shards import shard_of, shard_ranges, split_points
 from session_core.maintenance.steps import Step, parse_step
 from session_core.rules import hash_key, new_key
 from session_core.store import SessionStore

@@ -11,7 +11,7 @@ import pytest
 from google.cloud import datastore
 
 from session_core import SessionRecord, Settings
-from session_core.maintenance.shards import plan_shards, shard_of
+from session_core.maintenance.kill import plan_shards, shard_of
 from session_core.rules import hash_key, new_key
 from session_core.store import SessionStore
 

@@ -2,9 +2,10 @@
 
 - :mod:`.sweep`: the one pager and deleter that cleanup and kill share;
 - :mod:`.cleanup`: expired sessions, with a lease (what Cloud Scheduler starts);
-- :mod:`.kill`: kill-by-user, a user's devices, logout everywhere else;
-- :mod:`.shards`: key ranges for parallel chains;
-- :mod:`.steps` and :mod:`.messages`: the task payloads and kill messages, parsed strictly;
+- :mod:`.kill`: kill-by-user (its Pub/Sub message, its key-range shards, its steps), a user's devices,
+  logout everywhere else;
+- :mod:`.shards`: ``lastseen`` slices for a parallel cleanup's chains;
+- :mod:`.steps`: the step registry and the task payloads, parsed strictly;
 - :mod:`.dispatch`: Cloud Tasks; :mod:`.auth`: who may call ``session_task``.
 """
 

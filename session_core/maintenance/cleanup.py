@@ -48,13 +48,11 @@ from session_core.maintenance.steps import (
     Enqueue,
     Step,
     Work,
-    cursor_of,
+    chain_fields,
     epoch_of,
     exact_fields,
-    pace_of,
-    page_of,
     register,
-    shard_of,
+    shard_field,
     typed,
 )
 from session_core.maintenance.sweep import Progress, Sweep, offset_progress, session_query
@@ -123,23 +121,12 @@ class ClearStep(Step):
         )
         cutoff = epoch_of(payload, "cutoff")
         assert cutoff is not None
-        shard = shard_of(payload)
+        shard = shard_field(payload)
         lo, hi = epoch_of(payload, "lo", optional=True), epoch_of(payload, "hi", optional=True)
         if shard is None and (lo, hi) != (None, None):
             raise PayloadError("bounds without a shard")
-        started, done = pace_of(payload)
-        return cls(
-            run_id=payload["run_id"],
-            cutoff=cutoff,
-            cursor=cursor_of(payload),
-            page=page_of(payload),
-            dry_run=typed(payload, "dry_run", bool),
-            shard=shard,
-            lo=lo,
-            hi=hi,
-            started=started,
-            done=done,
-        )
+        chain = chain_fields(payload)
+        return cls(cutoff=cutoff, dry_run=typed(payload, "dry_run", bool), shard=shard, lo=lo, hi=hi, **chain)
 
     @classmethod
     def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> ClearStep:

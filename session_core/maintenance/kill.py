@@ -17,9 +17,15 @@ on Datastore.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import hashlib
+import itertools
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar, overload
@@ -27,28 +33,26 @@ from typing import Any, ParamSpec, TypeVar, overload
 import structlog
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
-from google.cloud.datastore.query import PropertyFilter
 
 from session_core._datastore import FAIL_FAST, commit, translated
 from session_core._observers import notify
 from session_core.config import Settings
 from session_core.contract import Store
-from session_core.errors import MisuseError, PayloadError, StoreError
+from session_core.errors import MisuseError, PayloadError, PoisonMessageError, StoreError
 from session_core.logins import kill_record
 from session_core.maintenance.events import EventPublisher, batch_events
 from session_core.maintenance.pacing import pacer_for
 from session_core.maintenance.runs import Run, RunRecorder, kill_params
-from session_core.maintenance.shards import plan_shards
 from session_core.maintenance.steps import (
+    DuplicateKeyError,
     Enqueue,
     Step,
     Work,
-    cursor_of,
+    chain_fields,
     exact_fields,
-    pace_of,
-    page_of,
     register,
-    shard_of,
+    shard_field,
+    strict_json,
     typed,
 )
 from session_core.maintenance.sweep import (
@@ -58,7 +62,9 @@ from session_core.maintenance.sweep import (
     key_names,
     offset_progress,
     page_limit,
+    session_names,
     session_query,
+    with_retries,
 )
 from session_core.rules import GUEST_USER, is_expired, session_id_of, valid_session_id, valid_user
 from session_core.session import Session
@@ -83,6 +89,137 @@ class KillResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# -- kill-user messages: what an app publishes to the kill-user topic, parsed strictly -----------------
+#
+# The message data is UTF-8 JSON, exactly ``{"user": USER | "__guest__" | null}`` with an optional
+# ``"except_session": SESSION_ID``. Anything else raises PoisonMessageError: it can never succeed, so it
+# is logged and acknowledged, never redelivered.
+
+MAX_MESSAGE_BYTES = 10 * 1024
+# The most of a CloudEvent the kill door reads: the largest valid message's data, base64, and room for
+# the Pub/Sub envelope around it (ids, publish time, subscription, attributes); anything larger is poison.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class KillRequest:
+    """A parsed kill message: ``user`` None means every session."""
+
+    user: str | None
+    except_session: str | None = None
+
+
+def parse_kill_message(data: bytes) -> KillRequest:
+    """Parse a kill message's data (UTF-8 JSON); raise PoisonMessageError on anything else."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise PoisonMessageError(f"data larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        payload = strict_json(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PoisonMessageError("data is not UTF-8") from None
+    except DuplicateKeyError as exc:
+        raise PoisonMessageError(f"duplicate field {exc.args[0]!r}") from None
+    except RecursionError:
+        raise PoisonMessageError("data is nested too deeply") from None
+    except ValueError:
+        raise PoisonMessageError("data is not JSON") from None
+    if not isinstance(payload, dict):
+        raise PoisonMessageError("data is not a JSON object")
+    unknown = set(payload) - {"user", "except_session"}
+    if unknown:
+        raise PoisonMessageError(f"unknown fields: {sorted(unknown)}")
+    if "user" not in payload:
+        raise PoisonMessageError('"user" is missing (use null for every session)')
+    user = payload["user"]
+    if user is not None and not valid_user(user):
+        raise PoisonMessageError('"user" must be null or a non-empty printable string of at most 1500 bytes')
+    except_session = payload.get("except_session")
+    if except_session is not None and not valid_session_id(except_session):
+        raise PoisonMessageError('"except_session" must be a session id (64 hex digits), never a cookie')
+    return KillRequest(user=user, except_session=except_session)
+
+
+def parse_pubsub_event(data: object) -> KillRequest:
+    """The kill request inside a Pub/Sub CloudEvent's data (``{"message": {"data": base64}}``)."""
+    message = data.get("message") if isinstance(data, Mapping) else None
+    encoded = message.get("data") if isinstance(message, Mapping) else None
+    if not isinstance(encoded, str):
+        raise PoisonMessageError("not a Pub/Sub message with data")
+    if len(encoded) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
+        raise PoisonMessageError(f"data larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise PoisonMessageError("message data is not base64") from None
+    return parse_kill_message(raw)
+
+
+def run_id_for(message_id: str) -> str:
+    """The same message always gives the same run id, so its tasks deduplicate."""
+    return hashlib.sha256(f"kill:{message_id}".encode()).hexdigest()[:32]
+
+
+# -- shards: key ranges for the parallel chains of a kill of guests or of everyone ----------------------
+
+SAMPLES_PER_SHARD = 256
+KeyRange = tuple[str | None, str | None]
+
+
+def split_points(sorted_names: Sequence[str], shards: int) -> list[str]:
+    """Boundaries that cut a sorted sample into ``shards`` equal parts (fewer if the sample is small)."""
+    if shards <= 1 or not sorted_names:
+        return []
+    points = [sorted_names[len(sorted_names) * i // shards] for i in range(1, shards)]
+    return sorted(set(points))
+
+
+def shard_ranges(points: Sequence[str]) -> list[KeyRange]:
+    """Half-open key-name ranges [lo, hi) covering every key, from split points."""
+    bounds: list[str | None] = [None, *points, None]
+    return list(itertools.pairwise(bounds))
+
+
+def shard_of(name: str, points: Sequence[str]) -> int:
+    """Which range of :func:`shard_ranges` a key name falls into."""
+    return bisect.bisect_right(points, name)
+
+
+def sample_key_names(client: datastore.Client, settings: Settings, count: int) -> list[str]:
+    """About ``count`` key names drawn evenly from the sessions present, sorted.
+
+    Production Datastore answers a ``__scatter__``-ordered query with a
+    random sample (as Apache Beam splits queries): one query RPC. The
+    Firestore emulator returns nothing for it; then one keys-only scan of
+    every session fills a reservoir sample.
+    """
+
+    def scatter() -> list[str]:
+        query = session_query(client, settings)
+        query.order = ["__scatter__"]
+        with translated("query"):
+            return [entity.key.name for entity in query.fetch(limit=count, **FAIL_FAST)]
+
+    names: list[str] = with_retries(scatter)
+    if len(names) >= min(count, 2):
+        return sorted(names)
+    reservoir: list[str] = []
+    rng = random.Random()
+    for seen, name in enumerate(session_names(client, settings), start=1):
+        if len(reservoir) < count:
+            reservoir.append(name)
+        else:
+            slot = rng.randrange(seen)
+            if slot < count:
+                reservoir[slot] = name
+    return sorted(reservoir)
+
+
+def plan_shards(client: datastore.Client, settings: Settings, shards: int) -> list[KeyRange]:
+    """Key ranges for ``shards`` parallel chains, balanced on the keys present."""
+    sample = sample_key_names(client, settings, shards * SAMPLES_PER_SHARD)
+    return shard_ranges(split_points(sample, shards))
 
 
 # -- steps ----------------------------------------------------------------------
@@ -123,25 +260,14 @@ class KillStep(Step):
         except_session = payload["except_session"]
         if except_session is not None and not valid_session_id(except_session):
             raise PayloadError("except_session is not a session id")
-        shard = shard_of(payload)
+        shard = shard_field(payload)
         bounds = [typed(payload, name, str, optional=True) for name in ("lo", "hi")]
         if any(bound is not None and (not bound or len(bound) > 1500) for bound in bounds):
             raise PayloadError("shard bounds are not key names")
         if shard is None and bounds != [None, None]:
             raise PayloadError("bounds without a shard")
-        started, done = pace_of(payload)
-        return cls(
-            run_id=payload["run_id"],
-            user=user,
-            except_session=except_session,
-            shard=shard,
-            lo=bounds[0],
-            hi=bounds[1],
-            cursor=cursor_of(payload),
-            page=page_of(payload),
-            started=started,
-            done=done,
-        )
+        chain = chain_fields(payload)
+        return cls(user=user, except_session=except_session, shard=shard, lo=bounds[0], hi=bounds[1], **chain)
 
     @classmethod
     def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> KillStep:
@@ -168,19 +294,7 @@ def _label(user: str | None) -> str:
 
 
 def _query(client: datastore.Client, settings: Settings, step: KillStep) -> Callable[[], datastore.Query]:
-    store = SessionStore(client, settings)
-
-    def make() -> datastore.Query:
-        query = session_query(client, settings)
-        if step.user is not None:
-            query.add_filter(filter=PropertyFilter("user", "=", step.user))
-        if step.lo is not None:
-            query.add_filter(filter=PropertyFilter("__key__", ">=", store.key(step.lo)))
-        if step.hi is not None:
-            query.add_filter(filter=PropertyFilter("__key__", "<", store.key(step.hi)))
-        return query
-
-    return make
+    return partial(session_query, client, settings, user=step.user, lo=step.lo, hi=step.hi)
 
 
 def _keeper(except_session: str | None) -> Callable[[datastore.Key], bool] | None:
@@ -528,13 +642,7 @@ def _end(
         entity = client.get(store.key(session_id))
     name = session_id
     if entity is None or entity.get("user") != user:  # a ViUR session under its plain name, or not theirs
-
-        def users_keys() -> datastore.Query:
-            query = session_query(client, settings)
-            query.add_filter(filter=PropertyFilter("user", "=", user))
-            return query
-
-        found = key_names(users_keys, page_limit(settings))
+        found = key_names(partial(session_query, client, settings, user=user), page_limit(settings))
         match = next((candidate for candidate in found if session_id_of(candidate) == session_id), None)
         if match is None:
             return False
@@ -608,88 +716,9 @@ def _awaitable(call: Callable[P, T]) -> Callable[P, Awaitable[T]]:
 
 
 akill_sessions = _awaitable(kill_sessions)
-
-
-@overload
-async def alist_user_sessions(
-    client: datastore.Client, settings: Settings, user: str, *, now: float | None = None
-) -> list[SessionInfo]: ...
-
-
-@overload
-async def alist_user_sessions(*, store: Store, user: str, now: float | None = None) -> list[SessionInfo]: ...
-
-
-async def alist_user_sessions(
-    client: datastore.Client | None = None,
-    settings: Settings | None = None,
-    user: str | None = None,
-    *,
-    store: Store | None = None,
-    now: float | None = None,
-) -> list[SessionInfo]:
-    """:func:`list_user_sessions`, awaitable: the same answer, its queries in a worker thread."""
-    if user is None:
-        raise MisuseError("list_user_sessions needs a user")
-    return await _in_worker_thread(partial(_list, _store_of(client, settings, store), user, now))
-
-
-@overload
-async def aend_user_session(
-    client: datastore.Client,
-    settings: Settings,
-    user: str,
-    session_id: str,
-    *,
-    observer: DeleteObserver | None = None,
-    events: EventPublisher | None = None,
-) -> bool: ...
-
-
-@overload
-async def aend_user_session(
-    *,
-    store: Store,
-    user: str,
-    session_id: str,
-    observer: DeleteObserver | None = None,
-    events: EventPublisher | None = None,
-) -> bool: ...
-
-
-async def aend_user_session(
-    client: datastore.Client | None = None,
-    settings: Settings | None = None,
-    user: str | None = None,
-    session_id: str | None = None,
-    *,
-    store: Store | None = None,
-    observer: DeleteObserver | None = None,
-    events: EventPublisher | None = None,
-) -> bool:
-    """:func:`end_user_session`, awaitable: the same promises, its RPCs in a worker thread."""
-    if user is None or session_id is None:
-        raise MisuseError("end_user_session needs a user and a session id")
-    chosen = _store_of(client, settings, store)
-    return await _in_worker_thread(partial(_end, chosen, user, session_id, observer=observer, events=events))
-
-
-async def alogout_everywhere_else(
-    session: Session,
-    *,
-    enqueue: Enqueue | None = None,
-    observer: DeleteObserver | None = None,
-    events: EventPublisher | None = None,
-) -> int:
-    """:func:`logout_everywhere_else`, awaitable: the same promises, its RPCs in a worker thread.
-
-    On a guest session it raises the session's ``misuse_error`` before any
-    RPC (the ASGI middleware answers 400). ``enqueue`` and ``observer`` are
-    called in that thread. Awaited while the request holds its session, as
-    every use of a request's session is.
-    """
-    call = partial(logout_everywhere_else, session, enqueue=enqueue, observer=observer, events=events)
-    return await _in_worker_thread(call)
+alist_user_sessions = _awaitable(list_user_sessions)
+aend_user_session = _awaitable(end_user_session)
+alogout_everywhere_else = _awaitable(logout_everywhere_else)
 
 
 # ViUR's spellings, until ``session_core.viur`` holds them.

@@ -39,10 +39,8 @@ from session_core.maintenance.steps import (
     Enqueue,
     Step,
     Work,
-    cursor_of,
+    chain_fields,
     exact_fields,
-    pace_of,
-    page_of,
     register,
     task_id,
     typed,
@@ -90,16 +88,8 @@ class RehashStep(Step):
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> RehashStep:
         exact_fields(payload, {"op", "run_id", "delete", "dry_run", "cursor", "page", "started", "done"})
-        started, done = pace_of(payload)
-        return cls(
-            run_id=payload["run_id"],
-            delete=typed(payload, "delete", bool),
-            dry_run=typed(payload, "dry_run", bool),
-            cursor=cursor_of(payload),
-            page=page_of(payload),
-            started=started,
-            done=done,
-        )
+        chain = chain_fields(payload)
+        return cls(delete=typed(payload, "delete", bool), dry_run=typed(payload, "dry_run", bool), **chain)
 
     @classmethod
     def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> RehashStep:

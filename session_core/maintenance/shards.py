@@ -1,13 +1,13 @@
-"""Shards: split the sessions present into balanced ranges for parallel chains.
+"""Slices: split the expired sessions' ``lastseen`` into balanced ranges for a parallel cleanup's chains.
 
-Kill-all and kill-guests split the key space (:func:`plan_shards`); a
-parallel cleanup splits the expired sessions' ``lastseen`` (:func:`plan_slices`).
-The split points are pure; only the samplers read the store.
+A parallel cleanup splits the expired sessions' ``lastseen``
+(:func:`plan_slices`); a kill of guests or of everyone splits the key space
+itself (:func:`session_core.maintenance.kill.plan_shards`, beside the kill it
+serves). The split points are pure; only the sampler reads the store.
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import random
 from collections.abc import Sequence
@@ -17,68 +17,7 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core._datastore import FAIL_FAST, next_cursor, translated
 from session_core.config import Settings
-from session_core.maintenance.sweep import page_limit, session_names, session_query, with_retries
-
-SAMPLES_PER_SHARD = 256
-KeyRange = tuple[str | None, str | None]
-
-
-def split_points(sorted_names: Sequence[str], shards: int) -> list[str]:
-    """Boundaries that cut a sorted sample into ``shards`` equal parts (fewer if the sample is small)."""
-    if shards <= 1 or not sorted_names:
-        return []
-    points = [sorted_names[len(sorted_names) * i // shards] for i in range(1, shards)]
-    return sorted(set(points))
-
-
-def shard_ranges(points: Sequence[str]) -> list[KeyRange]:
-    """Half-open key-name ranges [lo, hi) covering every key, from split points."""
-    bounds: list[str | None] = [None, *points, None]
-    return list(itertools.pairwise(bounds))
-
-
-def shard_of(name: str, points: Sequence[str]) -> int:
-    """Which range of :func:`shard_ranges` a key name falls into."""
-    return bisect.bisect_right(points, name)
-
-
-def sample_key_names(client: datastore.Client, settings: Settings, count: int) -> list[str]:
-    """About ``count`` key names drawn evenly from the sessions present, sorted.
-
-    Production Datastore answers a ``__scatter__``-ordered query with a
-    random sample (as Apache Beam splits queries): one query RPC. The
-    Firestore emulator returns nothing for it; then one keys-only scan of
-    every session fills a reservoir sample.
-    """
-
-    def scatter() -> list[str]:
-        query = session_query(client, settings)
-        query.order = ["__scatter__"]
-        with translated("query"):
-            return [entity.key.name for entity in query.fetch(limit=count, **FAIL_FAST)]
-
-    names: list[str] = with_retries(scatter)
-    if len(names) >= min(count, 2):
-        return sorted(names)
-    reservoir: list[str] = []
-    rng = random.Random()
-    for seen, name in enumerate(session_names(client, settings), start=1):
-        if len(reservoir) < count:
-            reservoir.append(name)
-        else:
-            slot = rng.randrange(seen)
-            if slot < count:
-                reservoir[slot] = name
-    return sorted(reservoir)
-
-
-def plan_shards(client: datastore.Client, settings: Settings, shards: int) -> list[KeyRange]:
-    """Key ranges for ``shards`` parallel chains, balanced on the keys present."""
-    sample = sample_key_names(client, settings, shards * SAMPLES_PER_SHARD)
-    return shard_ranges(split_points(sample, shards))
-
-
-# -- lastseen slices, for a parallel cleanup -----------------------------------------
+from session_core.maintenance.sweep import page_limit, session_query, with_retries
 
 SAMPLES_PER_SLICE = 64
 SliceRange = tuple[float | None, float | None]

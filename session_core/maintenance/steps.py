@@ -32,6 +32,7 @@ import base64
 import binascii
 import hashlib
 import importlib
+import json
 import math
 import re
 from abc import ABC, abstractmethod
@@ -45,7 +46,6 @@ from google.protobuf.message import DecodeError
 
 from session_core.config import Settings
 from session_core.errors import PayloadError
-from session_core.maintenance.messages import DuplicateKeyError, strict_json
 from session_core.store import DeleteObserver
 
 MAX_PAYLOAD_BYTES = 16 * 1024
@@ -193,6 +193,35 @@ def parse_step(body: bytes) -> Step:
     return step_type(op if isinstance(op, str) else "").parse(payload)
 
 
+# -- JSON parsed strictly: task payloads, kill messages, clear bodies --------------------------
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names a field twice (``{"user": "a", "user": null}``): never guess which one counts."""
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses duplicate keys and NaN/Infinity.
+
+    Raises DuplicateKeyError, RecursionError (nesting deeper than Python's
+    stack) or ValueError; callers turn each into their bad-input error.
+    """
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
 # -- what every step type parses the same way ------------------------------------------
 
 
@@ -250,8 +279,23 @@ def pace_of(payload: dict[str, Any]) -> tuple[float, int]:
     return started, int(done)
 
 
-def shard_of(payload: dict[str, Any]) -> int | None:
+def shard_field(payload: dict[str, Any]) -> int | None:
     shard = typed(payload, "shard", int, optional=True)
     if shard is not None and not 0 <= shard < 1024:
         raise PayloadError("shard out of range")
     return None if shard is None else int(shard)
+
+
+def chain_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """What every step carries of its run and chain, checked: ``run_id``, ``cursor``, ``page``, ``started``, ``done``.
+
+    Call it after :func:`exact_fields`; a step type's ``parse`` adds its own fields.
+    """
+    started, done = pace_of(payload)
+    return {
+        "run_id": payload["run_id"],
+        "cursor": cursor_of(payload),
+        "page": page_of(payload),
+        "started": started,
+        "done": done,
+    }

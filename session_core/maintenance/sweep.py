@@ -27,8 +27,9 @@ from typing import Any
 import structlog
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
+from google.cloud.datastore.query import PropertyFilter
 
-from session_core._datastore import FAIL_FAST, commit, next_cursor, translated
+from session_core._datastore import FAIL_FAST, commit, next_cursor, settings_key, translated
 from session_core._observers import notify
 from session_core.config import Settings
 from session_core.errors import PayloadError, StoreError, TransientStoreError
@@ -78,10 +79,27 @@ def with_retries(operation: Callable[[], Any], *, sleep: Callable[[float], None]
     return operation()
 
 
-def session_query(client: datastore.Client, settings: Settings) -> datastore.Query:
-    """A keys-only query over the session kind, in the settings' namespace."""
+def session_query(
+    client: datastore.Client,
+    settings: Settings,
+    *,
+    user: str | None = None,
+    lo: str | None = None,
+    hi: str | None = None,
+) -> datastore.Query:
+    """A keys-only query over the session kind, in the settings' namespace.
+
+    ``user`` keeps one user's sessions (None: everyone's); ``lo`` <= key name
+    < ``hi`` bounds a key range (None: unbounded).
+    """
     query: datastore.Query = client.query(kind=settings.kind, namespace=settings.namespace)
     query.keys_only()
+    if user is not None:
+        query.add_filter(filter=PropertyFilter("user", "=", user))
+    if lo is not None:
+        query.add_filter(filter=PropertyFilter("__key__", ">=", settings_key(client, settings, settings.kind, lo)))
+    if hi is not None:
+        query.add_filter(filter=PropertyFilter("__key__", "<", settings_key(client, settings, settings.kind, hi)))
     return query
 
 
