@@ -323,6 +323,11 @@ def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
         f"deleted {result.deleted:,} {whose}{spread} in {_seconds(result.elapsed_s)}"
         f" ({_rate(result.deleted, result.elapsed_s)}){kept}"
     )
+    if result.epoch_at is not None:  # a kill of everyone or of every guest: signed out before any delete
+        summary = (
+            f"signed out at {iso_utc(result.epoch_at)} (epoch {result.epoch}, {_seconds(result.epoch_s or 0.0)}"
+            f" after the call): every session it covers loads as a fresh one from then on; {summary}"
+        )
     return _with_counts(ctx, user, before, summary, result.to_json())
 
 
