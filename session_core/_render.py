@@ -160,7 +160,13 @@ def killed(result: KillResult, user: str | None, except_session: str | None) -> 
     )
     spread = f" across {result.shards} shards" if result.shards else ""
     kept = f"; kept session {except_session}" if except_session else ""
-    return timed(f"deleted {result.deleted:,} {whose}{spread}", result.deleted, result.elapsed_s) + kept
+    summary = timed(f"deleted {result.deleted:,} {whose}{spread}", result.deleted, result.elapsed_s) + kept
+    if result.epoch_at is None:
+        return summary
+    return (  # a kill of everyone or of every guest: signed out before any delete
+        f"signed out at {iso_utc(result.epoch_at)} (epoch {result.epoch}, {seconds(result.epoch_s or 0.0)}"
+        f" after the call): every session it covers loads as a fresh one from then on; {summary}"
+    )
 
 
 def not_confirmed() -> Outcome:

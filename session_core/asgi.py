@@ -327,7 +327,7 @@ class SessionMiddleware:
         headers: list[tuple[bytes, bytes]] = []
         if saved is Saved.WRITTEN:
             assert session.cookie_key is not None
-            max_age = None if self.settings.use_session_cookie else session.lifetime
+            max_age = None if self.settings.use_session_cookie else session.cookie_lifetime
             headers.append(
                 (b"set-cookie", set_cookie_header(self.settings, session.cookie_key, max_age=max_age).encode())
             )

@@ -54,6 +54,7 @@ VARIABLES: dict[str, str] = {
     "namespace": "SESSION_NAMESPACE",
     "kind": "SESSION_KIND",
     "life_time": "SESSION_LIFE_TIME",
+    "absolute_life_time": "SESSION_ABSOLUTE_LIFE_TIME",
     "cookie_name": "SESSION_COOKIE_NAME",
     "cookie_path": "SESSION_COOKIE_PATH",
     "cookie_domain": "SESSION_COOKIE_DOMAIN",
@@ -104,6 +105,10 @@ _DURATIONS: dict[str, tuple[int, int]] = {
     "request_timeout": (1, 60),
     "rampup_period": (1, 86400),
 }
+# Durations that may be off (None): "off", "0" or empty in the environment.
+_OPTIONAL_DURATIONS: dict[str, tuple[int, int]] = {
+    "absolute_life_time": (60, int(TEN_YEARS.total_seconds())),
+}
 _CHOICES: dict[str, tuple[str | None, ...]] = {
     "same_site": ("lax", "strict", "none", None),
     "key_storage": ("hashed", "plain"),
@@ -126,6 +131,8 @@ class Settings:
     namespace: str | None = None
     kind: str = DEFAULT_KIND
     life_time: timedelta = timedelta(hours=1)
+    # OWASP's absolute timeout: a session ends this long after its login (or creation), however busy. None: off.
+    absolute_life_time: timedelta | None = None
     cookie_name: str = f"viur_cookie_{LOCAL_PROJECT}"
     cookie_path: str = "/"
     cookie_domain: str | None = None
@@ -237,6 +244,14 @@ def _parse(field: str, variable: str, env: Mapping[str, str]) -> Any:
     """The typed value of one variable that is present in ``env`` (ranges are checked by the type)."""
     raw = env[variable]
     text = raw.strip()
+    if field in _OPTIONAL_DURATIONS:
+        if text.lower() in ("", *_FALSE):
+            return None
+        low, high = _OPTIONAL_DURATIONS[field]
+        try:
+            return timedelta(seconds=int(text))
+        except ValueError:
+            raise ConfigError(variable, f"a whole number from {low} to {high}, or off", raw) from None
     if field in _NUMBERS or field in _DURATIONS:
         low, high = _NUMBERS.get(field) or _DURATIONS[field]
         try:
@@ -268,6 +283,11 @@ def _validate(settings: Settings) -> None:
         if not isinstance(value, timedelta) or not low <= value.total_seconds() <= high:
             shown = f"{value.total_seconds():g} s" if isinstance(value, timedelta) else str(value)
             raise ConfigError(name, f"a duration from {low} to {high} seconds", shown)
+    for name, (low, high) in _OPTIONAL_DURATIONS.items():
+        value = getattr(settings, name)
+        if value is not None and (not isinstance(value, timedelta) or not low <= value.total_seconds() <= high):
+            shown = f"{value.total_seconds():g} s" if isinstance(value, timedelta) else str(value)
+            raise ConfigError(name, f"a duration from {low} to {high} seconds, or None (off)", shown)
     for name, choices in _CHOICES.items():
         if getattr(settings, name) not in choices:
             shown = " or ".join("empty" if c is None else repr(c) for c in choices)

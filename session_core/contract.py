@@ -18,6 +18,10 @@ The semantics every store keeps:
   :func:`session_core.rules.is_expired`).
 - Data that Datastore would refuse raises SessionDataError before anything
   is written.
+- **Epochs** (:mod:`session_core.epochs`): a lookup can bring both epochs
+  along (:meth:`Store.lookup_with_epochs`); a raise is one all-or-none write
+  that also rewrites the kept session to the new counter, and a run that
+  raised an epoch already raises nothing. Epochs are never deleted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from session_core.config import Settings
+from session_core.epochs import Epoch, Epochs
 from session_core.store import SessionRecord
 
 
@@ -40,6 +45,23 @@ class Store(Protocol):
 
     def lookup_all(self, cookie_keys: Sequence[str]) -> dict[str, SessionRecord]:
         """The stored sessions of these cookie values, each found under its hashed name or else its plain one."""
+        ...
+
+    def lookup_with_epochs(self, cookie_keys: Sequence[str]) -> tuple[dict[str, SessionRecord], Epochs]:
+        """:meth:`lookup_all` and both epochs, read together (Datastore: in the same one lookup RPC)."""
+        ...
+
+    def epochs(self) -> Epochs:
+        """Both epochs, as stored now (one never raised reads as counter 0)."""
+        ...
+
+    def raise_epoch(self, name: str, *, at: float, run_id: str, except_session: str | None = None) -> Epoch:
+        """Raise epoch ``name`` ("all" or "guest") at ``at``, all or none with ``except_session`` rewritten to it.
+
+        ``except_session`` (a session id) is stored with the new counter, so it
+        survives. A ``run_id`` that raised it already raises nothing. The
+        epoch as stored afterwards.
+        """
         ...
 
     def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:

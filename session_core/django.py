@@ -64,6 +64,8 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -76,15 +78,23 @@ from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessio
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from django.utils import timezone
 from google.cloud import datastore
 
 from session_core import _answers, rules
 from session_core.clients import datastore_client
 from session_core.config import Settings
 from session_core.contract import Store
+from session_core.epochs import current
 from session_core.errors import ConfigError, MisuseError, StoreError
-from session_core.rules import GUEST_USER, MAX_LIFETIME, hash_key, is_expired, is_valid_key, storage_name
+from session_core.rules import (
+    GUEST_USER,
+    MAX_LIFETIME,
+    absolute_end_of,
+    hash_key,
+    is_expired,
+    is_valid_key,
+    storage_name,
+)
 from session_core.session import INSERT_ATTEMPTS, insert_new, no_free_key, rewrite_stored
 from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
@@ -190,6 +200,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         self._stored_name: str | None = None  # the entity name it was loaded from or written to
         self._security_key: str | None = None  # ViUR's static security key, kept across saves
         self._unavailable: StoreError | None = None  # a load failed: this request never sees a fresh session
+        self._clock: Callable[[], float] = getattr(django_settings, "SESSION_CORE_CLOCK", time.time)
+        self._counters: tuple[int, int] | None = None  # the epochs' counters this request loaded under
+        self._absolute_end: float | None = None  # SESSION_ABSOLUTE_LIFE_TIME: set at creation and at each login
+        self._loaded_user = GUEST_USER
         super().__init__(session_key)
 
     # -- keys -----------------------------------------------------------------------
@@ -233,17 +247,43 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
         if key is None:
             return {}
         try:
-            record = self.store.lookup_all([key]).get(key)
+            records, epochs = self.store.lookup_with_epochs([key])
         except StoreError as exc:
             self._unavailable = exc
             raise
-        if record is None or is_expired(record.expires(self.settings.life_time), time.time()):
+        record, now = records.get(key), self._clock()
+        self._counters = current(epochs)
+        if self.settings.absolute_life_time is None and record is not None:
+            record = replace(record, absolute_end=None)  # turned off: stored absolute ends no longer count
+        if record is None or is_expired(record.expires(self.settings.life_time), now) or record.ended_by(epochs):
             self._session_key = None
             self._stored_name = None
             return {}
         self._stored_name = record.key_name
         self._security_key = record.static_security_key or None
+        self._loaded_user = record.user
+        self._absolute_end = record.absolute_end
+        if self._absolute_end is None:
+            self._absolute_end = absolute_end_of(now, self.settings)  # stored before it was on: first load + it
         return dict(record.data)
+
+    def get_expiry_age(self, **kwargs: Any) -> int:
+        """Django's expiry age, never past the absolute end (``SESSION_ABSOLUTE_LIFE_TIME``)."""
+        age = int(super().get_expiry_age(**kwargs))
+        end = self._absolute_end
+        if end is None:
+            return age
+        modification = kwargs.get("modification")
+        now = modification.timestamp() if modification is not None else self._clock()
+        return max(0, min(age, int(end - now)))
+
+    def get_expiry_date(self, **kwargs: Any) -> Any:
+        """Django's expiry date, never past the absolute end (``SESSION_ABSOLUTE_LIFE_TIME``)."""
+        date = super().get_expiry_date(**kwargs)
+        end = self._absolute_end
+        if end is None or date.timestamp() <= end:
+            return date
+        return datetime.fromtimestamp(end, tz=UTC)
 
     def create(self) -> None:
         """Store a new session under a new key now (its current data, or none): one insert."""
@@ -384,19 +424,27 @@ class SessionStore(SessionBase):  # type: ignore[misc]  # Django ships no annota
 
     def _record(self, name: str, data: dict[str, Any]) -> SessionRecord:
         """What is stored: the data, the user from ``_auth_user_id``, and the lifetime Django gives it now."""
-        now = timezone.now()
-        lifetime = self.get_expiry_age(modification=now, expiry=data.get("_session_expiry"))
+        now = datetime.fromtimestamp(self._clock(), tz=UTC)
+        # The idle lifetime, as Django gives it: never shortened by the absolute end.
+        lifetime = SessionBase.get_expiry_age(self, modification=now, expiry=data.get("_session_expiry"))
         if lifetime > MAX_LIFETIME.total_seconds():
             raise SessionMisuseError("a session lifetime must be at most ten years")
         if self._security_key is None:
             self._security_key = rules.new_security_key()
+        user = _user_of(data)
+        if self._absolute_end is None or (user != GUEST_USER and user != self._loaded_user):
+            self._absolute_end = absolute_end_of(now.timestamp(), self.settings)  # created, or a login
+        self._loaded_user = user
         return SessionRecord(
             key_name=name,
             data=data,
-            user=_user_of(data),
+            user=user,
             static_security_key=self._security_key,
             seen=now.timestamp(),
             lifetime=float(lifetime),
+            epoch=None if self._counters is None else self._counters[0],
+            guest_epoch=None if self._counters is None else self._counters[1],
+            absolute_end=self._absolute_end,
         )
 
 

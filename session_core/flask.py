@@ -44,6 +44,7 @@ the response when the save fails; never a fresh session in place of the user's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -194,10 +195,16 @@ class DatastoreSessionInterface(SessionInterface):
     """
 
     def __init__(
-        self, *, client: datastore.Client | None = None, settings: Settings, store: Store | None = None
+        self,
+        *,
+        client: datastore.Client | None = None,
+        settings: Settings,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.settings = settings
+        self.clock = clock  # epoch seconds: expiry, refresh and the absolute lifetime (tests pass their own)
         self.store = store_for(client, settings, store)
         _connect_flask_login()
 
@@ -216,6 +223,7 @@ class DatastoreSessionInterface(SessionInterface):
             self.client,
             self.settings,
             store=self.store,
+            clock=self.clock,
             cookie_name=self.get_cookie_name(app),
             lifetime=app.permanent_session_lifetime,
         )
@@ -279,7 +287,7 @@ class DatastoreSessionInterface(SessionInterface):
             return
         if session.new or not (modified or (permanent and app.config["SESSION_REFRESH_EACH_REQUEST"])):
             return
-        max_age = app.permanent_session_lifetime if permanent else None
+        max_age = session.cookie_lifetime if permanent else None  # never past the absolute end
         response.set_cookie(name, session.cookie_key or "", max_age=_seconds(max_age), **attributes)
         response.vary.add("Cookie")
 

@@ -129,6 +129,21 @@ def expires_at(seen: float, lifetime: float) -> float:
     return seen + lifetime
 
 
+def ends_at(idle_expires: float, absolute_end: float | None) -> float:
+    """When a session dies: its idle expiry, or its absolute end (``SESSION_ABSOLUTE_LIFE_TIME``) if earlier.
+
+    The stored ``lastseen`` encodes this, so the cleanup's one query and
+    viur-core's own ``Session.load`` see a session past either limit as expired.
+    """
+    return idle_expires if absolute_end is None else min(idle_expires, absolute_end)
+
+
+def absolute_end_of(start: float, settings: Settings) -> float | None:
+    """The absolute end of a session created (or logged in) at ``start``; None with no absolute lifetime set."""
+    limit = settings.absolute_life_time
+    return None if limit is None else start + limit.total_seconds()
+
+
 def stored_lastseen(expires: float, global_life_time: timedelta) -> float:
     """The ``lastseen`` written for a session that dies at ``expires`` (see above)."""
     return expires - global_life_time.total_seconds()

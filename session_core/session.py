@@ -24,6 +24,7 @@ import functools
 import hmac
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -34,9 +35,12 @@ from session_core import _observers, rules
 from session_core.config import Settings
 from session_core.contract import Store
 from session_core.cookies import RequestContext, clear_cookie_header, set_cookie_header
+from session_core.epochs import Epochs, current
 from session_core.errors import MisuseError, StoreError
 from session_core.rules import (
     GUEST_USER,
+    absolute_end_of,
+    ends_at,
     hash_key,
     is_expired,
     is_valid_key,
@@ -112,6 +116,7 @@ class Session(MutableMapping[str, Any]):
         self._pending: RequestContext | None = None
         self._unavailable: StoreError | None = None  # a deferred load failed: the session is unknown
         self._issued: str | None = None  # the key this request inserted and sent (not the browser's own)
+        self._counters: tuple[int, int] | None = None  # the epochs' counters this request loaded under
         self._start_fresh()
 
     def _start_fresh(self) -> None:
@@ -122,6 +127,7 @@ class Session(MutableMapping[str, Any]):
         self._security_key: str = rules.new_security_key()
         self.lastseen: float | None = None  # the real time it was last written
         self.lifetime: timedelta = self.default_lifetime
+        self.absolute_end: float | None = None  # set on its first write (creation) and at every login
         self.changed = False  # the one change flag: the data (or the user) changed
         self._write_due = False  # a stored session must be rewritten though unchanged
 
@@ -209,13 +215,15 @@ class Session(MutableMapping[str, Any]):
         self._pending = None
         self._obsolete = []
         self._issued = None
+        self._counters = None
         self._start_fresh()
         cookies = request_keys(req, self.cookie_name)
         if not cookies:
             return False
-        records = self.store.lookup_all(cookies)
+        records, epochs = self.store.lookup_with_epochs(cookies)
+        self._counters = current(epochs)
         now = self.clock()
-        live = [cookie for cookie in cookies if cookie in records and not self._expired(records[cookie], now)]
+        live = [cookie for cookie in cookies if cookie in records and not self._ended(records[cookie], epochs, now)]
         if not live:
             self._obsolete = [record.key_name for record in records.values()]  # removed if a new session is saved
             return False
@@ -227,6 +235,15 @@ class Session(MutableMapping[str, Any]):
         self._user = record.user
         self.lastseen = record.seen
         self.lifetime = self.settings.life_time if record.lifetime is None else timedelta(seconds=record.lifetime)
+        self.absolute_end = record.absolute_end
+        if self.settings.absolute_life_time is None:
+            self.absolute_end = None  # off: a stored absolute end is dropped on the next write
+        elif self.absolute_end is None:
+            self.absolute_end = absolute_end_of(now, self.settings)  # stored before it was on: first load + setting
+        if self.absolute_end != record.absolute_end:
+            self._write_due = True
+        if record.epoch is not None and (record.epoch, record.guest_epoch) != self._counters:
+            self._write_due = True  # a kept session saved under the counter before the kill: store the current one
         if self._lifetime_is_fixed and self.lifetime != self.default_lifetime:
             self.lifetime = self.default_lifetime  # the adapter's framework decides every session's lifetime
             self._write_due = True
@@ -238,8 +255,11 @@ class Session(MutableMapping[str, Any]):
             self._write_due = True
         return True
 
-    def _expired(self, record: SessionRecord, now: float) -> bool:
-        return is_expired(record.expires(self.settings.life_time), now)
+    def _ended(self, record: SessionRecord, epochs: Epochs, now: float) -> bool:
+        """Past its idle lifetime or its absolute end, or ended by a kill of everyone (or of every guest)."""
+        if self.settings.absolute_life_time is None:
+            record = replace(record, absolute_end=None)  # turned off: stored absolute ends no longer count
+        return is_expired(record.expires(self.settings.life_time), now) or record.ended_by(epochs)
 
     def defer_load(self, req: RequestContext) -> None:
         """Load from the request's cookie on first use instead of now.
@@ -252,6 +272,7 @@ class Session(MutableMapping[str, Any]):
         self._start_fresh()
         self._obsolete = []
         self._issued = None
+        self._counters = None
         self._pending = req
 
     def _ensure_loaded(self) -> None:
@@ -315,7 +336,7 @@ class Session(MutableMapping[str, Any]):
         saved = self.commit()
         if saved is Saved.WRITTEN:
             assert self._cookie_key is not None
-            max_age = None if self.settings.use_session_cookie else self.lifetime
+            max_age = None if self.settings.use_session_cookie else self.cookie_lifetime
             req.add_header("Set-Cookie", set_cookie_header(self.settings, self._cookie_key, max_age=max_age))
         elif saved in (Saved.GONE, Saved.DELETED):
             req.add_header("Set-Cookie", clear_cookie_header(self.settings))
@@ -328,9 +349,14 @@ class Session(MutableMapping[str, Any]):
             static_security_key=self._security_key,
             seen=now,
             lifetime=self.lifetime.total_seconds(),
+            epoch=None if self._counters is None else self._counters[0],
+            guest_epoch=None if self._counters is None else self._counters[1],
+            absolute_end=self.absolute_end,
         )
 
     def _insert(self, now: float) -> None:
+        if self.absolute_end is None:
+            self.absolute_end = absolute_end_of(now, self.settings)  # created (or logged in) now
         record_at = functools.partial(self._record, now=now)
         placed = insert_new(self.store, record_at, self.settings, key=self._cookie_key, delete=self._obsolete)
         if placed is None:
@@ -365,9 +391,22 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def expires(self) -> float | None:
-        """When the stored session dies (epoch seconds) if no request comes first; None until saved."""
+        """When the stored session dies (epoch seconds) if no request comes first; None until saved.
+
+        The earlier of its idle expiry and its absolute end (``SESSION_ABSOLUTE_LIFE_TIME``).
+        """
         self._ensure_loaded()
-        return None if self.lastseen is None else self.lastseen + self.lifetime.total_seconds()
+        return (
+            None if self.lastseen is None else ends_at(self.lastseen + self.lifetime.total_seconds(), self.absolute_end)
+        )
+
+    @property
+    def cookie_lifetime(self) -> timedelta:
+        """A persistent cookie's ``Max-Age``: the idle lifetime, never past the absolute end (at least 1 s)."""
+        self._ensure_loaded()
+        if self.absolute_end is None:
+            return self.lifetime
+        return max(timedelta(seconds=1), min(self.lifetime, timedelta(seconds=self.absolute_end - self.clock())))
 
     def set_expiry(self, lifetime: float | timedelta | None) -> None:
         """Give this session its own idle lifetime: seconds or a timedelta; None for the default.
@@ -412,7 +451,9 @@ class Session(MutableMapping[str, Any]):
         self._ensure_loaded()
         if self._stored_name is not None:
             self._obsolete.append(self._stored_name)
+        absolute_end = self.absolute_end
         self._start_fresh()
+        self.absolute_end = absolute_end  # a key rotation keeps it; a login sets it anew
         self._cookie_key = rules.new_key()
         self.changed = True
 
@@ -434,6 +475,7 @@ class Session(MutableMapping[str, Any]):
         if not rules.valid_login(user_key):
             raise self.misuse_error("login needs a user key: a non-empty printable string of at most 1500 bytes")
         self._reset_keeping([*self.settings.persistent_fields_on_login, *keep], user_key)
+        self.absolute_end = None  # set anew (login time + SESSION_ABSOLUTE_LIFE_TIME) when it is written
 
     def logout(self, *, keep: Iterable[str] = ()) -> None:
         """Full reset for a logout: a new key, keeping ``persistent_fields_on_logout`` and ``keep``."""

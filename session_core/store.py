@@ -40,8 +40,12 @@ from google.cloud.datastore.query import PropertyFilter
 from session_core import _wire, values
 from session_core._datastore import next_cursor, settings_key, translated, within
 from session_core.config import Settings
+from session_core.epochs import EVERYONE as EPOCH_EVERYONE
+from session_core.epochs import KIND as EPOCH_KIND
+from session_core.epochs import NAMES as EPOCH_NAMES
+from session_core.epochs import Epoch, Epochs, ended
 from session_core.errors import StoreError
-from session_core.rules import GUEST_USER, expires_at, hash_key, session_id_of, stored_lastseen
+from session_core.rules import GUEST_USER, ends_at, expires_at, hash_key, session_id_of, stored_lastseen
 
 
 @dataclass(frozen=True)
@@ -59,20 +63,38 @@ class SessionRecord:
     static_security_key: str
     seen: float
     lifetime: float | None = None
+    epoch: int | None = None  # the counter of everyone's epoch it was loaded under (None: not known)
+    guest_epoch: int | None = None  # the counter of the guests' epoch it was loaded under
+    absolute_end: float | None = None  # when it ends whatever its use (SESSION_ABSOLUTE_LIFE_TIME); None: never
 
     @property
     def session_id(self) -> str:
         """Opaque, non-secret id: the hashed name (hashes a plain ViUR name)."""
         return session_id_of(self.key_name)
 
-    def expires(self, global_life_time: timedelta) -> float:
-        """When it dies, as epoch seconds."""
+    def idle_expires(self, global_life_time: timedelta) -> float:
+        """When it dies if no request comes first, as epoch seconds (its absolute end aside)."""
         lifetime = global_life_time.total_seconds() if self.lifetime is None else self.lifetime
         return expires_at(self.seen, lifetime)
 
+    def expires(self, global_life_time: timedelta) -> float:
+        """When it dies, as epoch seconds: the earlier of its idle expiry and its absolute end."""
+        return ends_at(self.idle_expires(global_life_time), self.absolute_end)
+
+    def ended_by(self, epochs: Epochs) -> bool:
+        """Whether a kill of everyone (or, for a guest, of every guest) raised after it was written ended it."""
+        return ended(
+            epochs,
+            user=self.user,
+            everyone=self.epoch,
+            guests=self.guest_epoch,
+            seen=self.seen,
+            session_id=self.session_id,
+        )
+
 
 T = TypeVar("T")
-_UNINDEXED = ("data", "expires", "seen", "lifetime")
+_UNINDEXED = ("data", "expires", "seen", "lifetime", "epoch", "guest_epoch", "absolute_end")
 _PAGE = 100  # sessions per query page of :meth:`SessionStore.sessions_of`
 DeleteObserver = Callable[[SessionRecord], None]
 """Told of each session that cleanup or kill deleted, after the commit that deleted it."""
@@ -84,7 +106,7 @@ def _number(value: object) -> float | None:
 
 def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings) -> datastore.Entity:
     """The entity stored for a record under ``key``; SessionDataError (before any RPC) if Datastore would refuse it."""
-    expires = record.expires(settings.life_time)
+    expires, idle = record.expires(settings.life_time), record.idle_expires(settings.life_time)
     entity = datastore.Entity(key, exclude_from_indexes=_UNINDEXED)
     entity["data"] = values.encode(record.data)
     entity["static_security_key"] = record.static_security_key
@@ -92,7 +114,10 @@ def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings
     entity["user"] = record.user
     entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
     entity["seen"] = float(record.seen)
-    entity["lifetime"] = expires - record.seen
+    entity["lifetime"] = idle - record.seen  # the idle lifetime, never shortened by the absolute end
+    for name in ("epoch", "guest_epoch", "absolute_end"):
+        if getattr(record, name) is not None:
+            entity[name] = getattr(record, name)
     values.check_size(entity)
     return entity
 
@@ -114,7 +139,14 @@ def session_record(name: str, entity: Mapping[str, Any]) -> SessionRecord:
         static_security_key=str(entity.get("static_security_key") or ""),
         seen=seen,
         lifetime=lifetime,
+        epoch=_counter(entity.get("epoch")),
+        guest_epoch=_counter(entity.get("guest_epoch")),
+        absolute_end=_number(entity.get("absolute_end")),
     )
+
+
+def _counter(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class SessionStore:
@@ -150,9 +182,10 @@ class SessionStore:
         """
         return session_record(str(entity.key.name), entity)
 
-    def _key_pb(self, name: str) -> Any:
+    def _key_pb(self, name: str, *, kind: str | None = None) -> Any:
         client, namespace = self.client, self.settings.namespace
-        return _wire.key_pb(client.project, client.database, namespace or client.namespace, self.settings.kind, name)
+        kind = kind or self.settings.kind
+        return _wire.key_pb(client.project, client.database, namespace or client.namespace, kind, name)
 
     def _entity_pb(self, record: SessionRecord) -> Any:
         """The Entity protobuf for a record; SessionDataError (before any RPC) if Datastore would refuse it."""
@@ -171,17 +204,74 @@ class SessionStore:
 
         With ``plain_keys`` off, under the hashed name alone: one key a cookie.
         """
-        plain = self.settings.plain_keys
+        return self._lookup(cookie_keys, with_epochs=False)[0]
+
+    def lookup_with_epochs(self, cookie_keys: Sequence[str]) -> tuple[dict[str, SessionRecord], Epochs]:
+        """:meth:`lookup_all` and the two epochs (:mod:`session_core.epochs`) in the same one lookup RPC."""
+        return self._lookup(cookie_keys, with_epochs=True)
+
+    def _lookup(self, cookie_keys: Sequence[str], *, with_epochs: bool) -> tuple[dict[str, SessionRecord], Epochs]:
+        plain, kind = self.settings.plain_keys, self.settings.kind
         names = {cookie: (hash_key(cookie), cookie) if plain else (hash_key(cookie),) for cookie in cookie_keys}
         keys = [self._key_pb(name) for pair in names.values() for name in pair]
+        if with_epochs:
+            keys += [self._key_pb(name, kind=EPOCH_KIND) for name in EPOCH_NAMES]
         found = self._within("lookup", lambda wire, timeout: _wire.lookup(wire, keys, timeout))
-        by_name = {message.key.path[-1].name: message for message in found}
+        by_key = {(message.key.path[-1].kind, message.key.path[-1].name): message for message in found}
         records: dict[str, SessionRecord] = {}
         for cookie, pair in names.items():
-            name = next((name for name in pair if name in by_name), None)
+            name = next((name for name in pair if (kind, name) in by_key), None)
             if name is not None:
-                records[cookie] = session_record(name, _wire.properties(by_name[name]))
-        return records
+                records[cookie] = session_record(name, _wire.properties(by_key[kind, name]))
+        epochs = {
+            name: Epoch.from_properties(_wire.properties(by_key[EPOCH_KIND, name]))
+            for name in EPOCH_NAMES
+            if (EPOCH_KIND, name) in by_key
+        }
+        return records, Epochs.found(epochs)
+
+    def epoch_key(self, name: str) -> datastore.Key:
+        return settings_key(self.client, self.settings, EPOCH_KIND, name)
+
+    def epochs(self) -> Epochs:
+        """Both epochs: one lookup RPC (within the request deadline)."""
+        keys = [self.epoch_key(name) for name in EPOCH_NAMES]
+        found = within(
+            self.settings.request_timeout.total_seconds(), "lookup", lambda rpc: self.client.get_multi(keys, **rpc)
+        )
+        return Epochs.found({str(entity.key.name): Epoch.from_properties(entity) for entity in found})
+
+    def raise_epoch(self, name: str, *, at: float, run_id: str, except_session: str | None = None) -> Epoch:
+        """Raise epoch ``name`` for run ``run_id``, and rewrite ``except_session`` to its new counter: one transaction.
+
+        The transaction looks up the epoch and the kept session (by its hashed
+        name), then commits both. A run that raised it already (a redelivered
+        message) finds its id in the epoch and raises nothing. Retried within
+        ``SESSION_REQUEST_TIMEOUT`` when it contends with another raise.
+        """
+        keys = [self.epoch_key(name), *([self.key(except_session)] if except_session else [])]
+
+        def attempt(rpc: dict[str, Any]) -> Epoch:
+            with self.client.transaction() as transaction:
+                found = {entity.key.kind: entity for entity in self.client.get_multi(keys, transaction=transaction)}
+                epoch = Epoch.from_properties(found.get(EPOCH_KIND, {}))
+                if run_id in epoch.runs:
+                    return epoch
+                epoch = epoch.raised(at, except_session, run_id)
+                entity = datastore.Entity(keys[0], exclude_from_indexes=tuple(epoch.to_properties()))
+                entity.update(epoch.to_properties())
+                transaction.put(entity)
+                kept = found.get(self.settings.kind)
+                if kept is not None:
+                    record = self.from_entity(kept)
+                    if name == EPOCH_EVERYONE:
+                        record = replace(record, epoch=epoch.counter)
+                    else:
+                        record = replace(record, guest_epoch=epoch.counter)
+                    transaction.put(self.to_entity(record))
+            return epoch
+
+        return within(self.settings.request_timeout.total_seconds(), "epoch", attempt)
 
     def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
         """Create a session (and drop ``delete``) in one commit; False if the name is taken."""

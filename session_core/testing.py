@@ -41,6 +41,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,6 +52,9 @@ from google.cloud.datastore_v1.types import Entity as EntityProto
 
 from session_core.clients import datastore_client
 from session_core.config import Settings
+from session_core.epochs import EVERYONE as EPOCH_EVERYONE
+from session_core.epochs import NAMES as EPOCH_NAMES
+from session_core.epochs import Epoch, Epochs
 from session_core.errors import SessionCoreError
 from session_core.rules import hash_key
 from session_core.store import SessionRecord, SessionStore, session_entity
@@ -281,6 +285,7 @@ class MemoryStore:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self._entities: dict[str, bytes] = {}
+        self._epochs: dict[str, Epoch] = {}
         self._lock = threading.RLock()
 
     def _encode(self, record: SessionRecord) -> bytes:
@@ -297,6 +302,31 @@ class MemoryStore:
             names = {cookie: (hash_key(cookie), cookie) for cookie in cookie_keys}
             found = {cookie: next((n for n in pair if n in self._entities), None) for cookie, pair in names.items()}
             return {cookie: self._record(name) for cookie, name in found.items() if name is not None}
+
+    def lookup_with_epochs(self, cookie_keys: Sequence[str]) -> tuple[dict[str, SessionRecord], Epochs]:
+        with self._lock:
+            return self.lookup_all(cookie_keys), self.epochs()
+
+    def epochs(self) -> Epochs:
+        with self._lock:
+            return Epochs.found(dict(self._epochs))
+
+    def raise_epoch(self, name: str, *, at: float, run_id: str, except_session: str | None = None) -> Epoch:
+        if name not in EPOCH_NAMES:
+            raise ValueError(f"no epoch named {name!r}")
+        with self._lock:
+            epoch = self._epochs.get(name, Epoch())
+            if run_id in epoch.runs:
+                return epoch
+            epoch = self._epochs[name] = epoch.raised(at, except_session, run_id)
+            if except_session is not None and except_session in self._entities:
+                record = self._record(except_session)
+                if name == EPOCH_EVERYONE:
+                    record = replace(record, epoch=epoch.counter)
+                else:
+                    record = replace(record, guest_epoch=epoch.counter)
+                self._entities[except_session] = self._encode(record)
+            return epoch
 
     def insert(self, record: SessionRecord, *, delete: Sequence[str] = ()) -> bool:
         encoded = self._encode(record)

@@ -16,6 +16,7 @@ answered 400 with its reason, and the session is not saved.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -67,15 +68,17 @@ class SessionMiddleware:
         client: datastore.Client | None = None,
         settings: Settings,
         store: Store | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.client = client
         self.settings = settings
         self.store = store_for(client, settings, store)
+        self.clock = clock  # epoch seconds: expiry, refresh and the absolute lifetime (tests pass their own)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         context = WSGIContext(environ)
-        session = Session(self.client, self.settings, store=self.store)
+        session = Session(self.client, self.settings, store=self.store, clock=self.clock)
         try:
             session.load(context)
         except StoreError as exc:

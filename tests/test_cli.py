@@ -160,7 +160,12 @@ def test_kill_all_and_guest_need_yes_when_no_one_can_be_asked(
     guests = cli("kill-user", "--guest", "--yes", SESSION_SHARDS="4")
     assert guests.returncode == 0, guests.stderr
     assert json.loads(guests.stdout)["deleted"] == 10 and json.loads(guests.stdout)["shards"] == 4
-    assert re.fullmatch(r"deleted 10 guest sessions across 4 shards in [\d.]+ s \([\d,]+/s\)", summary_of(guests))
+    assert json.loads(guests.stdout)["epoch"] == 1  # the guests' epoch, raised before any delete
+    assert re.fullmatch(
+        r"signed out at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(epoch 1, [\d.]+ s after the call\): every session it "
+        r"covers loads as a fresh one from then on; deleted 10 guest sessions across 4 shards in [\d.]+ s \([\d,]+/s\)",
+        summary_of(guests),
+    )
     assert log_events(guests).count("kill_sessions") == 0  # no line per shard: one result per run
     assert remaining(client, settings) == users["alice"]
 

@@ -18,6 +18,7 @@ RANK = {
     "logging": 0,
     "config": 1,
     "rules": 2,
+    "epochs": 3,  # kill-all and kill-guests: the pure epoch rules
     "values": 3,
     "cookies": 3,
     "clients": 3,

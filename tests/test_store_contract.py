@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -308,6 +309,107 @@ def logout_everywhere_else_keeps_only_the_current_session(store: Store) -> None:
     assert session.load(Ctx({store.settings.cookie_name: mine}))
     assert logout_everywhere_else(session) == 2
     assert set(store.lookup_all([*others, mine])) == {mine}
+
+
+# -- epochs: kill-all and kill-guests take effect at once ----------------------------------------
+
+
+@check
+def both_epochs_come_with_the_lookup_and_start_at_zero(store: Store) -> None:
+    cookie, written = session_of(store, "alice")
+    records, epochs = store.lookup_with_epochs([cookie])
+    assert {name: found.key_name for name, found in records.items()} == {cookie: written.key_name}
+    assert (epochs.everyone.counter, epochs.guests.counter) == (0, 0) == (store.epochs().everyone.counter, 0)
+
+
+@check
+def raising_an_epoch_counts_up_keeps_its_time_and_is_never_deleted(store: Store) -> None:
+    first = store.raise_epoch("all", at=NOW, run_id="run-1")
+    second = store.raise_epoch("all", at=NOW + 5, run_id="run-2")
+    assert (first.counter, first.at, second.counter, second.at) == (1, NOW, 2, NOW + 5)
+    kill_sessions(None, store=store)  # deletes every session, never the epochs
+    epochs = store.lookup_with_epochs([new_key()])[1]
+    assert (epochs.everyone.counter, epochs.guests.counter) == (3, 0)
+
+
+@check
+def a_run_that_raised_the_epoch_already_raises_nothing(store: Store) -> None:
+    assert store.raise_epoch("guest", at=NOW, run_id="run-1").counter == 1
+    again = store.raise_epoch("guest", at=NOW + 60, run_id="run-1")  # the same message, delivered again
+    assert (again.counter, again.at) == (1, NOW)
+    assert store.epochs().guests.counter == 1 and store.epochs().everyone.counter == 0
+
+
+@check
+def the_kept_session_is_rewritten_to_the_new_counter_in_the_raise(store: Store) -> None:
+    keep, kept = session_of(store, "admin")
+    store.update(replace(kept, epoch=0, guest_epoch=0))
+    store.raise_epoch("all", at=NOW, run_id="run-1", except_session=kept.session_id)
+    raised = store.raise_epoch("all", at=NOW, run_id="run-2", except_session=kept.session_id)
+    found = stored(store, keep)
+    assert found is not None and found.epoch == raised.counter == 2
+    assert not found.ended_by(store.epochs())
+
+
+@check
+def a_session_under_an_older_counter_is_ended_and_one_without_a_counter_by_time(store: Store) -> None:
+    _, counted = session_of(store, "alice")
+    store.update(replace(counted, epoch=0, guest_epoch=0))
+    session_of(store, "bob", seen=NOW - 1)  # stored before epochs existed: no counter
+    session_of(store, "carol", seen=NOW + 1)
+    session_of(store, GUEST_USER, seen=NOW - 1)
+    store.raise_epoch("all", at=NOW, run_id="run-1")
+    epochs = store.epochs()
+    ended = {r.user: r.ended_by(epochs) for r in store.sessions_of(None)}
+    assert ended == {"alice": True, "bob": True, "carol": False, GUEST_USER: True}
+    store.raise_epoch("guest", at=NOW + 10, run_id="run-2")  # the guests' epoch ends guests only
+    _, later = session_of(store, "dave", seen=NOW + 5)
+    assert not later.ended_by(store.epochs()) and stored_guest_ended(store, NOW + 5)
+
+
+def stored_guest_ended(store: Store, seen: float) -> bool:
+    _, guest = session_of(store, GUEST_USER, seen=seen)
+    return guest.ended_by(store.epochs())
+
+
+@check
+def kill_of_everyone_signs_out_a_session_held_across_it(store: Store) -> None:
+    cookie, _ = session_of(store, "alice")
+    held = Session(None, store.settings, store=store, clock=lambda: NOW)
+    assert held.load(Ctx({store.settings.cookie_name: cookie}))
+    kept_cookie, kept = session_of(store, "admin")
+    result = kill_sessions(None, store=store, except_session=kept.session_id)
+    assert (result.epoch, result.epoch_at is not None) == (1, True)
+    store.insert(replace(record(hash_key(cookie), user="alice"), epoch=0, guest_epoch=0))  # deletes not there yet
+    held["after"] = True
+    held.commit()  # saved after the kill, under the counter it loaded under
+    again = Session(None, store.settings, store=store, clock=lambda: NOW)
+    assert not again.load(Ctx({store.settings.cookie_name: cookie}))  # loads as a fresh session
+    assert again.load(Ctx({store.settings.cookie_name: kept_cookie}))  # the kept one lives on
+
+
+@check
+def list_user_sessions_leaves_out_sessions_an_epoch_ended(store: Store) -> None:
+    _, old = session_of(store, "alice", seen=NOW - 60)
+    _, new = session_of(store, "alice", seen=NOW + 60)
+    store.raise_epoch("all", at=NOW, run_id="run-1")
+    assert [info.session_id for info in list_user_sessions(store=store, user="alice", now=NOW + 61)] == [new.session_id]
+    assert old.session_id != new.session_id
+
+
+# -- the absolute lifetime --------------------------------------------------------------------------
+
+
+@check
+def a_records_absolute_end_is_stored_and_ends_it_before_its_idle_expiry(store: Store) -> None:
+    cookie = new_key()
+    written = record(hash_key(cookie), user="alice", seen=NOW, lifetime=3600.0, absolute_end=NOW + 60)
+    assert store.insert(written)
+    found = stored(store, cookie)
+    assert found == written and found.lifetime == 3600.0  # the idle lifetime is never shortened
+    assert found.expires(store.settings.life_time) == NOW + 60
+    assert found.idle_expires(store.settings.life_time) == NOW + 3600
+    assert is_expired(found.expires(store.settings.life_time), NOW + 61)
 
 
 # -- the suite, over both stores --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import datastore
 
-from session_core import Settings
+from session_core import Session, Settings
 from session_core.clients import datastore_client
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.maintenance.sweep import session_names
+from session_core.session import Saved
 from session_core.testing import Emulator
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Ctx
 from tests.test_lifetimes import DAY, HOUR, MINUTE, T0, alive_for_the_reader, saved, viur_saved
 
 pytestmark = pytest.mark.slow
@@ -131,3 +133,31 @@ def test_viur_cores_reader_agrees_with_ours_and_with_cleanup_at_every_boundary(
         present = set(session_names(client, settings))
         for cookie in cookies.values():
             assert (cookie in present) == viur[(cookie, now - grace)], (now - T0, cookie)
+
+
+def test_viur_cores_reader_sees_a_busy_session_expire_at_its_absolute_end(
+    viur_python: Path, credentials: Path, datastore_emulator: Emulator
+) -> None:
+    settings = Settings(
+        project=PROJECT,
+        emulator_host=datastore_emulator.host,
+        cookie_name=f"viur_cookie_{PROJECT}",
+        key_storage="plain",
+        absolute_life_time=timedelta(minutes=90),
+    )
+    client: datastore.Client = datastore_client(settings)
+    end = T0 + 90 * MINUTE
+    cookie = saved(client, settings, None)  # created at T0: its absolute end is T0 + 90 minutes
+    busy = Session(client, settings, clock=lambda: T0 + 50 * MINUTE)  # in use 50 minutes later: idle until T0 + 110
+    assert busy.load(Ctx({settings.cookie_name: cookie}))
+    busy["n"] = 2
+    assert busy.commit() is Saved.WRITTEN and busy.expires == end
+    pairs = [(cookie, now) for now in (end - 1, end, end + 1, T0 + 100 * MINUTE)]
+    viur = viur_core_says_alive(viur_python, credentials, datastore_emulator, pairs)
+    ours = [alive_for_the_reader(client, settings, *pair) for pair in pairs]
+    assert viur == ours == [True, True, False, False]
+    grace = settings.clear_grace.total_seconds()
+    start_clear_sessions(client, settings, now=end + grace - 1)
+    assert cookie in set(session_names(client, settings))
+    start_clear_sessions(client, settings, now=end + grace + 1)
+    assert cookie not in set(session_names(client, settings))

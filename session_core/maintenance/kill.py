@@ -26,7 +26,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial, wraps
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -38,6 +38,7 @@ from session_core._datastore import FAIL_FAST, commit, translated
 from session_core._observers import notify
 from session_core.config import Settings
 from session_core.contract import Store
+from session_core.epochs import epoch_name
 from session_core.errors import MisuseError, PayloadError, PoisonMessageError, StoreError
 from session_core.logins import kill_record
 from session_core.maintenance.events import EventPublisher, batch_events
@@ -86,6 +87,10 @@ class KillResult:
     shards: int
     continued: bool
     elapsed_s: float
+    # A kill of everyone or of every guest: the epoch it raised (its counter, when), and how long after the call.
+    epoch: int | None = None
+    epoch_at: float | None = None
+    epoch_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -444,21 +449,26 @@ def kill_sessions(
     if except_session is not None and not valid_session_id(except_session):
         raise MisuseError("except_session must be a session id (64 hex digits)")
     chosen = _store_of(client, settings, store)
+    run_id = run_id or uuid.uuid4().hex
+    epoch = _raise_epoch(chosen, user, except_session, run_id)  # the first commit: signed out from here on
     if not isinstance(chosen, SessionStore):
-        return _kill_in(chosen, user, except_session, run_id=run_id, observer=observer)
+        return _kill_in(chosen, user, except_session, run_id=run_id, observer=observer, epoch=epoch)
     client, settings = chosen.client, chosen.settings
-    run = _start_run(client, settings, run_id or uuid.uuid4().hex, user, except_session)
+    run = _start_run(client, settings, run_id, user, except_session)
     if run.params["shards"] is None:
         step = KillStep.for_chain(run.run_id, run.params, run.started, 0)
-        return run_kill_step(
-            client,
-            settings,
-            step,
-            enqueue=enqueue,
-            first_batch_only=True,
-            progress=progress,
-            observer=observer,
-            events=events,
+        return _with_epoch(
+            run_kill_step(
+                client,
+                settings,
+                step,
+                enqueue=enqueue,
+                first_batch_only=True,
+                progress=progress,
+                observer=observer,
+                events=events,
+            ),
+            epoch,
         )
     started = time.monotonic()
     ranges = run.params["shards"]
@@ -488,8 +498,39 @@ def kill_sessions(
         continued=enqueue is not None,
         elapsed_s=round(time.monotonic() - started, 3),
     )
+    result = _with_epoch(result, epoch)
     log.info("kill_sessions", **result.to_json())
     return result
+
+
+@dataclass(frozen=True)
+class _Raised:
+    counter: int
+    at: float
+    seconds: float
+
+
+def _raise_epoch(store: Store, user: str | None, except_session: str | None, run_id: str) -> _Raised | None:
+    """Raise the epoch a kill of everyone or of every guest ends its sessions by (none for one user).
+
+    One transaction, before any shard planning: from its commit on, every
+    session it covers loads as a fresh one, whatever the deletes still have
+    to do. Logged as ``epoch_raised``.
+    """
+    name = epoch_name(user)
+    if name is None:
+        return None
+    started = time.monotonic()
+    epoch = store.raise_epoch(name, at=time.time(), run_id=run_id, except_session=except_session)
+    raised = _Raised(epoch.counter, epoch.at, round(time.monotonic() - started, 3))
+    log.info("epoch_raised", run_id=run_id, epoch=name, counter=raised.counter, at=raised.at, seconds=raised.seconds)
+    return raised
+
+
+def _with_epoch(result: KillResult, raised: _Raised | None) -> KillResult:
+    if raised is None:
+        return result
+    return replace(result, epoch=raised.counter, epoch_at=raised.at, epoch_s=raised.seconds)
 
 
 def _store_of(client: datastore.Client | None, settings: Settings | None, store: Store | None) -> Store:
@@ -504,7 +545,13 @@ def _store_of(client: datastore.Client | None, settings: Settings | None, store:
 
 
 def _kill_in(
-    store: Store, user: str | None, except_session: str | None, *, run_id: str | None, observer: DeleteObserver | None
+    store: Store,
+    user: str | None,
+    except_session: str | None,
+    *,
+    run_id: str | None,
+    observer: DeleteObserver | None,
+    epoch: _Raised | None = None,
 ) -> KillResult:
     """Kill in a store of the app's own: every matching session but ``except_session``, at once."""
     started = time.monotonic()
@@ -520,6 +567,7 @@ def _kill_in(
         continued=False,
         elapsed_s=round(time.monotonic() - started, 3),
     )
+    result = _with_epoch(result, epoch)
     log.info("kill_sessions", **result.to_json())
     return result
 
@@ -568,9 +616,10 @@ def list_user_sessions(
 def _list(store: Store, user: str, now: float | None) -> list[SessionInfo]:
     now = time.time() if now is None else now
     infos: list[SessionInfo] = []
+    epochs = store.epochs()
     for record in store.sessions_of(user):
-        if is_expired(record.expires(store.settings.life_time), now):
-            continue
+        if is_expired(record.expires(store.settings.life_time), now) or record.ended_by(epochs):
+            continue  # expired, or ended by a kill of everyone whose deletes have not reached it yet
         agent, ip = record.data.get("user_agent"), record.data.get("ip")
         infos.append(
             SessionInfo(

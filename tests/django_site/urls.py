@@ -103,6 +103,15 @@ def login_showing_id(request: HttpRequest, username: str) -> JsonResponse:
     return JsonResponse({"session_id": request.session.session_id})
 
 
+def visits_across_a_kill_of_everyone(request: HttpRequest) -> JsonResponse:
+    """The session is loaded, everyone is signed out (the deletes queued, not run yet), then it is saved."""
+    visits = request.session.get("visits", 0) + 1
+    settings, client = configured()
+    kill_sessions(None, client=client, settings=settings, enqueue=lambda step: None)
+    request.session["visits"] = visits
+    return JsonResponse({"visits": visits})
+
+
 def sign_out_everywhere_else(request: HttpRequest) -> HttpResponse:
     """The README's view, with the session id to keep taken from the query (so a bad one is misuse)."""
     settings, client = configured()
@@ -126,4 +135,5 @@ urlpatterns = [
     path("password-after-a-kill/<str:password>/", change_password_after_a_kill),
     path("login-showing-id/<str:username>/", login_showing_id),
     path("everywhere-else/", sign_out_everywhere_else),
+    path("visits-across-a-kill/", visits_across_a_kill_of_everyone),
 ]
