@@ -9,7 +9,7 @@ same functions::
 A viur-core 3.9 app gets our sessions with one line in its ``main.py``, after
 its ``conf`` is set and before ``viur.core.setup(...)``::
 
-    session_core.viur.install(client=datastore.Client())
+    session_core.viur.install(client=datastore.Client(), environ=environ)  # environ: the process's
 
 :func:`install` puts :class:`Session` in place of viur-core's (in every module
 that imported it), our kill-by-user and ``update_session_user`` in place of
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -278,7 +277,9 @@ def _check_agreement(settings: Settings, conf: Any, viur_session: type[Any]) -> 
             raise ConfigError(variable, f"{value!r}, as {where} says (the app and the functions must agree)", str(ours))
 
 
-def install(*, client: datastore.Client, settings: Settings | None = None) -> type[Session]:
+def install(
+    *, client: datastore.Client, settings: Settings | None = None, environ: Mapping[str, str] | None = None
+) -> type[Session]:
     """Serve a viur-core 3.9 app's sessions with session_core: call once in ``main.py``, after ``conf`` is set.
 
     Puts :class:`Session` in place of ``viur.core.session.Session`` and of
@@ -286,7 +287,8 @@ def install(*, client: datastore.Client, settings: Settings | None = None) -> ty
     ``update_session_user`` (viur-core's one-argument signatures) in place of
     viur-core's, and removes viur-core's ``start_clear_sessions`` from its
     periodic tasks (the scheduled cleanup function does it). ``settings``
-    None: :meth:`Settings.from_env` of ``os.environ`` over viur-core's cookie
+    None: :meth:`Settings.from_env` of ``environ`` (pass ``os.environ``; this
+    library reads no environment itself) over viur-core's project, cookie
     name, kind, lifetime and ``use_session_cookie``. Settings that disagree
     with those raise ConfigError naming the variable. Idempotent: a second
     call changes only the client and settings. Returns the Session class.
@@ -301,7 +303,7 @@ def install(*, client: datastore.Client, settings: Settings | None = None) -> ty
             update_session_user=viur_session.update_session_user,
         )
     original = _ORIGINAL["Session"]
-    chosen = settings if settings is not None else viur_settings(os.environ, conf, original)
+    chosen = settings if settings is not None else viur_settings(environ or {}, conf, original)
     _check_agreement(chosen, conf, original)
     Session._client, Session._settings = client, chosen
     Session.kindName, Session.cookie_name = chosen.kind, chosen.cookie_name

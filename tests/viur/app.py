@@ -55,7 +55,9 @@ if sys.argv[1] == "ours":
 
     # SESSIONS_HOST: a Datastore for the sessions alone (a frozen one), viur-core's own stays answering.
     host = os.environ.get("SESSIONS_HOST") or os.environ["DATASTORE_EMULATOR_HOST"]
-    session_core.viur.install(client=datastore_client(Settings(project=conf.instance.project_id, emulator_host=host)))
+    session_core.viur.install(
+        client=datastore_client(Settings(project=conf.instance.project_id, emulator_host=host)), environ=os.environ
+    )
 
 
 class counter(Module):  # noqa: N801 - viur-core routes by class name
@@ -64,6 +66,16 @@ class counter(Module):  # noqa: N801 - viur-core routes by class name
     @exposed
     def index(self):
         session = current.session.get()
+        session["n"] = session.get("n", 0) + 1
+        return str(session["n"])
+
+    @exposed
+    def meanwhile(self):
+        """Count, after the session this request holds was deleted (killed, cleared) by someone else."""
+        from viur.core import db
+
+        session = current.session.get()
+        db.delete(db.Key(session.kindName, session.session_id))
         session["n"] = session.get("n", 0) + 1
         return str(session["n"])
 
