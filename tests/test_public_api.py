@@ -154,7 +154,13 @@ def test_the_errors_an_app_catches_cover_what_the_request_path_raises() -> None:
 
 
 def test_viur_spellings_are_the_snake_case_functions_themselves() -> None:
-    assert session_core.viur.__all__ == ["akillSessionByUser", "killSessionByUser"]
+    assert session_core.viur.__all__ == [
+        "Session",
+        "akillSessionByUser",
+        "install",
+        "killSessionByUser",
+        "viur_settings",
+    ]
     assert session_core.viur.killSessionByUser is session_core.kill_sessions
     assert session_core.viur.akillSessionByUser is session_core.akill_sessions
     with pytest.raises(AttributeError):

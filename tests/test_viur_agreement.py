@@ -27,6 +27,7 @@ from session_core.maintenance.sweep import session_names
 from session_core.session import Saved
 from session_core.testing import Emulator
 from tests.conftest import ROOT, Ctx
+from tests.locks import locked
 from tests.test_lifetimes import DAY, HOUR, MINUTE, T0, alive_for_the_reader, saved, viur_saved
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,12 @@ def viur_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subprocess.run([*pip, str(ROOT / "locks" / "pip.txt")], check=True, timeout=900, capture_output=True)
         subprocess.run([*pip, str(lock)], check=True, timeout=900, capture_output=True)
         marker.touch()
+    session_core_needs = VENV / ".installed-structlog-26.1.0"  # what session_core itself needs beyond viur-core's
+    if not session_core_needs.exists():
+        requirement = locked("runtime", "structlog", "26.1.0", tmp_path_factory.mktemp("locks"))
+        pip = [str(VENV / "bin" / "pip"), "install", "--quiet", "--no-deps", "--require-hashes", "-r"]
+        subprocess.run([*pip, str(requirement)], check=True, timeout=300, capture_output=True)
+        session_core_needs.touch()
     return VENV / "bin" / "python"
 
 
