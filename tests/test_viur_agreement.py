@@ -57,7 +57,8 @@ def viur_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subprocess.run([str(base), "-m", "venv", str(VENV)], check=True, timeout=120)
         pip = [str(VENV / "bin" / "pip"), "install", "--quiet", "--require-hashes", "-r"]
         subprocess.run([*pip, str(ROOT / "locks" / "pip.txt")], check=True, timeout=900, capture_output=True)
-        subprocess.run([*pip, str(lock)], check=True, timeout=900, capture_output=True)
+        uv = [str(VENV / "bin" / "uv"), "pip", "install", "--quiet", "--python", str(VENV / "bin" / "python")]
+        subprocess.run([*uv, "--require-hashes", "-r", str(lock)], check=True, timeout=900, capture_output=True)
         marker.touch()
     session_core_needs = VENV / ".installed-structlog-26.1.0"  # what session_core itself needs beyond viur-core's
     if not session_core_needs.exists():
