@@ -12,7 +12,7 @@ VENV313 := .venv-313
 # What `make check` runs: no emulator, no subprocess (functions, stack, gcloud, pip), no long run.
 CHECK_LANE := not emulator and not stack and not slow
 
-.PHONY: venv run test check test-py313 lint browser bench clean
+.PHONY: venv run test check test-py313 lint browser bench docs clean
 
 # Every venv installs from locks with hashes (locks/compile.sh makes them from the pins): pip and uv
 # first, with pip; then the venv's lock with uv (seconds instead of pip's minutes; the same hashes).
@@ -84,6 +84,10 @@ test-py313: $(VENV313)/.installed
 
 bench: venv
 	$(BIN)/python -m bench
+
+# The docs site at http://127.0.0.1:8000, rebuilt on each edit (make test builds it with --strict: tests/test_docs.py).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) $(TASKS_VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist

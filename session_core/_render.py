@@ -44,7 +44,7 @@ class Outcome:
     """What a command did: one summary line (and rows under it) for stderr, the JSON for stdout."""
 
     summary: str
-    result: Mapping[str, Any]
+    result: Mapping[str, Any] | None  # None: the command printed its stdout itself (``emulator``'s environment)
     rows: Sequence[str] = ()
     status: int = 0
 
@@ -250,3 +250,21 @@ def runs(receipts: Sequence[dict[str, Any]]) -> Outcome:
         rows.append(f"  {run['started'][:19]}  {run['kind']:<5} {run['run_id']}  {run['status']:<7} {done}  {subject}")
     summary = f"{count(len(receipts), 'run')}, newest first" + (":" if receipts else "")
     return Outcome(summary, {"runs": list(receipts)}, rows)
+
+
+def emulator_environment(host: str, project: str) -> str:
+    """What to export for an app to use the emulator at ``host``, as shell lines (stdout of ``emulator``)."""
+    return (
+        f"export DATASTORE_EMULATOR_HOST={host}\n"
+        f"export GOOGLE_CLOUD_PROJECT={project}\n"
+        "# plain http:// in development: send the session cookie without Secure (keep it on in production)\n"
+        "export SESSION_COOKIE_SECURE=false\n"
+    )
+
+
+def emulator_running(name: str, host: str, group: int, log: str) -> str:
+    return f"{name} running at {host} (process group {group}; log {log}); Ctrl-C or SIGTERM stops it"
+
+
+def emulator_stopped(name: str, host: str) -> Outcome:
+    return Outcome(f"stopped the {name} at {host}: its data is gone", None)

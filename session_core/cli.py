@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
@@ -38,7 +42,7 @@ from session_core._datastore import translated
 from session_core._observers import registered_delete_observer
 from session_core._render import Console, Outcome, printable
 from session_core.clients import datastore_client
-from session_core.config import Settings
+from session_core.config import LOCAL_PROJECT, Settings
 from session_core.errors import ConfigError, SessionCoreError
 from session_core.logging import configure_logging
 from session_core.maintenance.cleanup import ClearResult, start_clear_sessions
@@ -47,6 +51,7 @@ from session_core.maintenance.kill import KillResult, end_user_session, kill_ses
 from session_core.maintenance.rehash import RehashResult, start_rehash
 from session_core.maintenance.runs import list_runs
 from session_core.rules import GUEST_USER, cutoff_for, iso_utc
+from session_core.testing import EmulatorError, emulator_missing, firestore_datastore_mode
 
 # The variables every command reads: where the sessions are.
 WHERE = ("GOOGLE_CLOUD_PROJECT", "DATASTORE_EMULATOR_HOST", "SESSION_DATABASE", "SESSION_NAMESPACE", "SESSION_KIND")
@@ -88,6 +93,7 @@ class Context:
     settings: Settings
     console: Console
     interactive: bool  # stdin is a terminal: a person can answer a question
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)  # the command's environment (PATH)
     ask: Callable[[str], str] = field(default=_ask, repr=False)
     _client: datastore.Client | None = field(default=None, repr=False)
 
@@ -115,6 +121,7 @@ class Command:
     examples: tuple[str, ...]
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, Context], Outcome]
+    reads_settings: bool = True  # False: it runs with the default Settings, whatever the environment says
 
 
 # -- clear ------------------------------------------------------------------------------
@@ -331,6 +338,41 @@ def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
     return render.runs([run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)])
 
 
+# -- emulator -------------------------------------------------------------------------------
+
+
+def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, help="the port to listen on, on 127.0.0.1 (default: a free one)")
+
+
+def _emulator(args: argparse.Namespace, ctx: Context) -> Outcome:
+    missing = emulator_missing(ctx.environ.get("PATH"))
+    if missing is not None:
+        raise EmulatorError(missing)
+    emulator = firestore_datastore_mode(Path(tempfile.mkdtemp(prefix="session-core-emulator-")), args.port)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    try:
+        emulator.start()
+        assert emulator.process is not None
+        sys.stdout.write(render.emulator_environment(emulator.host, LOCAL_PROJECT))
+        sys.stdout.flush()
+        ctx.console.row(
+            render.emulator_running(emulator.name, emulator.host, emulator.process.pid, str(emulator.log_path))
+        )
+        while not stop.wait(0.5):
+            if emulator.process.poll() is not None:
+                raise EmulatorError(
+                    f"the {emulator.name} exited with {emulator.process.returncode}; see {emulator.log_path}"
+                )
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how it ends
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        emulator.stop()
+    return render.emulator_stopped(emulator.name, emulator.host)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="clear",
@@ -449,6 +491,23 @@ COMMANDS: tuple[Command, ...] = (
         arguments=_rehash_arguments,
         run=_rehash,
     ),
+    Command(
+        name="emulator",
+        summary="run a local Datastore (the Firestore emulator in Datastore mode) for an app in development",
+        description=(
+            "Start Google's Firestore emulator in Datastore mode on a free port of 127.0.0.1 (or --port), print "
+            "on stdout the environment an app needs to use it (DATASTORE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT, and "
+            "SESSION_COOKIE_SECURE=false for plain http://), and keep it running until Ctrl-C or SIGTERM, which "
+            "stop the emulator and its Java process; what it stored is gone. It needs gcloud with the Firestore "
+            "emulator component, and Java 17+: without one, it says which is missing and how to install it. It "
+            "reads no settings."
+        ),
+        environment=(),
+        examples=("session-core emulator", "session-core emulator --port 8081"),
+        arguments=_emulator_arguments,
+        run=_emulator,
+        reads_settings=False,
+    ),
 )
 
 
@@ -498,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         )
         command.arguments(sub)
-        sub.set_defaults(run=command.run)
+        sub.set_defaults(run=command.run, reads_settings=command.reads_settings)
     return parser
 
 
@@ -511,8 +570,13 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     structlog.configure(processors=[console.log_processor, *structlog.get_config()["processors"]])
     env = dict(os.environ if environ is None else environ)
     try:
-        settings = Settings.from_file(args.settings, env) if args.settings else Settings.from_env(env)
-        ctx = Context(settings, console, interactive=sys.stdin.isatty())
+        if not args.reads_settings:
+            settings = Settings()
+        elif args.settings:
+            settings = Settings.from_file(args.settings, env)
+        else:
+            settings = Settings.from_env(env)
+        ctx = Context(settings, console, interactive=sys.stdin.isatty(), environ=env)
         outcome: Outcome = args.run(args, ctx)
     except UsageError as exc:
         console.end_line()
@@ -533,5 +597,6 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         )
         return 130
     console.summary(outcome)
-    print(json.dumps(outcome.result))
+    if outcome.result is not None:
+        print(json.dumps(outcome.result))
     return outcome.status

@@ -88,6 +88,68 @@ VARIABLES: dict[str, str] = {
     "events_topic": "SESSION_EVENTS_TOPIC",
     "pubsub_emulator_host": "PUBSUB_EMULATOR_HOST",
 }
+# What each setting means, by field: the settings reference (docs/reference/settings.md) is generated from this,
+# with each variable from VARIABLES, its default from Settings and its accepted values from the bounds below.
+# A new setting is a field of Settings, an entry in VARIABLES and one here (tests/test_config.py checks all three).
+DESCRIPTIONS: dict[str, str] = {
+    "project": "The Google Cloud project id. Required outside an emulator; with `DATASTORE_EMULATOR_HOST` it defaults "
+    f"to `{LOCAL_PROJECT}`.",
+    "emulator_host": "`host:port` of a Datastore emulator (such as `session-core emulator` prints) instead of the "
+    "project's database.",
+    "database": "The Firestore database id; unset: the default database.",
+    "namespace": "The Datastore namespace; unset: the default namespace.",
+    "kind": "The sessions' kind name.",
+    "life_time": "Seconds a session lives without a request; also the reference every stored `lastseen` is encoded "
+    "against, so the app and the functions must agree on it.",
+    "absolute_life_time": "Seconds a session lives after its login (or creation), however busy: OWASP's absolute "
+    "timeout. `off`, `0` or empty: none.",
+    "cookie_name": "The cookie's name. A `__Host-` name (such as `__Host-sid`) needs Secure, `Path=/` and no Domain; "
+    "a `__Secure-` name needs Secure: the settings refuse one without them.",
+    "cookie_path": "The cookie's `Path`: a path starting with `/`.",
+    "cookie_domain": "The cookie's `Domain` (`example.com` also sends it to its subdomains); unset: only the host "
+    "that set it gets it back.",
+    "same_site": "The cookie's `SameSite`: `lax`, `strict`, `none` (needs Secure), or empty for no attribute (then a "
+    "cross-site form can post with the cookie: protect state-changing requests with a CSRF token).",
+    "use_session_cookie": "`true`: no `Max-Age`, the cookie dies with the browser.",
+    "persistent_fields_on_login": "Comma-separated session keys that survive a login.",
+    "persistent_fields_on_logout": "Comma-separated session keys that survive a logout.",
+    "cookie_secure": "Send the cookie with `Secure`. Turn it off (`false`) only for plain-HTTP local development.",
+    "key_storage": "How sessions are named in Datastore: `hashed` (the cookie's SHA-256) or `plain` (ViUR's names).",
+    "plain_keys": "Whether a load also looks a cookie up under its plain (ViUR) name. `off`: one entity read less "
+    "per request; needs `hashed` key storage, once `session-core rehash` has moved every plain-named session.",
+    "request_timeout": "Seconds a web request gives Datastore for a load, and for a save, retries included; past it "
+    "the adapters answer 503 with `Retry-After`.",
+    "clear_grace": "Seconds past a session's expiry before cleanup deletes it.",
+    "batch_size": "Keys per delete commit.",
+    "page_size": "Keys per query page (also capped so that a response stays under 2 MiB).",
+    "time_budget": "Seconds one invocation or task step may run before it continues in a task.",
+    "lease_ttl": "Seconds a cleanup run's lease lasts without renewal (it is renewed every page): a crashed run "
+    "blocks the next one for at most this long.",
+    "deletes_in_flight": "Delete commits running while the next page is fetched.",
+    "shards": "Key-range shards for killing every guest or every session.",
+    "clear_shards": "Parallel cleanup chains, each over one slice of the expired sessions' `lastseen`; 1: one chain.",
+    "rampup": "`on`: cleanup and rehash follow Datastore's ramp-up rule for new load; `off`: no pacing (tests, the "
+    "local stack, benchmarks).",
+    "rampup_start": "Deletes a second a run may make in its first period, shared by its chains.",
+    "rampup_period": "Seconds after which the allowed delete rate grows by half.",
+    "rampup_kill": "`on`: kills are paced too (off by default: an incident wants speed).",
+    "tasks_queue": "The Cloud Tasks queue, `projects/P/locations/L/queues/Q`; unset: continuations run inline.",
+    "task_url": "The URL of the `session_task` function (required with a queue).",
+    "tasks_service_account": "The service account whose OIDC token Cloud Tasks attaches (and `session_task` accepts).",
+    "tasks_emulator_host": "`host:port` of a Cloud Tasks emulator (insecure gRPC).",
+    "task_audience": "The audience `session_task` checks tokens for (`deploy.sh` sets it to the function's URL).",
+    "task_certs_url": "Where token-signing certificates are fetched.",
+    "task_auth": "`oidc`: `session_task` runs a step only with a Google-signed OIDC token for the task audience from "
+    "the tasks service account; `none`: no check, accepted only with an emulator (`deploy.sh` refuses it).",
+    "events_topic": "The Pub/Sub topic for lifecycle events: a topic id (in the project) or `projects/P/topics/T`; "
+    "unset: none are published and google-cloud-pubsub is never imported.",
+    "pubsub_emulator_host": "`host:port` of a Pub/Sub emulator (insecure gRPC).",
+}
+# Defaults that are not one constant, as the reference shows them.
+_DEFAULTS_SHOWN: dict[str, str] = {
+    "project": f"required (`{LOCAL_PROJECT}` with an emulator)",
+    "cookie_name": "the project's: `viur_cookie_<project>`",
+}
 # Inclusive bounds: whole numbers, and durations in seconds.
 _NUMBERS: dict[str, tuple[int, int]] = {
     "batch_size": (1, 500),
@@ -360,3 +422,63 @@ def events_installed() -> bool:
         return importlib.util.find_spec(EVENTS_MODULE) is not None
     except (ImportError, ValueError):  # a parent package that cannot be imported, or one hidden in sys.modules
         return False
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One row of the settings reference: a setting as the environment (and a settings file) names it."""
+
+    variable: str
+    field: str
+    default: str  # as the reference shows it
+    accepts: str  # the values the settings accept, from the bounds the type checks
+    description: str
+
+
+def _shown(value: object) -> str:
+    """A default as one would write it in the environment."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, timedelta):
+        return f"`{value.total_seconds():.0f}`"
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`" if value else "empty"
+    return f"`{value}`"
+
+
+def _accepts(name: str, default: object) -> str:
+    if name in _NUMBERS:
+        low, high = _NUMBERS[name]
+        return f"a whole number from {low:,} to {high:,}"
+    if name in _DURATIONS or name in _OPTIONAL_DURATIONS:
+        low, high = _DURATIONS.get(name) or _OPTIONAL_DURATIONS[name]
+        return f"seconds, from {low:,} to {high:,}" + (", or `off`" if name in _OPTIONAL_DURATIONS else "")
+    if name in _CHOICES:
+        return ", ".join("empty" if c is None else f"`{c}`" for c in _CHOICES[name])
+    if isinstance(default, bool):
+        return "a boolean: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`"
+    if isinstance(default, tuple):
+        return "comma-separated names"
+    return "text"
+
+
+def reference() -> list[SettingDoc]:
+    """Every setting, in the order of :class:`Settings`: what the settings reference page lists.
+
+    Built from :data:`VARIABLES`, :data:`DESCRIPTIONS`, the defaults of
+    :class:`Settings` and the bounds its validation checks, so the page
+    cannot say other than the code.
+    """
+    defaults = Settings()
+    return [
+        SettingDoc(
+            variable=VARIABLES[f.name],
+            field=f.name,
+            default=_DEFAULTS_SHOWN.get(f.name) or _shown(getattr(defaults, f.name)),
+            accepts=_accepts(f.name, getattr(defaults, f.name)),
+            description=DESCRIPTIONS[f.name],
+        )
+        for f in fields(Settings)
+    ]

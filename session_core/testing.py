@@ -192,6 +192,38 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+# How to install what the Firestore emulator needs, by what is missing.
+INSTALL_GCLOUD = (
+    "install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install; Debian/Ubuntu: apt-get install "
+    "google-cloud-cli google-cloud-cli-firestore-emulator)"
+)
+INSTALL_FIRESTORE_EMULATOR = (
+    "install it: apt-get install google-cloud-cli-firestore-emulator, or gcloud components install "
+    "cloud-firestore-emulator"
+)
+INSTALL_JAVA = "install Java 17 or later (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
+
+
+def emulator_missing(path: str | None = None) -> str | None:
+    """What the Firestore emulator lacks on this machine, and how to install it (one line); None if nothing.
+
+    ``path`` is the ``PATH`` to search (default: this process's). It checks,
+    in order, ``gcloud``, gcloud's Firestore emulator component and ``java``;
+    it starts nothing.
+    """
+    gcloud = shutil.which("gcloud", path=path)
+    if gcloud is None:
+        return f"gcloud is not installed (not on PATH): {INSTALL_GCLOUD}"
+    sdk = Path(gcloud).resolve().parent.parent
+    if not (sdk / "platform" / "cloud-firestore-emulator").is_dir():
+        return f"gcloud's Firestore emulator is not installed (no {sdk}/platform/cloud-firestore-emulator): " + (
+            INSTALL_FIRESTORE_EMULATOR
+        )
+    if shutil.which("java", path=path) is None:
+        return f"Java is not installed (no java on PATH), and the Firestore emulator runs on it: {INSTALL_JAVA}"
+    return None
+
+
 def firestore_datastore_mode(log_dir: Path, port: int | None = None, *, import_data: Path | None = None) -> Emulator:
     """The current Datastore emulator: Firestore in Datastore mode.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from session_core import ConfigError, Settings
+from session_core import ConfigError, Settings, config
 
 EMULATOR = {"DATASTORE_EMULATOR_HOST": "127.0.0.1:1"}
 
@@ -268,3 +269,28 @@ def test_a_control_character_in_any_setting_is_refused_naming_its_variable(
 def test_a_control_character_in_a_variable_the_library_does_not_read_is_none_of_its_business() -> None:
     settings = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "shop", "PS1": "\x1b[32m$ \n", "OTHER": "a\tb"})
     assert settings.project == "shop"
+
+
+# -- the settings reference (docs/reference/settings.md is generated from config.reference()) --
+
+
+def test_every_setting_has_its_variable_and_description_in_the_table_the_reference_is_built_from() -> None:
+    names = [f.name for f in dataclasses.fields(Settings)]
+    assert set(config.VARIABLES) == set(names)
+    assert set(config.DESCRIPTIONS) == set(names)
+    assert [row.field for row in config.reference()] == names
+    assert all(row.description.strip() and row.accepts for row in config.reference())
+
+
+def test_each_default_the_reference_shows_is_the_default_settings_have() -> None:
+    """A shown default, read back through the environment, gives the very value ``Settings()`` holds."""
+    defaults = Settings()
+    checked = 0
+    for row in config.reference():
+        if not row.default.startswith("`"):
+            continue  # unset, or a default that is not one constant (project, cookie name)
+        env = {"DATASTORE_EMULATOR_HOST": "127.0.0.1:1", row.variable: row.default.strip("`")}
+        read = Settings.from_env(env)
+        assert getattr(read, row.field) == getattr(defaults, row.field), row.variable
+        checked += 1
+    assert checked >= 20

@@ -34,6 +34,7 @@ RANK = {
     "asgi": 6,
     "_answers": 6,  # the adapters' 503 and 400
     "testing": 6,
+    "pytest_plugin": 6,  # the fixtures over testing, for an app's own tests
     "maintenance": 7,
     "maintenance.steps": 7,
     "maintenance.auth": 7,
@@ -68,6 +69,7 @@ NOT_FOR_WEB_APPS = (
     "session_core.functions",
     "session_core.cli",
     "session_core.testing",
+    "session_core.pytest_plugin",
 )
 
 

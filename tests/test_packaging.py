@@ -75,8 +75,11 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert {name.split("/")[0] for name in names} == {"session_core", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "session_core/py.typed" in names and "session_core/testing.py" in names
+    assert "session_core/pytest_plugin.py" in names
+    assert "[pytest11]\nsession_core = session_core.pytest_plugin" in entry_points
     assert "Requires-Dist: google-cloud-datastore" in metadata and 'extra == "flask"' in metadata
 
     venv = tmp_path / "venv"
@@ -116,3 +119,21 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_example.py", cwd=app_dir, env=no_emulator_env
     )
     assert "1 passed" in out
+
+    # The pytest plugin, loaded through its entry point alone (no -p): its fixtures, beside the app's own.
+    (app_dir / "test_plugin.py").write_text(
+        "from session_core import Session\n"
+        "def test_memory(session_core_memory_store):\n"
+        "    session = Session(None, session_core_memory_store.settings, store=session_core_memory_store)\n"
+        "    session['cart'] = 1\n"
+        "    session.commit()\n"
+        "    assert len(session_core_memory_store.sessions_of(None)) == 1\n"
+    )
+    out = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_plugin.py", cwd=app_dir, env=env)
+    assert "1 passed" in out
+    fixtures = run(
+        python, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider", "test_plugin.py", cwd=app_dir, env=env
+    )
+    for name in ("emulator", "emulator_host", "settings", "client", "memory_store"):
+        assert f"session_core_{name} " in fixtures
+    assert "emulator" in run(venv / "bin" / "session-core", "--help", cwd=app_dir, env=env)
