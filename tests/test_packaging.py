@@ -112,7 +112,7 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
     assert "flask example ok" in run(python, "drive.py", cwd=app_dir, env=env)
     assert "kill-user" in run(venv / "bin" / "session-core", "--help", cwd=app_dir, env=env)
 
-    [pytest_example] = readme_python_blocks("### Testing your app against a real Datastore")
+    [pytest_example] = readme_python_blocks("### Developing and testing your app locally")
     (app_dir / "test_example.py").write_text(pytest_example)
     no_emulator_env = {key: value for key, value in env.items() if key != "DATASTORE_EMULATOR_HOST"}
     out = run(

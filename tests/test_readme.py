@@ -156,7 +156,7 @@ def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
 # its module-level code); these sections' blocks are also driven elsewhere:
 #   Starlette and FastAPI: tests/test_asgi.py::test_the_readme_examples_run
 #   Django: tests/test_django.py::test_the_readmes_* (settings, and the sign-out-everywhere-else view)
-#   Testing your app against a real Datastore: tests/test_packaging.py (pytest runs it from an installed wheel)
+#   Developing and testing your app locally: tests/test_packaging.py (pytest runs it from an installed wheel)
 DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "Flask": drive_flask,
     "Flask-Login": drive_flask_login,
