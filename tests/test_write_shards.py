@@ -14,6 +14,7 @@ import pytest
 from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
+from bench.capacity import active_sessions, cleanup_cost
 from session_core import SessionRecord, Settings
 from session_core.errors import ConfigError
 from session_core.maintenance.cleanup import ClearStep, start_clear_sessions
@@ -214,3 +215,12 @@ def test_raising_write_shards_from_1_to_8_under_live_traffic_logs_nobody_out_and
     final = start_clear_sessions(client, eight, now=later)
     assert final.shards == 8 and final.deleted == len(users)
     assert remaining(client, eight) == set()  # nothing left behind in the old layout
+
+
+# -- the capacity model (bench.capacity) -------------------------------------------------------------
+
+
+def test_the_model_carries_5_million_active_sessions_with_64_write_shards_at_64_cleanup_chains() -> None:
+    assert [active_sessions(shards) for shards in (1, 4, 16, 64)] == [150_000, 600_000, 2_400_000, 9_600_000]
+    assert active_sessions(64) >= 5_000_000 > active_sessions(16)
+    assert cleanup_cost(64) == (64, 64, 64) and cleanup_cost(1) == (1, 1, 0) and cleanup_cost(16, 4)[1] == 64
