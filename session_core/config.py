@@ -28,6 +28,7 @@ DEFAULT_KIND = "viur-session"
 LOCAL_PROJECT = "session-core-local"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 TEN_YEARS = timedelta(days=3650)
+MAX_CLEAR_CHAINS = 256  # a cleanup run's chains: SESSION_WRITE_SHARDS x SESSION_CLEAR_SHARDS at most
 # RFC 6265 cookie-name token: visible ASCII without separators.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # An RFC 6265 path-value starting with "/" (visible ASCII but ";"); a host name (a leading dot is allowed).
@@ -81,6 +82,7 @@ VARIABLES: dict[str, str] = {
     "request_timeout": "SESSION_REQUEST_TIMEOUT",
     "task_auth": "SESSION_TASK_AUTH",
     "clear_shards": "SESSION_CLEAR_SHARDS",
+    "write_shards": "SESSION_WRITE_SHARDS",
     "rampup": "SESSION_RAMPUP",
     "rampup_start": "SESSION_RAMPUP_START",
     "rampup_period": "SESSION_RAMPUP_PERIOD",
@@ -157,6 +159,7 @@ _NUMBERS: dict[str, tuple[int, int]] = {
     "deletes_in_flight": (1, 32),
     "shards": (1, 1024),
     "clear_shards": (1, 256),
+    "write_shards": (1, 256),
     "rampup_start": (1, 1_000_000),
 }
 _DURATIONS: dict[str, tuple[int, int]] = {
@@ -218,6 +221,8 @@ class Settings:
     deletes_in_flight: int = 4
     shards: int = 16
     clear_shards: int = 1
+    # Index ranges the session writes spread over (1: ViUR's indexed ``lastseen``; N > 1: see store.py).
+    write_shards: int = 1
     # Datastore's ramp-up rule: at most start * 1.5 ** floor(t / period) deletes a second, t seconds into a run.
     rampup: bool = True
     rampup_start: int = 500
@@ -354,6 +359,13 @@ def _validate(settings: Settings) -> None:
         if getattr(settings, name) not in choices:
             shown = " or ".join("empty" if c is None else repr(c) for c in choices)
             raise ConfigError(name, f"one of {shown}", str(getattr(settings, name)))
+    if settings.write_shards * settings.clear_shards > MAX_CLEAR_CHAINS:
+        raise ConfigError(
+            "clear_shards",
+            f"at most {MAX_CLEAR_CHAINS // settings.write_shards} with {settings.write_shards} write shards "
+            f"(a cleanup runs write shards x clear shards chains, at most {MAX_CLEAR_CHAINS})",
+            str(settings.clear_shards),
+        )
     if not settings.plain_keys and settings.key_storage != "hashed":
         raise ConfigError(
             "plain_keys", "on with plain key storage (sessions are stored under their plain names)", "off"

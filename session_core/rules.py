@@ -11,6 +11,7 @@ the same shape, so its cookies stay valid), about 250 bits of entropy.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import string
@@ -147,6 +148,48 @@ def absolute_end_of(start: float, settings: Settings) -> float | None:
 def stored_lastseen(expires: float, global_life_time: timedelta) -> float:
     """The ``lastseen`` written for a session that dies at ``expires`` (see above)."""
     return expires - global_life_time.total_seconds()
+
+
+# -- write shards (SESSION_WRITE_SHARDS) ---------------------------------------------------
+#
+# With N > 1 write shards, a session's indexed ``lastseen`` is replaced by one
+# indexed string, ``"<shard>:<lastseen>"``: the shard (4 digits) derived from
+# the session id, and ``lastseen`` as whole microseconds, offset and padded to
+# 19 digits, so that string order is numeric order. Writes "now" then land at
+# the end of N index ranges that never meet, not of one; the cleanup's slice
+# of shard k is two inequalities on that one property (the built-in index).
+
+SHARD_DIGITS = 4
+_LASTSEEN_OFFSET_US = 10**17  # lastseen down to about 3,170 years before 1970 encodes
+_LASTSEEN_DIGITS = 19
+
+
+def write_shard(key_name: str, shards: int) -> int:
+    """The index range (0 to ``shards - 1``) a session writes to: from its session id, so uniform (a SHA-256)
+    and the same under its plain and its hashed name."""
+    return int(session_id_of(key_name)[:8], 16) % shards
+
+
+def encode_lastseen(lastseen: float) -> str:
+    """``lastseen`` as fixed-width digits whose string order is its numeric order (to the microsecond)."""
+    micros = math.floor(lastseen * 1_000_000) + _LASTSEEN_OFFSET_US
+    return f"{min(max(micros, 0), 10**_LASTSEEN_DIGITS - 1):0{_LASTSEEN_DIGITS}d}"
+
+
+def decode_lastseen(encoded: str) -> float:
+    """The ``lastseen`` (to the microsecond) that :func:`encode_lastseen` encoded."""
+    return (int(encoded) - _LASTSEEN_OFFSET_US) / 1_000_000
+
+
+def shard_lastseen(shard: int, lastseen: float) -> str:
+    """The indexed value of a session in write shard ``shard``, last seen (as stored) at ``lastseen``."""
+    return f"{shard:0{SHARD_DIGITS}d}:{encode_lastseen(lastseen)}"
+
+
+def shard_bounds(shard: int, lo: float | None, hi: float) -> tuple[str, str]:
+    """The values ``[low, high)`` of shard ``shard``'s sessions with ``lo <= lastseen < hi`` (lo None: all below hi)."""
+    low = f"{shard:0{SHARD_DIGITS}d}:" if lo is None else shard_lastseen(shard, lo)
+    return low, shard_lastseen(shard, hi)
 
 
 def is_expired(expires: float, now: float) -> bool:

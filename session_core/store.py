@@ -8,6 +8,13 @@ policy), ``seen`` (float: the real time of the last write) and ``lifetime``
 (float seconds: the session's own idle lifetime). ``lastseen`` is
 ``expires`` minus the global life time (see :mod:`session_core.rules`).
 
+Write shards (``SESSION_WRITE_SHARDS`` = N): with N = 1 (the default) the
+layout above, byte for byte, which viur-core's own cleanup query reads. With
+N > 1 ``lastseen`` is stored unindexed, and ``shard_lastseen`` (indexed
+string ``"<shard>:<lastseen>"``, :func:`~session_core.rules.shard_lastseen`)
+carries it instead, its shard derived from the session id: every write "now"
+lands at the end of one of N index ranges instead of one.
+
 Key names: with ``hashed`` storage an entity is named by the SHA-256 hex of
 the cookie value, so an export does not hand out live sessions; with
 ``plain`` storage by the cookie value itself, as ViUR does. Reads try both
@@ -45,7 +52,16 @@ from session_core.epochs import KIND as EPOCH_KIND
 from session_core.epochs import NAMES as EPOCH_NAMES
 from session_core.epochs import Epoch, Epochs, ended
 from session_core.errors import StoreError
-from session_core.rules import GUEST_USER, ends_at, expires_at, hash_key, session_id_of, stored_lastseen
+from session_core.rules import (
+    GUEST_USER,
+    ends_at,
+    expires_at,
+    hash_key,
+    session_id_of,
+    shard_lastseen,
+    stored_lastseen,
+    write_shard,
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,8 @@ class SessionRecord:
 
 T = TypeVar("T")
 _UNINDEXED = ("data", "expires", "seen", "lifetime", "epoch", "guest_epoch", "absolute_end")
+SHARD_PROPERTY = "shard_lastseen"
+"""The indexed ``"<shard>:<lastseen>"`` of a session written with N > 1 write shards (absent with N = 1)."""
 _PAGE = 100  # sessions per query page of :meth:`SessionStore.sessions_of`
 DeleteObserver = Callable[[SessionRecord], None]
 """Told of each session that cleanup or kill deleted, after the commit that deleted it."""
@@ -107,10 +125,13 @@ def _number(value: object) -> float | None:
 def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings) -> datastore.Entity:
     """The entity stored for a record under ``key``; SessionDataError (before any RPC) if Datastore would refuse it."""
     expires, idle = record.expires(settings.life_time), record.idle_expires(settings.life_time)
-    entity = datastore.Entity(key, exclude_from_indexes=_UNINDEXED)
+    sharded = settings.write_shards > 1
+    entity = datastore.Entity(key, exclude_from_indexes=(*_UNINDEXED, "lastseen") if sharded else _UNINDEXED)
     entity["data"] = values.encode(record.data)
     entity["static_security_key"] = record.static_security_key
-    entity["lastseen"] = stored_lastseen(expires, settings.life_time)
+    entity["lastseen"] = lastseen = stored_lastseen(expires, settings.life_time)
+    if sharded:
+        entity[SHARD_PROPERTY] = shard_lastseen(write_shard(record.key_name, settings.write_shards), lastseen)
     entity["user"] = record.user
     entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
     entity["seen"] = float(record.seen)
@@ -120,6 +141,35 @@ def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings
             entity[name] = getattr(record, name)
     values.check_size(entity)
     return entity
+
+
+def in_layout(entity: datastore.Entity, shards: int) -> bool:
+    """Whether a stored session entity has the index layout of ``shards`` write shards (see :func:`relayout`)."""
+    lastseen = _number(entity.get("lastseen"))
+    if shards == 1 or lastseen is None:
+        return SHARD_PROPERTY not in entity and "lastseen" not in entity.exclude_from_indexes
+    expected = shard_lastseen(write_shard(str(entity.key.name), shards), lastseen)
+    return entity.get(SHARD_PROPERTY) == expected and "lastseen" in entity.exclude_from_indexes
+
+
+def relayout(entity: datastore.Entity, shards: int) -> datastore.Entity:
+    """The same session, property for property, in the index layout of ``shards`` write shards.
+
+    Only ``shard_lastseen`` and whether ``lastseen`` is indexed change; an
+    entity without a numeric ``lastseen`` (not ours, not ViUR's) keeps the
+    one-range layout, as the cleanup's ``lastseen`` query would find it.
+    """
+    lastseen = _number(entity.get("lastseen"))
+    sharded = shards > 1 and lastseen is not None
+    excluded = set(entity.exclude_from_indexes) - {"lastseen", SHARD_PROPERTY}
+    new = datastore.Entity(
+        entity.key, exclude_from_indexes=tuple(sorted(excluded | ({"lastseen"} if sharded else set())))
+    )
+    new.update({name: value for name, value in entity.items() if name != SHARD_PROPERTY})
+    if sharded:
+        assert lastseen is not None
+        new[SHARD_PROPERTY] = shard_lastseen(write_shard(str(entity.key.name), shards), lastseen)
+    return new
 
 
 def session_record(name: str, entity: Mapping[str, Any]) -> SessionRecord:

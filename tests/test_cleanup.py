@@ -196,7 +196,8 @@ def test_a_dry_run_calls_no_observer_and_reads_no_session(
     seen: list[SessionRecord] = []
     result = start_clear_sessions(client, settings, now=NOW, dry_run=True, observer=seen.append)
     assert (result.counted, result.deleted) == (len(mixed["expired"]), 0) and seen == []
-    assert rpcs.calls["lookup"] == 1 and rpcs.calls["commit"] == 2  # only the run's record: written, then counted
+    # the recorded write-shard layout, and the run's record: written, then counted
+    assert rpcs.calls["lookup"] == 2 and rpcs.calls["commit"] == 2
     assert remaining(client, settings) == set().union(*mixed.values())
 
 
@@ -241,7 +242,8 @@ def test_without_observers_the_worker_reads_keys_only(
     client: datastore.Client, settings: Settings, mixed: dict[str, set[str]], rpcs: RpcCounter
 ) -> None:
     start_clear_sessions(client, settings, now=NOW)
-    assert rpcs.calls["lookup"] == 3  # the lease taken and released, the run's count: no session is read
+    # the write-shard layout, the lease taken and released, the run's count: no session is read
+    assert rpcs.calls["lookup"] == 4
 
 
 def test_transient_errors_are_retried_with_backoff() -> None:

@@ -46,6 +46,7 @@ RANK = {
     "maintenance.leases": 7,
     "maintenance.events": 7,
     "maintenance.rehash": 9,
+    "maintenance.reshard": 9,  # the write-shard layout: the cleanup reads what it recorded
     "maintenance.cleanup": 9,
     "maintenance.kill": 9,
     "functions": 10,

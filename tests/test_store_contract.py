@@ -415,12 +415,15 @@ def a_records_absolute_end_is_stored_and_ends_it_before_its_idle_expiry(store: S
 # -- the suite, over both stores --------------------------------------------------------------------
 
 
-@pytest.fixture(params=["datastore", "memory"])
+@pytest.fixture(params=["datastore", "memory", "datastore-8-write-shards", "memory-8-write-shards"])
 def store(request: pytest.FixtureRequest) -> Store:
-    """The Datastore store on the emulator (a namespace of this test's own), or the memory store (no Java)."""
-    if request.param == "memory":
-        return MemoryStore(Settings(namespace=f"t-{uuid.uuid4().hex[:12]}", rampup=False))
-    return SessionStore(request.getfixturevalue("client"), request.getfixturevalue("settings"))
+    """The Datastore store on the emulator (a namespace of this test's own), or the memory store (no Java);
+    each with one write shard (ViUR's layout) and with 8 (``SESSION_WRITE_SHARDS``)."""
+    shards = 8 if request.param.endswith("-8-write-shards") else 1
+    if request.param.startswith("memory"):
+        return MemoryStore(Settings(namespace=f"t-{uuid.uuid4().hex[:12]}", rampup=False, write_shards=shards))
+    settings = replace(request.getfixturevalue("settings"), write_shards=shards)
+    return SessionStore(request.getfixturevalue("client"), settings)
 
 
 @pytest.mark.parametrize("promise", CHECKS, ids=[function.__name__ for function in CHECKS])

@@ -19,6 +19,16 @@ work left, the next step goes to ``enqueue`` (a Cloud Task) or, with no
 queue, runs on in the same process. Re-running any step is safe: deleting an
 absent key is a no-op, and the cutoff travels with the chain.
 
+With ``SESSION_WRITE_SHARDS`` = N > 1 the expired sessions sit in N index
+ranges of ``shard_lastseen`` (:mod:`session_core.store`), so the one query
+runs once per write shard: N chains, each split into the ``SESSION_CLEAR_SHARDS``
+slices (N x slices chains; the slice bounds, from one sample, are the same in
+every shard, whose sessions are alike). The slice of shard k is two
+inequalities on ``shard_lastseen`` (:func:`~session_core.rules.shard_bounds`):
+the built-in index serves them. Until a reshard to N has finished
+(:mod:`~session_core.maintenance.reshard`) a run also queries the layout
+recorded before it (:func:`~session_core.maintenance.reshard.cleanup_targets`).
+
 Each chain holds a lease of its own (:mod:`~session_core.maintenance.leases`),
 renewed as it works, so chains never contend on one entity; a run starts only
 when no chain of another run holds one.
@@ -34,14 +44,14 @@ from typing import Any
 
 import structlog
 from google.cloud import datastore
-from google.cloud.datastore.query import PropertyFilter
 
 from session_core._datastore import FAIL_FAST, translated
-from session_core.config import Settings
+from session_core.config import MAX_CLEAR_CHAINS, Settings
 from session_core.errors import DispatchError, PayloadError, StoreError
 from session_core.maintenance.events import EventPublisher, batch_events
 from session_core.maintenance.leases import Lease, take_leases
 from session_core.maintenance.pacing import pacer_for
+from session_core.maintenance.reshard import cleanup_targets, recorded_layout
 from session_core.maintenance.runs import Run, RunRecorder, clear_params
 from session_core.maintenance.shards import plan_slices
 from session_core.maintenance.steps import (
@@ -55,7 +65,7 @@ from session_core.maintenance.steps import (
     shard_field,
     typed,
 )
-from session_core.maintenance.sweep import Progress, Sweep, offset_progress, session_query
+from session_core.maintenance.sweep import Progress, Sweep, lastseen_query, offset_progress
 from session_core.rules import cutoff_for, iso_utc
 from session_core.store import DeleteObserver
 
@@ -97,6 +107,8 @@ class ClearStep(Step):
 
     ``shard`` None is the run's only chain (no bounds); otherwise ``lo`` and
     ``hi`` (None: unbounded) bound the slice, below the cutoff either way.
+    ``write_shard`` k queries write shard k's ``shard_lastseen`` range; None
+    the ``lastseen`` index (one write shard, ViUR's layout).
     ``started`` is the run's start (epoch seconds) and ``done`` what the
     chain deleted before this step: together they pace it (ramp-up).
     """
@@ -111,29 +123,35 @@ class ClearStep(Step):
     hi: float | None = None
     started: float = 0.0
     done: int = 0
+    write_shard: int | None = None
 
     op = "clear"
 
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> ClearStep:
-        exact_fields(
-            payload, {"op", "run_id", "cutoff", "cursor", "page", "dry_run", "shard", "lo", "hi", "started", "done"}
-        )
+        expected = {"op", "run_id", "cutoff", "cursor", "page", "dry_run", "shard", "lo", "hi", "started", "done"}
+        exact_fields(payload, expected | ({"write_shard"} & set(payload)))  # absent: a step of an earlier version
         cutoff = epoch_of(payload, "cutoff")
         assert cutoff is not None
         shard = shard_field(payload)
         lo, hi = epoch_of(payload, "lo", optional=True), epoch_of(payload, "hi", optional=True)
         if shard is None and (lo, hi) != (None, None):
             raise PayloadError("bounds without a shard")
+        write_shard = typed(payload, "write_shard", int, optional=True) if "write_shard" in payload else None
+        if write_shard is not None and not 0 <= write_shard < 256:
+            raise PayloadError("write_shard out of range")
         chain = chain_fields(payload)
-        return cls(cutoff=cutoff, dry_run=typed(payload, "dry_run", bool), shard=shard, lo=lo, hi=hi, **chain)
+        dry_run = typed(payload, "dry_run", bool)
+        return cls(cutoff=cutoff, dry_run=dry_run, shard=shard, lo=lo, hi=hi, write_shard=write_shard, **chain)
 
     @classmethod
     def for_chain(cls, run_id: str, params: Mapping[str, Any], started: float, chain: int) -> ClearStep:
-        slices = params["slices"]
-        lo, hi = (None, None) if slices is None else slices[chain]
-        shard = None if slices is None else chain
-        return cls(run_id, params["cutoff"], dry_run=params["dry_run"], shard=shard, lo=lo, hi=hi, started=started)
+        slices = params["slices"] or [[None, None]]
+        targets = params.get("write_shards") or [None]
+        lo, hi = slices[chain % len(slices)]
+        shard = None if len(slices) * len(targets) == 1 else chain
+        cutoff, dry_run, target = params["cutoff"], params["dry_run"], targets[chain // len(slices)]
+        return cls(run_id, cutoff, dry_run=dry_run, shard=shard, lo=lo, hi=hi, started=started, write_shard=target)
 
     @classmethod
     def describe(cls, receipt: Mapping[str, Any]) -> tuple[str, str]:
@@ -160,7 +178,9 @@ def start_clear_sessions(
 ) -> ClearResult:
     """Start a cleanup run (what Cloud Scheduler triggers). Idempotent.
 
-    Plans ``SESSION_CLEAR_SHARDS`` slices (one: no sample), then takes every
+    Queries the write shards' ranges (:func:`~session_core.maintenance.reshard.cleanup_targets`:
+    one lookup) and plans ``SESSION_CLEAR_SHARDS`` slices within each (one: no
+    sample), at most 256 chains in all, then takes every
     chain's lease and records the run (:mod:`~session_core.maintenance.runs`)
     in one commit (a dry run takes no lease); if a chain of another run is
     alive, returns a result with ``skipped=True`` and touches nothing. With
@@ -172,23 +192,26 @@ def start_clear_sessions(
     """
     now = time.time() if now is None else now
     run_id, cutoff = uuid.uuid4().hex, cutoff_for(now, settings)
-    slices = plan_slices(client, settings, cutoff, settings.clear_shards)
-    if len(slices) < settings.clear_shards:  # sessions sharing one lastseen value are never split
-        log.warning("clear_slices_collapsed", asked=settings.clear_shards, slices=len(slices))
-    sliced = len(slices) > 1
-    run = Run(run_id, ClearStep.op, clear_params(cutoff, dry_run, slices if sliced else None), now, chains=len(slices))
+    targets = cleanup_targets(settings.write_shards, recorded_layout(client, settings))
+    asked = max(1, min(settings.clear_shards, MAX_CLEAR_CHAINS // len(targets)))
+    slices = plan_slices(client, settings, cutoff, asked, targets)
+    if len(slices) < asked:  # sessions sharing one lastseen value are never split
+        log.warning("clear_slices_collapsed", asked=asked, slices=len(slices))
+    sliced, chains = len(slices) > 1, len(slices) * len(targets)
+    params = clear_params(cutoff, dry_run, slices if sliced else None, None if targets == [None] else targets)
+    run = Run(run_id, ClearStep.op, params, now, chains=chains)
     record = RunRecorder(client, settings).entity(run)
     if dry_run:
         with translated("run"):
             client.put(record, **FAIL_FAST)
-    elif not take_leases(client, settings, run_id, now, len(slices), record):
-        result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, shards=len(slices))
+    elif not take_leases(client, settings, run_id, now, chains, record):
+        result = ClearResult(run_id, cutoff, 0, 0, False, True, 0.0, dry_run, shards=chains)
         log.info("clear_sessions", **result.to_json())
         return result
     if not dry_run:
         _prune_receipts(client, settings, now)
-    steps = [ClearStep.for_chain(run_id, run.params, now, chain) for chain in range(len(slices))]
-    if not sliced:
+    steps = [ClearStep.for_chain(run_id, run.params, now, chain) for chain in range(chains)]
+    if chains == 1:
         return run_clear_step(
             client,
             settings,
@@ -284,11 +307,7 @@ def run_clear_step(
     upper = cutoff if step.hi is None else min(step.hi, cutoff)
 
     def query() -> datastore.Query:
-        q = session_query(client, settings)
-        if step.lo is not None:
-            q.add_filter(filter=PropertyFilter("lastseen", ">=", step.lo))
-        q.add_filter(filter=PropertyFilter("lastseen", "<", upper))
-        return q
+        return lastseen_query(client, settings, step.write_shard, step.lo, upper)
 
     def heartbeat() -> bool:
         return lease.acquire(step.run_id, now + time.monotonic() - started, chains=chains)

@@ -151,9 +151,14 @@ class Run:
 
 
 def clear_params(
-    cutoff: float, dry_run: bool, slices: Sequence[tuple[float | None, float | None]] | None = None
+    cutoff: float,
+    dry_run: bool,
+    slices: Sequence[tuple[float | None, float | None]] | None = None,
+    write_shards: Sequence[int | None] | None = None,
 ) -> dict[str, Any]:
-    return {"cutoff": cutoff, "dry_run": dry_run, "slices": None if slices is None else [list(s) for s in slices]}
+    """A cleanup's parameters; ``write_shards``: the index ranges it queries (None: the one ``lastseen`` index)."""
+    params = {"cutoff": cutoff, "dry_run": dry_run, "slices": None if slices is None else [list(s) for s in slices]}
+    return params if write_shards is None else {**params, "write_shards": list(write_shards)}
 
 
 def rehash_params(delete: bool, dry_run: bool) -> dict[str, Any]:

@@ -13,11 +13,12 @@ import random
 from collections.abc import Sequence
 
 from google.cloud import datastore
-from google.cloud.datastore.query import PropertyFilter
 
 from session_core._datastore import FAIL_FAST, next_cursor, translated
 from session_core.config import Settings
-from session_core.maintenance.sweep import page_limit, session_query, with_retries
+from session_core.maintenance.sweep import Target, lastseen_query, page_limit, session_query, with_retries
+from session_core.rules import decode_lastseen
+from session_core.store import SHARD_PROPERTY
 
 SAMPLES_PER_SLICE = 64
 SliceRange = tuple[float | None, float | None]
@@ -29,7 +30,9 @@ def slice_ranges(points: Sequence[float]) -> list[SliceRange]:
     return list(itertools.pairwise(bounds))
 
 
-def sample_lastseen(client: datastore.Client, settings: Settings, cutoff: float, count: int) -> list[float]:
+def sample_lastseen(
+    client: datastore.Client, settings: Settings, cutoff: float, count: int, targets: Sequence[Target] = (None,)
+) -> list[float]:
     """About ``count`` ``lastseen`` values drawn evenly from the sessions before ``cutoff``, sorted.
 
     Production Datastore: one scatter query for ``4 * count`` keys (keys only)
@@ -37,7 +40,8 @@ def sample_lastseen(client: datastore.Client, settings: Settings, cutoff: float,
     sample. Where that yields fewer than ``count / 2`` (the Firestore emulator
     answers a scatter query with nothing, or few sessions are expired), one
     projection query on ``lastseen`` pages through the expired sessions into
-    a reservoir sample: one small result per expired session.
+    a reservoir sample: one small result per expired session (with write
+    shards, one such query per range in ``targets``, on ``shard_lastseen``).
     """
 
     def scattered() -> list[float]:
@@ -57,31 +61,42 @@ def sample_lastseen(client: datastore.Client, settings: Settings, cutoff: float,
         return sorted(sample)
     reservoir: list[float] = []
     rng = random.Random()
-    cursor: str | None = None
     seen = 0
     limit = page_limit(settings)
-    while True:
+    for target in targets:
+        cursor: str | None = None
+        while True:
 
-        def page(cursor: str | None = cursor) -> tuple[list[float], str | None]:
-            query = client.query(kind=settings.kind, namespace=settings.namespace, projection=["lastseen"])
-            query.add_filter(filter=PropertyFilter("lastseen", "<", cutoff))
-            iterator = query.fetch(limit=limit, start_cursor=cursor, **FAIL_FAST)
-            with translated("query"):
-                values = [float(entity["lastseen"]) for entity in iterator]
-            return values, next_cursor(iterator)
+            def page(cursor: str | None = cursor, target: Target = target) -> tuple[list[float], str | None]:
+                query = lastseen_query(client, settings, target, None, cutoff)
+                query.projection = ["lastseen" if target is None else SHARD_PROPERTY]
+                iterator = query.fetch(limit=limit, start_cursor=cursor, **FAIL_FAST)
+                with translated("query"):
+                    values = [_lastseen_of(entity, target) for entity in iterator]
+                return values, next_cursor(iterator)
 
-        values, cursor = with_retries(page)
-        for value in values:
-            seen += 1
-            if len(reservoir) < count:
-                reservoir.append(value)
-            elif (slot := rng.randrange(seen)) < count:
-                reservoir[slot] = value
-        if len(values) < limit or cursor is None:
-            return sorted(reservoir)
+            values, cursor = with_retries(page)
+            for value in values:
+                seen += 1
+                if len(reservoir) < count:
+                    reservoir.append(value)
+                elif (slot := rng.randrange(seen)) < count:
+                    reservoir[slot] = value
+            if len(values) < limit or cursor is None:
+                break
+    return sorted(reservoir)
 
 
-def plan_slices(client: datastore.Client, settings: Settings, cutoff: float, slices: int) -> list[SliceRange]:
+def _lastseen_of(entity: datastore.Entity, target: Target) -> float:
+    """The ``lastseen`` a projection on the range's property holds (``shard_lastseen``: decoded)."""
+    if target is None:
+        return float(entity["lastseen"])
+    return decode_lastseen(str(entity[SHARD_PROPERTY]).partition(":")[2])
+
+
+def plan_slices(
+    client: datastore.Client, settings: Settings, cutoff: float, slices: int, targets: Sequence[Target] = (None,)
+) -> list[SliceRange]:
     """``lastseen`` ranges for ``slices`` parallel cleanup chains, balanced on the expired sessions present.
 
     Fewer when the sample has fewer distinct values: the sessions that share
@@ -89,10 +104,12 @@ def plan_slices(client: datastore.Client, settings: Settings, cutoff: float, sli
     reading) always fall into one slice, so 4 asked can become 3, or 1 when
     they all share it. ``start_clear_sessions`` logs ``clear_slices_collapsed``
     then; every expired session is still deleted, once. One chain: no bounds.
+    ``targets``: the index ranges the expired sessions are in (write shards;
+    the same bounds then slice each of them).
     """
     if slices <= 1:
         return [(None, None)]
-    sample = sample_lastseen(client, settings, cutoff, slices * SAMPLES_PER_SLICE)
+    sample = sample_lastseen(client, settings, cutoff, slices * SAMPLES_PER_SLICE, targets)
     if not sample:
         return [(None, None)]
     points = sorted({sample[len(sample) * i // slices] for i in range(1, slices)} - {sample[0]})

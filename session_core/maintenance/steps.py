@@ -55,6 +55,7 @@ BUILT_IN = (
     "session_core.maintenance.cleanup",
     "session_core.maintenance.kill",
     "session_core.maintenance.rehash",
+    "session_core.maintenance.reshard",
 )
 """The modules whose step types the registry loads on its first lookup (each registers its own)."""
 

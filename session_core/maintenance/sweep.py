@@ -35,7 +35,8 @@ from session_core.config import Settings
 from session_core.errors import PayloadError, StoreError, TransientStoreError
 from session_core.maintenance.events import BatchEvents
 from session_core.maintenance.pacing import Pacer
-from session_core.store import DeleteObserver, SessionRecord, SessionStore
+from session_core.rules import shard_bounds
+from session_core.store import SHARD_PROPERTY, DeleteObserver, SessionRecord, SessionStore
 
 # A keys-only response must stay under the 4 MiB response limit; aim for half.
 MAX_PAGE_BYTES = 2 * 1024 * 1024
@@ -43,6 +44,8 @@ _RETRY_DELAYS = (0.1, 0.3, 1.0, 3.0)
 log = structlog.get_logger("session_core.sweep")
 Progress = Callable[[int, float], None]
 QueryFactory = Callable[[], datastore.Query]
+Target = int | None
+"""An index range of expired sessions: write shard k's ``shard_lastseen`` range, or None: the ``lastseen`` index."""
 
 
 def offset_progress(progress: Progress | None, done: int) -> Progress | None:
@@ -100,6 +103,26 @@ def session_query(
         query.add_filter(filter=PropertyFilter("__key__", ">=", settings_key(client, settings, settings.kind, lo)))
     if hi is not None:
         query.add_filter(filter=PropertyFilter("__key__", "<", settings_key(client, settings, settings.kind, hi)))
+    return query
+
+
+def lastseen_query(
+    client: datastore.Client, settings: Settings, target: Target, lo: float | None, hi: float
+) -> datastore.Query:
+    """The keys-only query of the sessions with ``lo <= lastseen < hi`` (lo None: all below ``hi``) in one range.
+
+    ``target`` None: the ``lastseen`` index; k: write shard k's range of
+    ``shard_lastseen``. Two inequalities on one property either way.
+    """
+    query = session_query(client, settings)
+    if target is None:
+        if lo is not None:
+            query.add_filter(filter=PropertyFilter("lastseen", ">=", lo))
+        query.add_filter(filter=PropertyFilter("lastseen", "<", hi))
+        return query
+    low, high = shard_bounds(target, lo, hi)
+    query.add_filter(filter=PropertyFilter(SHARD_PROPERTY, ">=", low))
+    query.add_filter(filter=PropertyFilter(SHARD_PROPERTY, "<", high))
     return query
 
 
