@@ -129,7 +129,10 @@ DESCRIPTIONS: dict[str, str] = {
     "blocks the next one for at most this long.",
     "deletes_in_flight": "Delete commits running while the next page is fetched.",
     "shards": "Key-range shards for killing every guest or every session.",
-    "clear_shards": "Parallel cleanup chains, each over one slice of the expired sessions' `lastseen`; 1: one chain.",
+    "clear_shards": "Parallel cleanup chains in each write shard, each over one slice of the expired sessions' "
+    "`lastseen`; 1: one chain.",
+    "write_shards": "Index ranges session writes spread over (`shard_lastseen`), past one range's 500 writes/s "
+    "(about 150,000 active sessions); 1: ViUR's layout, indexed `lastseen`. Change it, then run the reshard.",
     "rampup": "`on`: cleanup and rehash follow Datastore's ramp-up rule for new load; `off`: no pacing (tests, the "
     "local stack, benchmarks).",
     "rampup_start": "Deletes a second a run may make in its first period, shared by its chains.",
