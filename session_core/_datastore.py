@@ -53,14 +53,15 @@ def within(
     """
     deadline = clock() + seconds
     for attempt in itertools.count():
-        try:
-            with translated(operation):
-                return call({"retry": NO_RETRY, "timeout": max(deadline - clock(), 0.01)})
-        except TransientStoreError:
+        try:  # translated as :func:`translated` does, without a context manager on the success path
+            return call({"retry": NO_RETRY, "timeout": max(deadline - clock(), 0.01)})
+        except TRANSIENT as exc:
             delay = _BACKOFF[min(attempt, len(_BACKOFF) - 1)]
             if clock() + delay >= deadline:
-                raise
-            sleep(delay)
+                raise TransientStoreError(operation, exc) from exc
+        except gexc.GoogleAPICallError as exc:
+            raise StoreError(operation, exc) from exc
+        sleep(delay)
     raise AssertionError("unreachable")
 
 

@@ -22,9 +22,10 @@ tagged form). Errors leave as google.api_core exceptions
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -32,7 +33,6 @@ from google.api_core import exceptions as gexc
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.api_core.gapic_v1 import routing_header
 from google.cloud import datastore
-from google.cloud._helpers import _datetime_to_pb_timestamp
 from google.cloud.datastore import _http
 from google.cloud.datastore.helpers import GeoPoint, key_from_protobuf
 from google.cloud.datastore_v1.types import datastore as _api
@@ -61,6 +61,9 @@ _METHODS = {
     "rollback": ("Rollback", RollbackResponse),
 }
 Call = Callable[[Any, float], Any]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NATIVE = frozenset({"string_value", "double_value", "integer_value", "boolean_value", "blob_value"})
+"""The ``Value`` fields that hold a client-library value as they are."""
 
 
 class Wire:
@@ -227,7 +230,7 @@ def _fill_entity(message: Any, entity: Mapping[str, Any], key: Any = None) -> No
     properties = message.properties
     for name, value in entity.items():
         value_message = properties[name]
-        _fill_value(value_message, value)
+        fill_value(value_message, value)
         if name in excluded:
             if type(value) is list:
                 for item in value_message.array_value.values:
@@ -236,7 +239,8 @@ def _fill_entity(message: Any, entity: Mapping[str, Any], key: Any = None) -> No
                 value_message.exclude_from_indexes = True
 
 
-def _fill_value(message: Any, value: Any) -> None:
+def fill_value(message: Any, value: Any) -> None:
+    """Set a ``Value`` protobuf to a client-library value, as ``entity_to_protobuf`` sets it (indexing aside)."""
     kind = type(value)
     if kind is str:
         message.string_value = value
@@ -249,7 +253,7 @@ def _fill_value(message: Any, value: Any) -> None:
     elif value is None:
         message.null_value = 0
     elif isinstance(value, datetime):
-        message.timestamp_value.CopyFrom(_datetime_to_pb_timestamp(value))  # type: ignore[no-untyped-call]
+        timestamp_into(message, value)
     elif isinstance(value, datastore.Key):
         message.key_value.CopyFrom(value.to_protobuf()._pb)
     elif isinstance(value, dict):
@@ -260,7 +264,7 @@ def _fill_value(message: Any, value: Any) -> None:
         if not value:
             array.SetInParent()
         for item in value:
-            _fill_value(array.values.add(), item)
+            fill_value(array.values.add(), item)
     elif kind is bytes:
         message.blob_value = value
     elif isinstance(value, GeoPoint):
@@ -270,15 +274,41 @@ def _fill_value(message: Any, value: Any) -> None:
         raise ValueError("Unknown protobuf attr type", kind)
 
 
+def timestamp_into(message: Any, value: datetime) -> None:
+    """Set a ``Value`` protobuf to a datetime's instant (a naive one taken as UTC), as ``entity_to_protobuf`` does."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    since = value - _EPOCH  # exact: whole days, seconds and microseconds (floor division, as the library's divmod)
+    timestamp = message.timestamp_value
+    timestamp.seconds = since.days * 86400 + since.seconds
+    timestamp.nanos = since.microseconds * 1000
+
+
+def instant_into(message: Any, seconds: float) -> None:
+    """Set a ``Value`` protobuf to the instant ``seconds`` after the epoch (from 1970), as
+    ``timestamp_into(message, datetime.fromtimestamp(seconds, UTC))`` would: microseconds, rounded half to even."""
+    if seconds < 0:  # before 1970: the exact way
+        timestamp_into(message, datetime.fromtimestamp(seconds, tz=UTC))
+        return
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    timestamp = message.timestamp_value
+    timestamp.seconds = int(whole)
+    timestamp.nanos = micros * 1000
+
+
 def properties(message: Any) -> dict[str, Any]:
     """An Entity protobuf's properties as client-library values (embedded entities as dicts, keyed ones as Entity)."""
-    return {name: _value(value) for name, value in message.properties.items()}
+    return {name: value_of(value) for name, value in message.properties.items()}
 
 
-def _value(message: Any) -> Any:
+def value_of(message: Any) -> Any:
+    """A ``Value`` protobuf as a client-library value (an unkeyed entity as a dict)."""
     which = message.WhichOneof("value_type")
-    if which == "string_value":
-        return message.string_value
+    if which in NATIVE:
+        return getattr(message, which)
     if which == "entity_value":
         inner = message.entity_value
         if not inner.HasField("key"):
@@ -290,7 +320,7 @@ def _value(message: Any) -> Any:
         entity.update(properties(inner))
         return entity
     if which == "array_value":
-        return [_value(item) for item in message.array_value.values]
+        return [value_of(item) for item in message.array_value.values]
     if which == "timestamp_value":
         return DatetimeWithNanoseconds.from_timestamp_pb(message.timestamp_value)  # type: ignore[no-untyped-call]
     if which == "key_value":
@@ -299,7 +329,7 @@ def _value(message: Any) -> Any:
         return GeoPoint(message.geo_point_value.latitude, message.geo_point_value.longitude)
     if which is None or which == "null_value":
         return None
-    return getattr(message, which)  # boolean, integer, double, blob
+    return getattr(message, which)  # a field added to Value later: as the protobuf holds it
 
 
 def _excluded(message: Any) -> bool:

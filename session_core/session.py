@@ -124,7 +124,7 @@ class Session(MutableMapping[str, Any]):
         self._cookie_key: str | None = None  # the secret the browser holds (or will)
         self._stored_name: str | None = None  # entity name it was loaded from / written to
         self._user: str = GUEST_USER
-        self._security_key: str = rules.new_security_key()
+        self._security_key: str = ""  # drawn on first use (:meth:`_own_security_key`): a load brings the stored one
         self.lastseen: float | None = None  # the real time it was last written
         self.lifetime: timedelta = self.default_lifetime
         self.absolute_end: float | None = None  # set on its first write (creation) and at every login
@@ -179,6 +179,11 @@ class Session(MutableMapping[str, Any]):
     def static_security_key(self) -> str:
         """ViUR's per-session security key (a credential: never log it)."""
         self._ensure_loaded()
+        return self._own_security_key()
+
+    def _own_security_key(self) -> str:
+        if not self._security_key:
+            self._security_key = rules.new_security_key()
         return self._security_key
 
     @property
@@ -346,7 +351,7 @@ class Session(MutableMapping[str, Any]):
             key_name=name,
             data=self._data,
             user=self._user,
-            static_security_key=self._security_key,
+            static_security_key=self._own_security_key(),
             seen=now,
             lifetime=self.lifetime.total_seconds(),
             epoch=None if self._counters is None else self._counters[0],

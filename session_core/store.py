@@ -37,11 +37,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
+from google.cloud.datastore import helpers
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core import _wire, values
@@ -113,34 +114,72 @@ T = TypeVar("T")
 _UNINDEXED = ("data", "expires", "seen", "lifetime", "epoch", "guest_epoch", "absolute_end")
 SHARD_PROPERTY = "shard_lastseen"
 """The indexed ``"<shard>:<lastseen>"`` of a session written with N > 1 write shards (absent with N = 1)."""
+_NUMBER_TYPES = (float, int)  # exactly: what a stored number reads as (a bool is not one)
+_OPTIONAL = ("epoch", "guest_epoch", "absolute_end")  # stored (unindexed) only when set
+# What :func:`record_of` reads besides ``data``.
+_READ_FIRST = ("lastseen", "seen", "lifetime", "user", "static_security_key", *_OPTIONAL)
+_NUMBERS = ("lastseen", "expires", "seen", "lifetime")  # 8 bytes each: floats (ints) and a timestamp
+# Datastore's storage size of an entity, beyond its key, its strings and its data: names, numbers, 32 bytes.
+_FIXED_SIZE = 32 + sum(len(name) + 1 for name in ("data", "static_security_key", "user", *_NUMBERS)) + 8 * len(_NUMBERS)
 _PAGE = 100  # sessions per query page of :meth:`SessionStore.sessions_of`
 DeleteObserver = Callable[[SessionRecord], None]
 """Told of each session that cleanup or kill deleted, after the commit that deleted it."""
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if type(value) in _NUMBER_TYPES else None  # type: ignore[arg-type]  # bool is not a number here
 
 
 def session_entity(key: datastore.Key, record: SessionRecord, settings: Settings) -> datastore.Entity:
-    """The entity stored for a record under ``key``; SessionDataError (before any RPC) if Datastore would refuse it."""
-    expires, idle = record.expires(settings.life_time), record.idle_expires(settings.life_time)
-    sharded = settings.write_shards > 1
-    entity = datastore.Entity(key, exclude_from_indexes=(*_UNINDEXED, "lastseen") if sharded else _UNINDEXED)
-    entity["data"] = values.encode(record.data)
-    entity["static_security_key"] = record.static_security_key
-    entity["lastseen"] = lastseen = stored_lastseen(expires, settings.life_time)
-    if sharded:
-        entity[SHARD_PROPERTY] = shard_lastseen(write_shard(record.key_name, settings.write_shards), lastseen)
-    entity["user"] = record.user
-    entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
-    entity["seen"] = float(record.seen)
-    entity["lifetime"] = idle - record.seen  # the idle lifetime, never shortened by the absolute end
-    for name in ("epoch", "guest_epoch", "absolute_end"):
-        if getattr(record, name) is not None:
-            entity[name] = getattr(record, name)
-    values.check_size(entity)
+    """The entity stored for a record under ``key``; SessionDataError (before any RPC) if Datastore would refuse it.
+
+    It is :func:`session_pb`'s protobuf as the client library reads it: one encoder for both paths.
+    """
+    entity: datastore.Entity = helpers.entity_from_protobuf(session_pb(key.to_protobuf()._pb, record, settings))
     return entity
+
+
+def session_pb(key: Any, record: SessionRecord, settings: Settings) -> Any:
+    """The Entity protobuf stored for a record under ``key`` (a Key protobuf); SessionDataError before any RPC.
+
+    Values go straight to ``Value`` protobufs (:func:`session_core.values.encode_into`),
+    their storage size measured on the way, for Datastore's 1 MiB limit. ``lastseen``
+    encodes the earlier of the idle expiry and the absolute end; ``lifetime`` is the
+    idle lifetime, never shortened by the absolute end. With N > 1 write shards,
+    ``lastseen`` is unindexed and the indexed ``shard_lastseen`` carries it.
+    """
+    expires, idle = record.expires(settings.life_time), record.idle_expires(settings.life_time)
+    message = _wire.EntityPb()
+    message.key.CopyFrom(key)
+    properties = message.properties
+    size = values.key_pb_size(key) + _FIXED_SIZE
+    for name, text in (("static_security_key", record.static_security_key), ("user", record.user)):  # indexed
+        properties[name].string_value = text
+        size += len(text.encode("utf-8")) + 1
+    lastseen = stored_lastseen(expires, settings.life_time)
+    _wire.fill_value(properties["lastseen"], lastseen)  # indexed with one write shard
+    if settings.write_shards > 1:
+        properties["lastseen"].exclude_from_indexes = True
+        sharded = shard_lastseen(write_shard(record.key_name, settings.write_shards), lastseen)
+        properties[SHARD_PROPERTY].string_value = sharded
+        size += len(SHARD_PROPERTY) + 1 + len(sharded) + 1
+    for name, number in (("seen", float(record.seen)), ("lifetime", idle - record.seen)):
+        out = properties[name]
+        out.exclude_from_indexes = True
+        _wire.fill_value(out, number)
+    for name in _OPTIONAL:
+        value = getattr(record, name)
+        if value is not None:
+            out = properties[name]
+            out.exclude_from_indexes = True
+            _wire.fill_value(out, value)
+            size += len(name) + 1 + 8
+    out = properties["expires"]
+    out.exclude_from_indexes = True
+    _wire.instant_into(out, expires)
+    size += values.encode_into(properties["data"], record.data)  # last: upb fills a map faster in this order
+    values.check_size(size)
+    return message
 
 
 def in_layout(entity: datastore.Entity, shards: int) -> bool:
@@ -172,10 +211,11 @@ def relayout(entity: datastore.Entity, shards: int) -> datastore.Entity:
     return new
 
 
-def session_record(name: str, entity: Mapping[str, Any]) -> SessionRecord:
+def session_record(name: str, entity: Mapping[str, Any], data: Mapping[str, Any] | None = None) -> SessionRecord:
     """The record stored under ``name`` with these properties (client-library values), ours or ViUR's.
 
-    Missing fields get safe defaults (see :meth:`SessionStore.from_entity`).
+    Missing fields get safe defaults (see :meth:`SessionStore.from_entity`). ``data``: the
+    session's data, when the caller decoded it already (:func:`record_of`).
     """
     lastseen = _number(entity.get("lastseen")) or 0.0
     seen, lifetime = _number(entity.get("seen")), _number(entity.get("lifetime"))
@@ -184,7 +224,7 @@ def session_record(name: str, entity: Mapping[str, Any]) -> SessionRecord:
         lifetime = expires.timestamp() - lastseen if isinstance(expires, datetime) else None
     return SessionRecord(
         key_name=name,
-        data=values.decode(entity.get("data")),
+        data=values.decode(entity.get("data")) if data is None else data,
         user=str(entity.get("user") or GUEST_USER),
         static_security_key=str(entity.get("static_security_key") or ""),
         seen=seen,
@@ -197,6 +237,15 @@ def session_record(name: str, entity: Mapping[str, Any]) -> SessionRecord:
 
 def _counter(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def record_of(name: str, message: Any) -> SessionRecord:
+    """:func:`session_record` of an Entity protobuf: its data decoded straight from the ``Value`` protobuf."""
+    properties = message.properties
+    fields = {field: _wire.value_of(properties[field]) for field in _READ_FIRST if field in properties}
+    if (_number(fields.get("seen")) is None or _number(fields.get("lifetime")) is None) and "expires" in properties:
+        fields["expires"] = _wire.value_of(properties["expires"])  # read only by an older layout
+    return session_record(name, fields, values.decode_pb(properties["data"]) if "data" in properties else {})
 
 
 class SessionStore:
@@ -239,7 +288,7 @@ class SessionStore:
 
     def _entity_pb(self, record: SessionRecord) -> Any:
         """The Entity protobuf for a record; SessionDataError (before any RPC) if Datastore would refuse it."""
-        return _wire.entity_pb(self.to_entity(record), key=self._key_pb(record.key_name))
+        return session_pb(self._key_pb(record.key_name), record, self.settings)
 
     def _within(self, operation: str, call: Callable[[_wire.Wire, float], T]) -> T:
         wire = _wire.wire_of(self.client)
@@ -272,7 +321,7 @@ class SessionStore:
         for cookie, pair in names.items():
             name = next((name for name in pair if (kind, name) in by_key), None)
             if name is not None:
-                records[cookie] = session_record(name, _wire.properties(by_key[kind, name]))
+                records[cookie] = record_of(name, by_key[kind, name])
         epochs = {
             name: Epoch.from_properties(_wire.properties(by_key[EPOCH_KIND, name]))
             for name in EPOCH_NAMES

@@ -40,27 +40,46 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.cloud import datastore
+from google.cloud.datastore import helpers
 from google.cloud.datastore.helpers import GeoPoint
+from google.cloud.datastore_v1.types import entity as _entity
 
+from session_core import _wire
 from session_core.errors import SessionDataError
 
 TUPLE, LIST, MARKUP, UUID, DICT = "~tuple", "~list", "~markup", "~uuid", "~dict"
 TAGS = frozenset({TUPLE, LIST, MARKUP, UUID, DICT})
+_TAG_SIZES = {tag: len(tag) + 1 for tag in TAGS}  # a tag's storage size as a property name
 MAX_DEPTH = 20  # entity and array values, the stored ``data`` entity being the first
 MAX_ENTITY_BYTES = 1_048_572  # Datastore's limit, in its storage-size measure
 MAX_NAME_BYTES = 1500
 _RESERVED = re.compile(r"__.*__", re.S)
 _INT64 = (-(2**63), 2**63 - 1)
+ValuePb: Any = _entity.Value.pb()  # the protobuf class under the proto-plus wrapper
 
 
 def encode(data: Mapping[str, Any]) -> datastore.Entity:
-    """The embedded entity stored as a session's ``data`` (every property unindexed).
+    """The embedded entity stored as a session's ``data`` (every property unindexed), as the client library reads it.
 
     Raises SessionDataError, naming the path of the first value that cannot
-    round-trip, before any RPC.
+    round-trip, before any RPC. It is :func:`encode_into`'s protobuf, read
+    back by the client library: one encoder for both paths.
     """
-    entity: datastore.Entity = _Encoder().entity(data, "session", 1)
+    message = ValuePb()
+    encode_into(message, data)
+    entity: datastore.Entity = helpers.entity_from_protobuf(message.entity_value)
     return entity
+
+
+def encode_into(message: Any, data: Mapping[str, Any]) -> int:
+    """Fill a ``Value`` protobuf with a session's ``data`` (an unindexed embedded entity); its storage size.
+
+    Byte for byte what the client library's ``entity_to_protobuf`` writes for
+    :func:`encode`'s entity. Raises SessionDataError, naming the path of the
+    first value that cannot round-trip, before any RPC.
+    """
+    message.exclude_from_indexes = True
+    return _Encoder().entity(message.entity_value, data, "session", 1)
 
 
 def decode(value: object) -> dict[str, Any]:
@@ -70,91 +89,151 @@ def decode(value: object) -> dict[str, Any]:
     return {name: _decode(item) for name, item in value.items()}
 
 
+def decode_pb(message: Any) -> dict[str, Any]:
+    """A session's data from its stored ``data`` ``Value`` protobuf, as :func:`decode` reads the client's."""
+    if message.WhichOneof("value_type") != "entity_value":
+        return {}
+    return {name: _from_pb(item) for name, item in message.entity_value.properties.items()}
+
+
 def entity_size(entity: datastore.Entity) -> int:
     """Datastore's storage size of an entity (its documented measure: key, names, values, 32 bytes)."""
     return (_key_size(entity.key) if entity.key is not None else 0) + _properties_size(entity) + 32
 
 
-def check_size(entity: datastore.Entity) -> None:
-    """Raise SessionDataError if Datastore would refuse the entity for its size."""
-    size = entity_size(entity)
+def check_size(entity: datastore.Entity | int) -> None:
+    """Raise SessionDataError if Datastore would refuse the entity (or an entity of this storage size) for its size."""
+    size = entity if isinstance(entity, int) else entity_size(entity)
     if size > MAX_ENTITY_BYTES:
         raise SessionDataError(
             "session", f"stores as {size:,} bytes; Datastore's limit for an entity is {MAX_ENTITY_BYTES:,}"
         )
 
 
-# -- encoding ----------------------------------------------------------------------
+def value_size(value: Any) -> int:
+    """Datastore's storage size of a client-library value (a property's, its name aside)."""
+    return _value_size(value)
+
+
+def key_pb_size(key: Any) -> int:
+    """Datastore's storage size of a ``Key`` protobuf (as :func:`entity_size` counts a key)."""
+    namespace = key.partition_id.namespace_id
+    size = 16 + (len(namespace.encode("utf-8")) + 1 if namespace else 0)
+    for element in key.path:
+        name = element.name
+        size += len(element.kind.encode("utf-8")) + 1 + (len(name.encode("utf-8")) + 1 if name else 8)
+    return size
+
+
+# -- encoding: straight to ``Value`` protobufs, the storage size measured on the way -----
 
 
 class _Encoder:
-    """One encoding pass; remembers the containers on the current path to refuse cycles."""
+    """One encoding pass; remembers the containers on the current path to refuse cycles.
+
+    Each method fills a protobuf message the caller added and returns the
+    storage size of what it wrote. Every value sits in an entity whose
+    properties are all unindexed, so every value but an array is marked
+    unindexed (an array's items are), as ``entity_to_protobuf`` marks them.
+    """
 
     def __init__(self) -> None:
         self.open: set[int] = set()
 
-    def value(self, value: Any, path: str, level: int) -> Any:
+    def value(self, out: Any, value: Any, path: str, level: int) -> int:
         kind = type(value)
-        if value is None or kind in (bool, float, bytes) or isinstance(value, (datastore.Key, GeoPoint)):
-            return value
+        if kind is str:
+            size = _checked_text_size(value, path)
+            out.exclude_from_indexes = True
+            out.string_value = value
+            return size
         if kind is int:
             if not _INT64[0] <= value <= _INT64[1]:
                 raise SessionDataError(path, "int out of Datastore's 64-bit range")
-            return value
-        if kind is str:
-            _check_text(value, path)
-            return value
-        if isinstance(value, datetime):
-            _check_instant(value, path)
-            return value  # naive: taken as UTC by the client, returned aware
-        if kind is dict or isinstance(value, datastore.Entity):
-            return self.mapping(value, path, level)
+            out.exclude_from_indexes = True
+            out.integer_value = value
+            return 8
         if kind is list:
-            return self.sequence(value, path, level)
+            return self.sequence(out, value, path, level)
+        out.exclude_from_indexes = True
+        if kind is bool:
+            out.boolean_value = value
+            return 1
+        if kind is float:
+            out.double_value = value
+            return 8
+        if value is None:
+            out.null_value = 0
+            return 1
+        if kind is dict or isinstance(value, datastore.Entity):
+            return self.mapping(out, value, path, level)
+        if isinstance(value, datetime):
+            _check_instant(value, path)  # naive: taken as UTC, returned aware
+            _wire.timestamp_into(out, value)
+            return 8
+        if kind is bytes:
+            out.blob_value = value
+            return len(value)
         if kind is tuple:
-            return self.tagged(TUPLE, self.sequence(value, path, level + 1), path, level)
+            return self.sequence(self.tagged(out, TUPLE, path, level), value, path, level + 1) + _TAG_SIZES[TUPLE]
         if kind is uuid.UUID:
-            return self.tagged(UUID, str(value), path, level)
+            return self.value(self.tagged(out, UUID, path, level), str(value), path, level + 1) + _TAG_SIZES[UUID]
         if _is_markup(value):
             _check_text(value, path)
-            return self.tagged(MARKUP, str(value), path, level)
+            return self.value(self.tagged(out, MARKUP, path, level), str(value), path, level + 1) + _TAG_SIZES[MARKUP]
+        if isinstance(value, datastore.Key):
+            out.key_value.CopyFrom(value.to_protobuf()._pb)
+            return _key_size(value)
+        if isinstance(value, GeoPoint):
+            out.geo_point_value.latitude = value.latitude
+            out.geo_point_value.longitude = value.longitude
+            return 16
         raise SessionDataError(path, f"{kind.__name__} cannot be stored in a session (see session_core.values)")
 
-    def mapping(self, value: Mapping[Any, Any], path: str, level: int) -> datastore.Entity:
+    def mapping(self, out: Any, value: Mapping[Any, Any], path: str, level: int) -> int:
         keyed = isinstance(value, datastore.Entity) and value.key is not None
         if not keyed and len(value) == 1 and next(iter(value)) in TAGS:  # escaped: never misread as a tag
-            return self.tagged(DICT, self.entity(value, path, level + 1), path, level)
-        return self.entity(value, path, level)
+            inner = self.tagged(out, DICT, path, level)
+            inner.exclude_from_indexes = True
+            return self.entity(inner.entity_value, value, path, level + 1) + _TAG_SIZES[DICT]
+        return self.entity(out.entity_value, value, path, level)
 
-    def entity(self, value: Mapping[Any, Any], path: str, level: int) -> datastore.Entity:
+    def entity(self, out: Any, value: Mapping[Any, Any], path: str, level: int) -> int:
+        """Fill an Entity protobuf ``out``: its key (a keyed Entity's) and its properties."""
         with self._container(value, path, level):
-            key = value.key if isinstance(value, datastore.Entity) else None
-            entity = datastore.Entity(key=key, exclude_from_indexes=tuple(n for n in value if type(n) is str))
+            out.SetInParent()  # present even when empty
+            size = 0
+            if isinstance(value, datastore.Entity) and value.key is not None:
+                out.key.CopyFrom(value.key.to_protobuf()._pb)
+                size += _key_size(value.key)
+            properties = out.properties
             for name, item in value.items():
                 where = f"{path}[{name!r}]"
                 if type(name) is not str:
                     raise SessionDataError(where, "dictionary keys must be strings")
-                _check_name(name, where)
-                entity[name] = self.value(item, where, level + 1)
-        return entity
+                size += _checked_name_size(name, where) + self.value(properties[name], item, where, level + 1)
+        return size
 
-    def sequence(self, value: Iterable[Any], path: str, level: int) -> list[Any]:
+    def sequence(self, out: Any, value: Iterable[Any], path: str, level: int) -> int:
         with self._container(value, path, level):
-            items = []
+            array = out.array_value
+            array.SetInParent()  # present even when empty
+            items = array.values
+            size = 0
             for index, item in enumerate(value):
                 where = f"{path}[{index}]"
                 if type(item) is list:  # an array cannot hold an array
-                    items.append(self.tagged(LIST, self.sequence(item, where, level + 2), where, level + 1))
+                    inner = self.tagged(items.add(), LIST, where, level + 1)
+                    size += self.sequence(inner, item, where, level + 2) + _TAG_SIZES[LIST]
                 else:
-                    items.append(self.value(item, where, level + 1))
-        return items
+                    size += self.value(items.add(), item, where, level + 1)
+        return size
 
-    def tagged(self, tag: str, inner: Any, path: str, level: int) -> datastore.Entity:
-        """``{tag: inner}``: an entity at ``level`` (a container ``inner`` was built one level down)."""
+    def tagged(self, out: Any, tag: str, path: str, level: int) -> Any:
+        """Make ``out`` ``{tag: inner}``, an unindexed entity at ``level``; the ``Value`` of ``inner``, to fill."""
         _check_depth(path, level)
-        wrapper = datastore.Entity(exclude_from_indexes=(tag,))
-        wrapper[tag] = inner
-        return wrapper
+        out.exclude_from_indexes = True
+        return out.entity_value.properties[tag]
 
     def _container(self, value: object, path: str, level: int) -> _Open:
         _check_depth(path, level)
@@ -191,20 +270,27 @@ def _check_instant(value: datetime, path: str) -> None:
 
 
 def _check_text(value: str, path: str) -> None:
+    _checked_text_size(value, path)
+
+
+def _checked_text_size(value: str, path: str) -> int:
+    """The storage size of a string; SessionDataError if it is not valid Unicode."""
     try:
-        value.encode("utf-8")
+        return len(value.encode("utf-8")) + 1
     except UnicodeEncodeError:
         raise SessionDataError(path, "string is not valid Unicode (a lone surrogate)") from None
 
 
-def _check_name(name: str, path: str) -> None:
-    _check_text(name, path)
-    if not name:
+def _checked_name_size(name: str, path: str) -> int:
+    """The storage size of a property name; SessionDataError if Datastore refuses it."""
+    size = _checked_text_size(name, path)
+    if size == 1:
         raise SessionDataError(path, "Datastore refuses an empty name")
-    if _RESERVED.fullmatch(name):
+    if name[:2] == "__" and _RESERVED.fullmatch(name):
         raise SessionDataError(path, "Datastore reserves names of the form __name__")
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+    if size > MAX_NAME_BYTES + 1:
         raise SessionDataError(path, f"Datastore refuses names over {MAX_NAME_BYTES} bytes")
+    return size
 
 
 def _is_markup(value: object) -> bool:
@@ -229,6 +315,20 @@ def _decode(value: Any) -> Any:
         keyed.update({name: _decode(item) for name, item in value.items()})
         return keyed
     return {name: _decode(item) for name, item in value.items()}
+
+
+def _from_pb(message: Any) -> Any:
+    """:func:`_decode` of a ``Value`` protobuf: natives and unkeyed entities here, the rest in the client's form."""
+    which = message.WhichOneof("value_type")
+    if which in _wire.NATIVE:
+        return getattr(message, which)
+    if which == "array_value":
+        return [_from_pb(item) for item in message.array_value.values]
+    if which == "entity_value" and not message.entity_value.HasField("key"):
+        properties = message.entity_value.properties
+        if len(properties) != 1 or next(iter(properties)) not in TAGS:
+            return {name: _from_pb(item) for name, item in properties.items()}
+    return _decode(_wire.value_of(message))  # a tag, a keyed entity, a timestamp, a key, a point, null
 
 
 def _untag(tag: str, inner: Any) -> Any:

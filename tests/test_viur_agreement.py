@@ -12,23 +12,32 @@ import json
 import os
 import shutil
 import subprocess
-from datetime import timedelta
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import datastore
+from markupsafe import Markup
 
 from session_core import Session, Settings
 from session_core.clients import datastore_client
 from session_core.maintenance.cleanup import start_clear_sessions
 from session_core.maintenance.sweep import session_names
+from session_core.rules import new_key
 from session_core.session import Saved
+from session_core.store import SessionRecord, SessionStore
 from session_core.testing import Emulator
 from tests.conftest import ROOT, Ctx
 from tests.locks import locked
 from tests.test_lifetimes import DAY, HOUR, MINUTE, T0, alive_for_the_reader, saved, viur_saved
+from tests.test_values import same
+from tests.test_wire import EVERY_VALUE, documented
+from tests.viur.typed_json import typed
 
 pytestmark = pytest.mark.slow
 VIUR_CORE = "viur-core==3.9.3"
@@ -169,3 +178,93 @@ def test_viur_cores_reader_sees_a_busy_session_expire_at_its_absolute_end(
     assert cookie in set(session_names(client, settings))
     start_clear_sessions(client, settings, now=end + grace + 1)
     assert cookie not in set(session_names(client, settings))
+
+
+def viur_core_session(python: Path, credentials: Path, emulator: Emulator, mode: str, given: object) -> Any:
+    """What viur-core's own Session does in its interpreter (``tests/viur/session_io.py``): read, rewrite or write."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "DATASTORE_EMULATOR_HOST": emulator.host,
+    }
+    done = subprocess.run(
+        [str(python), str(ROOT / "tests" / "viur" / "session_io.py"), mode],
+        input=json.dumps(given),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def viur_layout(emulator: Emulator) -> tuple[datastore.Client, Settings]:
+    settings = Settings(
+        project=PROJECT, emulator_host=emulator.host, cookie_name=f"viur_cookie_{PROJECT}", key_storage="plain"
+    )
+    return datastore_client(settings), settings
+
+
+def both_our_paths(client: datastore.Client, settings: Settings, cookie: str) -> list[dict[str, Any]]:
+    """A session's data read by the request path (raw protobufs) and by the client library."""
+    store = SessionStore(client, settings)
+    entity = client.get(store.key(cookie))
+    assert entity is not None
+    return [dict(store.lookup_all([cookie])[cookie].data), dict(SessionStore.from_entity(entity).data)]
+
+
+def test_viur_core_reads_every_value_the_request_path_writes_and_we_read_back_what_it_rewrites(
+    viur_python: Path, credentials: Path, datastore_emulator: Emulator
+) -> None:
+    client, settings = viur_layout(datastore_emulator)
+    cookie = new_key()
+    written = SessionRecord(cookie, EVERY_VALUE, "__guest__", "k" * 13, time.time())
+    assert SessionStore(client, settings).insert(written)  # the request path: raw protobufs
+
+    # One entity, three readers: our two paths get the values back; viur-core holds their documented stored forms.
+    ours = both_our_paths(client, settings, cookie)
+    [viur] = viur_core_session(viur_python, credentials, datastore_emulator, "rewrite", [cookie])
+    assert all(same(EVERY_VALUE, data) for data in ours)
+    assert viur == typed({name: documented(value) for name, value in EVERY_VALUE.items()})
+
+    # viur-core saved it back as it read it: every tagged form still reads as its value, both ways.
+    rewritten = both_our_paths(client, settings, cookie)
+    assert all(same({**EVERY_VALUE, "viur": "was here"}, data) for data in rewritten)
+
+
+def test_we_read_what_viur_core_writes_both_ways_tagged_forms_included(
+    viur_python: Path, credentials: Path, datastore_emulator: Emulator
+) -> None:
+    client, settings = viur_layout(datastore_emulator)
+    when = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    held_by_viur = {
+        "text": "Grüße, 世界",
+        "count": 3,
+        "ratio": 0.5,
+        "flag": True,
+        "nothing": None,
+        "blob": b"\x00\xff",
+        "when": when,
+        "ids": [1, 2, 3],
+        "prefs": {"theme": "dark", "tags": ["a", "b"]},
+        "a tuple": {"~tuple": [1, "a"]},
+        "a list in a list": [{"~list": [1, 2]}],
+        "a uuid": {"~uuid": "12345678-1234-5678-1234-567812345678"},
+        "markup": {"~markup": "<b>hi</b>"},
+        "an escaped dict": {"~dict": {"~uuid": "not one"}},
+    }
+    cookie = viur_core_session(viur_python, credentials, datastore_emulator, "write", typed(held_by_viur)["dict"])
+
+    expected = {
+        **held_by_viur,
+        "a tuple": (1, "a"),
+        "a list in a list": [[1, 2]],
+        "a uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "markup": Markup("<b>hi</b>"),
+        "an escaped dict": {"~uuid": "not one"},
+    }
+    assert all(same(expected, data) for data in both_our_paths(client, settings, cookie))
+    [viur] = viur_core_session(viur_python, credentials, datastore_emulator, "read", [cookie])
+    assert viur == typed(held_by_viur)

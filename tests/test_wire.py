@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -14,12 +15,13 @@ from google.cloud.datastore import helpers
 from google.cloud.datastore.helpers import GeoPoint
 from google.cloud.datastore_v1.services.datastore import DatastoreClient
 from google.cloud.datastore_v1.services.datastore.transports import DatastoreGrpcTransport
+from markupsafe import Markup
 
 from session_core import Settings, _wire, values
 from session_core._datastore import commit
 from session_core.clients import datastore_client
-from session_core.rules import hash_key, new_key
-from session_core.store import SessionRecord, SessionStore, session_entity
+from session_core.rules import hash_key, new_key, stored_lastseen
+from session_core.store import SessionRecord, SessionStore, session_entity, session_pb
 from tests.test_values import ROUND_TRIPS, same
 
 SEEN = time.time()  # one moment for every record, so two written alike are byte-for-byte alike
@@ -42,19 +44,78 @@ def record(name: str, data: dict[str, Any]) -> SessionRecord:
     return SessionRecord(key_name=name, data=data, user="u-1", static_security_key="k" * 13, seen=SEEN, lifetime=900.0)
 
 
+def unindexed(properties: dict[str, Any], key: datastore.Key | None = None) -> datastore.Entity:
+    entity = datastore.Entity(key, exclude_from_indexes=tuple(properties))
+    entity.update(properties)
+    return entity
+
+
+def documented(value: Any) -> Any:
+    """A session value in its documented stored form, built by hand as client-library values (the oracle)."""
+    if isinstance(value, tuple):
+        return unindexed({values.TUPLE: [item_form(item) for item in value]})
+    if isinstance(value, uuid.UUID):
+        return unindexed({values.UUID: str(value)})
+    if isinstance(value, Markup):
+        return unindexed({values.MARKUP: str(value)})
+    if isinstance(value, list):
+        return [item_form(item) for item in value]
+    if isinstance(value, datastore.Entity) and value.key is not None:
+        return unindexed({name: documented(item) for name, item in value.items()}, value.key)
+    if isinstance(value, dict):
+        inner = unindexed({name: documented(item) for name, item in value.items()})
+        return unindexed({values.DICT: inner}) if len(value) == 1 and next(iter(value)) in values.TAGS else inner
+    return value
+
+
+def item_form(value: Any) -> Any:
+    return unindexed({values.LIST: [item_form(item) for item in value]}) if type(value) is list else documented(value)
+
+
+def tags_in(value: Any) -> set[str]:
+    if isinstance(value, list):
+        return set().union(*map(tags_in, value))
+    if isinstance(value, dict):
+        return {name for name in value if name in values.TAGS} | set().union(*map(tags_in, value.values()))
+    return set()
+
+
+def library_entity(key: datastore.Key, written: SessionRecord, settings: Settings) -> datastore.Entity:
+    """The session entity, built by hand in the layout the module docstring of session_core.store documents."""
+    expires = written.expires(settings.life_time)
+    entity = datastore.Entity(key, exclude_from_indexes=("data", "expires", "seen", "lifetime"))
+    entity["data"] = unindexed({name: documented(item) for name, item in written.data.items()})
+    entity["static_security_key"] = written.static_security_key
+    entity["lastseen"] = stored_lastseen(expires, settings.life_time)
+    entity["user"] = written.user
+    entity["expires"] = datetime.fromtimestamp(expires, tz=UTC)
+    entity["seen"] = written.seen
+    entity["lifetime"] = expires - written.seen
+    return entity
+
+
 @pytest.mark.parametrize("name", EVERY_VALUE)
 def test_the_wire_encodes_every_value_byte_for_byte_as_the_client_library(name: str) -> None:
     settings = Settings(project="p", database="second", namespace="ns")
     key = datastore.Key(settings.kind, "a" * 64, project="p", database="second", namespace="ns")
-    entity = session_entity(key, record("a" * 64, {name: EVERY_VALUE[name]}), settings)
+    written = record("a" * 64, {name: EVERY_VALUE[name]})
+    expected = library_entity(key, written, settings)
 
-    theirs = helpers.entity_to_protobuf(entity)._pb.SerializeToString(deterministic=True)
-    ours = _wire.entity_pb(entity, key=_wire.key_pb("p", "second", "ns", settings.kind, "a" * 64))
+    ours = session_pb(_wire.key_pb("p", "second", "ns", settings.kind, "a" * 64), written, settings)
 
+    theirs = helpers.entity_to_protobuf(expected)._pb.SerializeToString(deterministic=True)
     assert ours.SerializeToString(deterministic=True) == theirs
+    library_form = session_entity(key, written, settings)  # the same encoder, read back by the client library
+    assert helpers.entity_to_protobuf(library_form)._pb.SerializeToString(deterministic=True) == theirs
+    measured = values.encode_into(_wire.ValuePb(), written.data)
+    assert measured == values.value_size(expected["data"])  # the size measured on the way: Datastore's measure
     read = helpers.entity_from_protobuf(ours)
     assert same(values.decode(read["data"]), values.decode(_wire.properties(ours)["data"]))
     assert same({name: EVERY_VALUE[name]}, values.decode(_wire.properties(ours)["data"]))
+
+
+def test_the_byte_for_byte_values_cover_every_tagged_form() -> None:
+    assert tags_in([documented(value) for value in EVERY_VALUE.values()]) == values.TAGS
 
 
 def test_an_entity_written_either_way_reads_the_same_both_ways_and_stores_the_same_bytes(
