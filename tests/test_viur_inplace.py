@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -35,13 +36,16 @@ class ViurApp:
     """One process of the app: ``request`` sends a request through viur-core's WSGI app."""
 
     def __init__(self, python: Path, service_account: Path, host: str, mode: str, **env: str) -> None:
+        self.base = tempfile.mkdtemp(prefix="viur-project-")
         self.process = subprocess.Popen(
             [str(python), str(ROOT / "tests" / "viur" / "app.py"), mode],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=tempfile.gettempdir(),  # viur-core's project base: not above its own venv
+            # viur-core's project base: a fresh folder, so it is no part of its venv's path wherever the
+            # checkout is (viur-core strips it from a skeleton's file name before it checks the folder).
+            cwd=self.base,
             env={
                 "PATH": os.environ["PATH"],
                 "PYTHONPATH": str(ROOT),
@@ -73,6 +77,8 @@ class ViurApp:
     def close(self) -> str:
         """End the process; its stderr's tail."""
         assert self.process.stdin is not None and self.process.stderr is not None
+        if self.process.stderr.closed:
+            return ""  # closed already (a failed request closes it to report its stderr)
         if not self.process.stdin.closed:
             self.process.stdin.close()
         self.process.wait(timeout=60)
@@ -80,6 +86,7 @@ class ViurApp:
         self.process.stderr.close()
         if self.process.stdout is not None:
             self.process.stdout.close()
+        shutil.rmtree(self.base, ignore_errors=True)
         return err[-3000:]
 
 
