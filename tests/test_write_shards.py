@@ -135,14 +135,14 @@ def test_with_8_write_shards_lastseen_is_unindexed_and_the_shard_value_is_indexe
     assert list(by_lastseen.fetch()) == []  # what viur-core's own cleanup asks finds nothing with N > 1
 
 
-def test_2000_session_writes_index_values_fall_into_8_ranges_within_1_5x_of_the_mean(
+def test_10000_session_writes_index_values_fall_into_8_ranges_within_1_5x_of_the_mean(
     client: datastore.Client, settings: Settings
 ) -> None:
     sharded = replace(settings, write_shards=8)
-    seed(SessionStore(client, sharded), 2000, NOW)
+    seed(SessionStore(client, sharded), 10_000, NOW)
     counts = shard_counts(client, sharded, 8)
     mean = statistics.mean(counts.values())
-    assert sum(counts.values()) == 2000 and max(counts.values()) <= 1.5 * mean
+    assert sum(counts.values()) == 10_000 and max(counts.values()) <= 1.5 * mean
 
 
 @pytest.mark.parametrize("clear_shards", [1, 2])
