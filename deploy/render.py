@@ -25,7 +25,7 @@ from typing import Any
 
 # What deploy.sh derives from the project it deploys to; a settings file that sets one is refused.
 DERIVED = ("SESSION_TASKS_QUEUE", "SESSION_TASK_URL", "SESSION_TASKS_SERVICE_ACCOUNT", "SESSION_TASK_AUDIENCE")
-# Whole numbers deploy.sh itself uses, with their defaults (the README's settings table).
+# Whole numbers deploy.sh itself uses, with their defaults (docs/reference/settings.md).
 NUMBERS = {"SESSION_TIME_BUDGET": 300, "SESSION_SHARDS": 16, "SESSION_CLEAR_SHARDS": 1}
 CONFIG = Path(__file__).resolve().parent.parent / "session_core" / "config.py"
 
@@ -68,7 +68,7 @@ def load_settings(path: str, project: str) -> dict[str, str]:
         if CONTROL.search(name) or CONTROL.search(loaded[name]):
             raise RefusedError(f"--settings {path}: {name!r} holds a control character ({loaded[name]!r})")
         if name not in known and name != "GOOGLE_CLOUD_PROJECT":
-            hint = "SESSION_* only" if not name.startswith("SESSION_") else "see the README's settings table"
+            hint = "SESSION_* only" if not name.startswith("SESSION_") else "see docs/reference/settings.md"
             raise RefusedError(f"--settings {path}: {name} is not a setting the functions read ({hint})")
         if name in DERIVED:
             raise RefusedError(f"--settings {path}: {name} is set by deploy.sh from the project; remove it")

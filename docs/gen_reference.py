@@ -105,6 +105,7 @@ for path, text in {
     "reference/cli.md": cli_page(),
     "reference/errors.md": errors_page(),
     "reference/api.md": api_page(),
+    "changelog.md": (Path(__file__).resolve().parent.parent / "CHANGELOG.md").read_text(),
 }.items():
     with mkdocs_gen_files.open(path, "w") as page:
         page.write(text)

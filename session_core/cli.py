@@ -4,7 +4,7 @@ Every command runs the library in this process, against the Datastore the
 settings name, with the same code the Cloud Functions run. The commands are
 one table, :data:`COMMANDS`: each entry has its description, the environment
 variables it reads, examples, its arguments and what it runs, so ``--help``
-and the README say the same, and a new command is one more entry. What a
+and the docs' generated command reference say the same, and a new command is one more entry. What a
 command prints is built in :mod:`session_core._render`.
 
 What a run prints: on stderr, progress (one rewritten line on a terminal, log
@@ -55,7 +55,7 @@ from session_core.testing import EmulatorError, emulator_missing, firestore_data
 
 # The variables every command reads: where the sessions are.
 WHERE = ("GOOGLE_CLOUD_PROJECT", "DATASTORE_EMULATOR_HOST", "SESSION_DATABASE", "SESSION_NAMESPACE", "SESSION_KIND")
-ENVIRONMENT = {  # what each variable means to a command (the README's settings table says the rest)
+ENVIRONMENT = {  # what each variable means to a command (docs/reference/settings.md says the rest)
     "GOOGLE_CLOUD_PROJECT": "the project (optional with an emulator)",
     "DATASTORE_EMULATOR_HOST": "host:port of a Datastore emulator instead of the project's database",
     "SESSION_DATABASE": "the Firestore database (default: (default))",
@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
             "a user's sessions, and the receipts of recent runs. Each command runs here, inline."
         ),
         epilog=(
-            "settings: every command reads the environment variables of the README's settings table\n"
+            "settings: every command reads the variables of the settings reference (docs/reference/settings.md)\n"
             "(or --settings FILE, the file deploy.sh hands the functions). Where the sessions are:\n"
             f"{_environment_help(WHERE)}\n\n"
             "output: progress and one summary line on stderr; the result as JSON on stdout.\n"

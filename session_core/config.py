@@ -269,7 +269,7 @@ class Settings:
             raise ConfigError(where, "a flat JSON object whose values are all strings", type(loaded).__name__)
         unknown = sorted(set(loaded) - set(VARIABLES.values()))
         if unknown:
-            raise ConfigError(where, "only the variables of the README's settings table", ", ".join(unknown))
+            raise ConfigError(where, "only the variables of docs/reference/settings.md", ", ".join(unknown))
         return cls.from_env({**(environ or {}), **loaded})
 
     @classmethod

@@ -360,12 +360,9 @@ def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **ex
     }
 
 
-def readme_python_blocks(heading: str) -> list[str]:
-    """The ```python blocks of the README section under ``heading`` (up to the next heading of any level)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n{heading}\n", 1)[1]
-    section = re.split(r"\n#{1,6} ", section, maxsplit=1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+def doc_python_blocks(page: str) -> list[str]:
+    """The ```python blocks of the docs page ``page`` (a path under ``docs/``), in order."""
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
 
 
 # A task step's JSON exactly as our code enqueues it (the wire format); tests change fields with {**STEP, ...}.

@@ -60,7 +60,7 @@ from session_core.asgi import ASGISession, SessionMiddleware, session_of
 from session_core.clients import datastore_client
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.testing import free_port
-from tests.conftest import ROOT, Clock, RpcCounter, readme_python_blocks
+from tests.conftest import ROOT, Clock, RpcCounter, doc_python_blocks
 
 # -- the app: Starlette's test routes, and ours ------------------------------------------
 
@@ -670,12 +670,12 @@ def readme_app(block: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
     monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
     module: dict[str, Any] = {"__name__": "readme_example"}
-    exec(compile(block, "README.md", "exec"), module)
+    exec(compile(block, "docs/how-to/starlette.md", "exec"), module)
     return module["app"]
 
 
 def test_the_readme_examples_run(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    starlette_example, fastapi_example = readme_python_blocks("### Starlette and FastAPI")
+    starlette_example, fastapi_example = doc_python_blocks("how-to/starlette.md")
 
     http = browser(readme_app(starlette_example, settings, monkeypatch))
     assert http.post("/cart/book").json() == {"cart": ["book"]}

@@ -210,11 +210,11 @@ def test_a_topic_without_the_events_extra_is_a_config_error_naming_the_extra(tmp
 @pytest.mark.parametrize(
     ("section", "block"),
     [
-        ("### Flask", 0),
-        ("### Any WSGI framework", 0),
-        ("### Starlette and FastAPI", 0),
-        ("### Starlette and FastAPI", 1),
-        ("### Django", 0),
+        ("how-to/flask.md", 0),
+        ("how-to/wsgi.md", 0),
+        ("how-to/starlette.md", 0),
+        ("how-to/starlette.md", 1),
+        ("how-to/django.md", 0),
     ],
     ids=["flask", "wsgi", "starlette", "fastapi", "django-settings"],
 )
@@ -226,11 +226,11 @@ def test_each_adapters_start_up_in_the_readme_refuses_a_topic_without_the_extra(
     Django's settings.py names a function that builds the settings on the first session use (so that
     ``migrate`` needs no Datastore settings): the error is raised there, and ``check --deploy`` reports it.
     """
-    from tests.conftest import readme_python_blocks
+    from tests.conftest import doc_python_blocks
 
     for name, value in {**TOPIC_ENV, "GOOGLE_CLOUD_PROJECT": "shop"}.items():
         monkeypatch.setenv(name, value)
-    code = readme_python_blocks(section)[block]
+    code = doc_python_blocks(section)[block]
     namespace: dict[str, Any] = {"__name__": "readme_app"}
     with pytest.raises(ConfigError) as refused:
         exec(code, namespace)

