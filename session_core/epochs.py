@@ -81,13 +81,6 @@ class Epochs:
         return cls(by_name.get(EVERYONE, Epoch()), by_name.get(GUESTS, Epoch()))
 
 
-def epoch_name(user: str | None) -> str | None:
-    """The epoch a kill of ``user`` raises: everyone's (None), the guests' (``"__guest__"``), or none (one user)."""
-    if user is None:
-        return EVERYONE
-    return GUESTS if user == GUEST_USER else None
-
-
 def _ended_by(epoch: Epoch, counter: int | None, seen: float, session_id: str) -> bool:
     if epoch.counter == 0:
         return False  # never raised

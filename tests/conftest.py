@@ -396,7 +396,8 @@ VALID_KILL = {
 
 def record_run(client: datastore.Client, settings: Settings, step: dict[str, Any]) -> None:
     """Write the run a step payload belongs to, expecting that very step, so that session_task accepts it."""
-    from session_core.maintenance.runs import ChainState, Run, RunRecorder, clear_params, kill_params
+    from session_core.maintenance.kill import kill_params
+    from session_core.maintenance.runs import ChainState, Run, RunRecorder, clear_params
 
     recorder = RunRecorder(client, settings)
     shards = None if step["shard"] is None else [(None, None)] * step["shard"] + [(step["lo"], step["hi"])]

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 
 import pytest
+from google.auth.transport import requests as auth_requests
 from google.cloud import datastore
 
-from session_core import GUEST_USER, Session, SessionRecord, Settings, kill_sessions
+import session_core
+from session_core import GUEST_USER, Session, SessionRecord, Settings, functions, kill_sessions
 from session_core.errors import MisuseError, PoisonMessageError
-from session_core.functions import run_step
+from session_core.functions import Runtime, run_step
+from session_core.maintenance.auth import CertificateCache
 from session_core.maintenance.kill import (
     KillStep,
     end_user_session,
@@ -272,3 +280,64 @@ def test_split_points_cut_a_sorted_sample_evenly() -> None:
     assert shard_of("0099", points) == 0 and shard_of("0100", points) == 1 and shard_of("zzzz", points) == 15
     assert split_points(["a", "a", "a"], 4) == ["a"]
     assert split_points([], 16) == []
+
+
+def modules_entered(call: Callable[[], object]) -> set[str]:
+    """The session_core files (package-relative) in which ``call`` runs a function, in any thread it starts.
+
+    The log processors (``logging.py``), which every log line of every entry point passes through, are left out.
+    """
+    package = Path(session_core.__file__).parent
+    entered: set[str] = set()
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            path = Path(frame.f_code.co_filename)
+            if path.is_relative_to(package):
+                entered.add(path.relative_to(package).as_posix())
+
+    threading.setprofile(profile)  # the sweep commits from a thread pool
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+    return entered - {"logging.py"}
+
+
+def test_a_kill_from_its_door_to_its_deletes_runs_in_the_files_that_hold_its_parts(
+    client: datastore.Client, settings: Settings
+) -> None:
+    """What ``main.py``'s kill door runs for one user, read from the code that runs (a warm process).
+
+    The door's handler, the kill, the sweep that pages, deletes and tells the
+    observer, the store and the Datastore plumbing, plus what a kill records
+    (its run and step, the user's kill time) and the checks of its input. A
+    new file on this path is a choice to make here, not an accident: kill-only
+    helpers live in ``maintenance/kill.py`` (no ``epochs.py``: the store raises
+    epochs).
+    """
+    names = seed_users(client, settings, {"alice": 3, "bob": 2, "carol": 1})
+    runtime = Runtime(settings, client, None, auth_requests.Request(), CertificateCache(settings.task_certs_url))
+
+    def message(user: str) -> dict[str, dict[str, str]]:
+        return {"message": {"data": base64.b64encode(json.dumps({"user": user}).encode()).decode()}}
+
+    functions.kill_user_sessions(runtime, message("carol"), "warm-up")  # imports done: only calls count
+    entered = modules_entered(lambda: functions.kill_user_sessions(runtime, message("alice"), "message-1"))
+
+    assert remaining(client, settings) == names["bob"]
+    assert entered == {
+        "functions.py",  # the door's handler, and the process's delete observer (_observers.py)
+        "_observers.py",
+        "maintenance/kill.py",  # parse the message, record the run, plan, run the first step
+        "rules.py",  # the message's user and session id are checked
+        "maintenance/steps.py",  # strict JSON; the step's chain and wire form
+        "maintenance/runs.py",  # the run record, and its step counted
+        "logins.py",  # the user's kill time (a remember-me cookie cannot undo the kill)
+        "maintenance/events.py",  # lifecycle events (off here)
+        "maintenance/sweep.py",  # page, delete, tell the observer
+        "store.py",
+        "_datastore.py",
+    }

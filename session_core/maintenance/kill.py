@@ -35,15 +35,15 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core._datastore import FAIL_FAST, commit, translated
-from session_core._observers import notify
 from session_core.config import Settings
 from session_core.contract import Store
-from session_core.epochs import epoch_name
+from session_core.epochs import EVERYONE as EPOCH_EVERYONE
+from session_core.epochs import GUESTS as EPOCH_GUESTS
 from session_core.errors import MisuseError, PayloadError, PoisonMessageError, StoreError
 from session_core.logins import kill_record
 from session_core.maintenance.events import EventPublisher, batch_events
 from session_core.maintenance.pacing import pacer_for
-from session_core.maintenance.runs import Run, RunRecorder, kill_params
+from session_core.maintenance.runs import Run, RunRecorder
 from session_core.maintenance.steps import (
     DuplicateKeyError,
     Enqueue,
@@ -61,6 +61,7 @@ from session_core.maintenance.sweep import (
     Sweep,
     delete_batch,
     key_names,
+    notify,
     offset_progress,
     page_limit,
     session_names,
@@ -292,6 +293,19 @@ class KillStep(Step):
         return run_kill_step(
             work.client, work.settings, self, enqueue=work.enqueue, observer=work.observer, chains=work.chains
         )
+
+
+def kill_params(user: str | None, except_session: str | None, shards: Sequence[KeyRange] | None) -> dict[str, Any]:
+    """A kill run's parameters, as its run records them and :meth:`KillStep.for_chain` reads them."""
+    ranges = None if shards is None else [list(bounds) for bounds in shards]
+    return {"user": user, "except_session": except_session, "shards": ranges}
+
+
+def epoch_name(user: str | None) -> str | None:
+    """The epoch a kill of ``user`` raises: everyone's (None), the guests' (``"__guest__"``), or none (one user)."""
+    if user is None:
+        return EPOCH_EVERYONE
+    return EPOCH_GUESTS if user == GUEST_USER else None
 
 
 def _label(user: str | None) -> str:

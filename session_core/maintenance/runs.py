@@ -165,13 +165,6 @@ def rehash_params(delete: bool, dry_run: bool) -> dict[str, Any]:
     return {"delete": delete, "dry_run": dry_run}
 
 
-def kill_params(
-    user: str | None, except_session: str | None, shards: Sequence[tuple[str | None, str | None]] | None
-) -> dict[str, Any]:
-    ranges = None if shards is None else [list(bounds) for bounds in shards]
-    return {"user": user, "except_session": except_session, "shards": ranges}
-
-
 @dataclass
 class RunRecorder:
     """Writes run entities with the client it is given."""

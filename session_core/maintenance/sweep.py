@@ -30,7 +30,6 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core._datastore import FAIL_FAST, commit, next_cursor, settings_key, translated
-from session_core._observers import notify
 from session_core.config import Settings
 from session_core.errors import PayloadError, StoreError, TransientStoreError
 from session_core.maintenance.events import BatchEvents
@@ -54,6 +53,17 @@ def offset_progress(progress: Progress | None, done: int) -> Progress | None:
         return None
     report = progress
     return lambda count, elapsed: report(done + count, elapsed)
+
+
+def notify(observer: DeleteObserver | None, records: Iterable[SessionRecord]) -> None:
+    """Tell ``observer`` of each deleted session; one that raises is logged, and the rest are still told."""
+    if observer is None:
+        return
+    for record in records:
+        try:
+            observer(record)
+        except Exception as exc:  # an observer's bug must not stop a cleanup or keep its lease
+            log.error("delete_observer_failed", session_id=record.session_id, error=type(exc).__name__)
 
 
 def page_limit(settings: Settings, key_bytes: int = 64) -> int:
