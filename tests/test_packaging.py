@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import email.parser
+import email.policy
+import http.cookiejar
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
+import urllib.request
 import uuid
 import zipfile
+from email.message import Message
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import session_core
-from session_core.testing import Emulator
+from session_core.testing import Emulator, free_port
 from tests.conftest import ROOT, doc_python_blocks
+from tests.test_docs_pages import python_blocks
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -47,7 +56,7 @@ def test_requirements_txt_pins_satisfy_the_ranges_pyproject_declares() -> None:
     assert {canonicalize_name(Requirement(line).name) for line in needed} <= set(pinned)
 
 
-def test_the_readme_public_api_list_is_all() -> None:
+def test_public_api_page_lists_exactly_all() -> None:
     section = (ROOT / "docs" / "reference" / "public-api.md").read_text().split("\n", 1)[1]
     bullets = "\n".join(line for line in section.split("\n\n", 1)[1].splitlines())
     assert set(re.findall(r"`([A-Za-z_]+)`", bullets)) == set(session_core.__all__)
@@ -63,14 +72,43 @@ def run(*argv: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout
     return done.stdout
 
 
-@pytest.mark.slow
-def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_another_directory(
-    tmp_path: Path, datastore_emulator: Emulator
-) -> None:
+class Installed(NamedTuple):
+    wheel: Path
+    venv: Path  # a fresh venv with the wheel (and its flask extra) and pytest installed
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The wheel, built from a copy of this checkout and installed into a fresh venv with its ``flask`` extra."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source, dist = tmp_path / "source", tmp_path / "dist"  # build from a copy: setuptools writes build/ beside it
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "__pycache__"))
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, source, cwd=tmp_path)
     [wheel] = dist.glob("session_core-*.whl")
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    run(venv / "bin" / "python", "-m", "pip", "install", "--quiet", f"{wheel}[flask]", "pytest", cwd=tmp_path)
+    return Installed(wheel, venv)
+
+
+def metadata_of(wheel: Path) -> Message:
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return email.parser.Parser(policy=email.policy.compat32).parsestr(archive.read(name).decode())
+
+
+@pytest.mark.slow
+def test_the_wheels_long_description_is_the_readme(installed: Installed) -> None:
+    metadata = metadata_of(installed.wheel)
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert metadata.get_payload() == (ROOT / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_wheel_installs_into_a_fresh_venv_and_the_docs_examples_run_from_another_directory(
+    installed: Installed, tmp_path: Path, datastore_emulator: Emulator
+) -> None:
+    wheel, venv = installed
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
@@ -80,11 +118,7 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
     assert "session_core/pytest_plugin.py" in names
     assert "[pytest11]\nsession_core = session_core.pytest_plugin" in entry_points
     assert "Requires-Dist: google-cloud-datastore" in metadata and 'extra == "flask"' in metadata
-
-    venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    run(python, "-m", "pip", "install", "--quiet", f"{wheel}[flask]", "pytest", cwd=tmp_path)
 
     app_dir = tmp_path / "someone-elses-app"
     app_dir.mkdir()
@@ -111,13 +145,16 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
     assert "flask example ok" in run(python, "drive.py", cwd=app_dir, env=env)
     assert "kill-user" in run(venv / "bin" / "session-core", "--help", cwd=app_dir, env=env)
 
-    [pytest_example] = doc_python_blocks("how-to/testing.md")
-    (app_dir / "test_example.py").write_text(pytest_example)
+    # The testing page's blocks, one test file, run by pytest with the plugin its entry point loads (no -p):
+    # its fixtures start an emulator of their own.
+    testing_page = doc_python_blocks("how-to/testing.md")
+    (app_dir / "test_example.py").write_text("\n\n".join(testing_page))
+    tests = len(re.findall(r"^def test_", "".join(testing_page), re.M))
     no_emulator_env = {key: value for key, value in env.items() if key != "DATASTORE_EMULATOR_HOST"}
     out = run(
         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_example.py", cwd=app_dir, env=no_emulator_env
     )
-    assert "1 passed" in out
+    assert tests >= 2 and f"{tests} passed" in out
 
     # The pytest plugin, loaded through its entry point alone (no -p): its fixtures, beside the app's own.
     (app_dir / "test_plugin.py").write_text(
@@ -136,3 +173,87 @@ def test_a_wheel_installs_into_a_fresh_venv_and_the_readme_examples_run_from_ano
     for name in ("emulator", "emulator_host", "settings", "client", "memory_store"):
         assert f"session_core_{name} " in fixtures
     assert "emulator" in run(venv / "bin" / "session-core", "--help", cwd=app_dir, env=env)
+
+
+def stop_group(group: int, signum: int, process: subprocess.Popen[bytes]) -> int:
+    """Signal a process group as a terminal's Ctrl-C does; its leader's exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
+    return process.wait(timeout=60)
+
+
+def group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_pasted_into_a_fresh_venv_answers_against_session_core_emulator(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The README's two terminals: ``session-core emulator``, then its exports, app.py and ``flask --app app run``."""
+    bin_dir = installed.venv / "bin"
+    shell = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": os.environ.get("HOME", str(tmp_path))}
+    emulator = subprocess.Popen(
+        [bin_dir / "session-core", "emulator"],
+        cwd=tmp_path,
+        env=shell,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a terminal of its own: Ctrl-C reaches its process group
+    )
+    server: subprocess.Popen[bytes] | None = None
+    java_group = None
+    try:
+        assert emulator.stdout is not None and emulator.stderr is not None
+        running = emulator.stderr.readline().decode()  # written after the exports were flushed to stdout
+        assert " running at " in running, running + emulator.stderr.read().decode()[-2000:]
+        java_group = int(re.search(r"process group (\d+)", running)[1])  # type: ignore[index]
+        printed = os.read(emulator.stdout.fileno(), 65536).decode()
+        exports = dict(re.findall(r"^export (\w+)=(\S*)$", printed, re.M))
+        assert "DATASTORE_EMULATOR_HOST" in exports, printed
+
+        app_dir = tmp_path / "quick-start"
+        app_dir.mkdir()
+        [quick_start] = python_blocks((ROOT / "README.md").read_text())
+        (app_dir / "app.py").write_text(quick_start.code)
+        port = free_port()
+        server = subprocess.Popen(
+            [bin_dir / "flask", "--app", "app", "run", "--port", str(port)],
+            cwd=app_dir,
+            env={**shell, **exports},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert server.stderr is not None
+        said = b""
+        while b"Running on http://" not in said:  # flask says where it listens once it does
+            line = server.stderr.readline()
+            assert line, f"flask run ended before it served:\n{said.decode()}"
+            said += line
+
+        jar = http.cookiejar.CookieJar()
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        answers = [browser.open(f"http://127.0.0.1:{port}/", timeout=30).read().decode() for _ in range(2)]
+        assert answers == ["visit 1\n", "visit 2\n"]
+        assert [cookie.name for cookie in jar] == ["session"]
+
+        assert stop_group(server.pid, signal.SIGINT, server) == 0
+        assert stop_group(emulator.pid, signal.SIGINT, emulator) == 0
+        assert emulator.stderr.read().decode().startswith("stopped the firestore emulator")
+        assert group_gone(java_group) and group_gone(emulator.pid)  # no gcloud wrapper, no Java child left
+    finally:
+        for process in (server, emulator):
+            if process is not None and process.poll() is None:
+                stop_group(process.pid, signal.SIGKILL, process)
+        if java_group is not None and not group_gone(java_group):
+            os.killpg(java_group, signal.SIGKILL)
+        for stream in (emulator.stdout, emulator.stderr, server.stderr if server else None):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,376 @@
+"""The docs pages tell the truth: each page's Python blocks run in order, and its numbers and tables are the code's.
+
+Every ```python block of every page (README.md and each page under ``docs/``) runs, page by page: one
+test per page executes that page's blocks in order in one namespace, as a reader who pastes them one
+after another would, with the settings a reader's shell would have. A block that cannot run alone
+starts with the line ``# not run alone: <why>``; it is reported as a skipped subtest with that reason,
+and the page's other blocks still run. Pages whose app is driven through requests name a driver in
+:data:`DRIVERS`, keyed by the page's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from google.cloud import datastore
+
+from session_core import Settings, _observers
+from session_core.rules import hash_key
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+NOT_RUN_ALONE = re.compile(r"# not run alone: (.+)")
+
+
+def page_path(page: str) -> Path:
+    """``README.md`` is the repository's; every other page is a path under ``docs/``."""
+    return ROOT / page if page == "README.md" else DOCS / page
+
+
+class Block(NamedTuple):
+    line: int  # the page's line of the block's first line of code
+    code: str  # dedented (a block inside a list item is indented)
+
+    @property
+    def not_run_alone(self) -> str | None:
+        """Why the block cannot run alone, from its first line ``# not run alone: <why>``; None if it can."""
+        match = NOT_RUN_ALONE.match(self.code)
+        return match[1] if match else None
+
+
+def python_blocks(text: str) -> list[Block]:
+    """Every ```python block of a Markdown page (indented ones in lists too), in order."""
+    blocks: list[Block] = []
+    fence: tuple[str, str] | None = None
+    start, lines = 0, list[str]()
+    for number, line in enumerate(text.splitlines(), 1):
+        if fence is None:
+            if match := re.fullmatch(r"( *)```(\w*)", line):
+                fence, start, lines = (match[1], match[2]), number + 1, []
+        elif line.strip() == "```" and line.startswith(fence[0]):
+            if fence[1] == "python":
+                blocks.append(Block(start, textwrap.dedent("\n".join(lines)) + "\n"))
+            fence = None
+        else:
+            lines.append(line)
+    assert fence is None, "a code fence is never closed"
+    return blocks
+
+
+def fences(text: str) -> tuple[int, int]:
+    """The page's ```python fences, and how many of them open with ``# not run alone:``, counted line by line."""
+    opened = re.findall(r"^ *```python *\n *(.*)", text, re.M)
+    return len(opened), sum(1 for first in opened if first.startswith("# not run alone: "))
+
+
+def pages_with_python() -> list[str]:
+    pages = ["README.md", *sorted(str(page.relative_to(DOCS)) for page in DOCS.rglob("*.md"))]
+    return [page for page in pages if fences(page_path(page).read_text())[0]]
+
+
+# -- what a page's app does, driven through requests ------------------------------------------------
+
+
+def drive_quick_start(example: dict[str, Any], settings: Settings) -> None:
+    """The README's quick start counts visits per browser (tests/test_packaging.py also serves it with flask run)."""
+    browser = example["app"].test_client()
+    assert [browser.get("/").text for _ in range(2)] == ["visit 1\n", "visit 2\n"]
+    assert example["app"].test_client().get("/").text == "visit 1\n"  # another browser, another session
+
+
+def drive_devices(example: dict[str, Any], settings: Settings) -> None:
+    app = example["app"]
+    guest, laptop, phone = app.test_client(), app.test_client(), app.test_client()
+    assert guest.get("/devices").status_code == 401
+    refused = guest.post("/sign-out-everywhere-else")
+    assert refused.status_code == 400 and b"only a logged-in session" in refused.data  # not a 500
+    signed_in = laptop.post("/sign-in/alice").json
+    cookie = laptop.get_cookie("session")
+    assert cookie is not None and signed_in == {"user": "alice", "this_device": hash_key(cookie.value)}
+    phone_id = phone.post("/sign-in/alice").json["this_device"]
+    devices = laptop.get("/devices").json
+    assert {device["id"] for device in devices} == {signed_in["this_device"], phone_id}
+    assert all(device["user_agent"].startswith("Werkzeug/") for device in devices)
+    assert laptop.post(f"/devices/{phone_id}/sign-out").json == {"ended": True}
+    assert phone.get("/devices").status_code == 401  # that device is signed out
+    phone.post("/sign-in/alice")
+    assert laptop.post("/sign-out-everywhere-else").json == {"ended": 1}
+    assert [device["id"] for device in laptop.get("/devices").json] == [signed_in["this_device"]]
+
+
+def drive_events_subscriber(example: dict[str, Any], settings: Settings) -> None:
+    """The subscriber example, given a real event twice (as at-least-once delivery may): told once, acked twice."""
+    from session_core.maintenance.events import event_message
+
+    class Message:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.acked = data, False
+
+        def ack(self) -> None:
+            self.acked = True
+
+    data = event_message("killed", "r" * 32, 1795676700.0, [("a" * 64, "alice"), ("b" * 64, "bob")])
+    messages = [Message(data), Message(data)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for message in messages:
+            example["on_event"](message)
+    assert all(message.acked for message in messages)
+    assert printed.getvalue().splitlines() == [
+        f"alice: session {'a' * 12} killed at 2026-11-26T07:05:00.000Z",
+        f"bob: session {'b' * 12} killed at 2026-11-26T07:05:00.000Z",
+    ]
+
+
+def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
+    assert example["settings"].namespace == settings.namespace  # from the file, not the environment
+
+
+def drive_testing_page(example: dict[str, Any], settings: Settings) -> None:
+    """The testing page's blocks are one test module: pytest runs it with the plugin, and every test passes."""
+    tests = sorted(name for name, value in example.items() if name.startswith("test_") and callable(value))
+    assert tests, "the testing page defines no test"
+    folder = Path.cwd()
+    blocks = [block.code for block in python_blocks(page_path("how-to/testing.md").read_text())]
+    (folder / "test_the_testing_page.py").write_text("\n\n".join(blocks))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "session_core.pytest_plugin", "-p", "no:cacheprovider", "-q", "-rs"],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's session_core (not installed in the venv)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert re.search(rf"\b{len(tests)} passed\b", done.stdout) and done.returncode == 0, done.stdout[-3000:]
+
+
+# The pages whose app a test here drives through requests, by the page's path. Every other page's blocks
+# are run (their imports, their module-level code); these pages' apps are driven elsewhere:
+#   how-to/flask.md, how-to/wsgi.md, tutorial/first-flask-app.md: the tests of those adapters;
+#   how-to/starlette.md: tests/test_asgi.py; how-to/django.md: tests/test_django.py;
+#   README.md and how-to/testing.md, from an installed wheel: tests/test_packaging.py.
+DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
+    "README.md": drive_quick_start,
+    "how-to/session-api.md": drive_devices,
+    "how-to/production.md": drive_settings_file,
+    "how-to/events.md": drive_events_subscriber,
+    "how-to/testing.md": drive_testing_page,
+}
+SPAWNING_DRIVERS = {"how-to/testing.md"}  # the driver starts pytest (and the plugin its emulator)
+
+EXECUTED: dict[str, int] = {}  # blocks executed per page, for the summary line
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _executed_blocks_summary(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the pages ran: one line per page with the count of its blocks that ran (shown without -s too)."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if EXECUTED and reporter is not None:
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            total = sum(EXECUTED.values())
+            reporter.write_sep("-", f"docs pages: {total} Python blocks executed on {len(EXECUTED)} page(s)")
+            reporter.write_line(", ".join(f"{page} {count}" for page, count in EXECUTED.items()))
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        pytest.param(page, id=page, marks=[pytest.mark.stack] if page in SPAWNING_DRIVERS else [])
+        for page in pages_with_python()
+    ],
+)
+def test_every_python_block_of_the_page_runs_in_order(
+    page: str, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, subtests: pytest.Subtests
+) -> None:
+    """A page's blocks run in order in one namespace (a later block may use an earlier one), as a reader pastes them.
+
+    Settings come from the environment, as in the reader's shell (or from the settings.json in the
+    working directory that a block names); each block is a subtest; one marked ``# not run alone:``
+    is skipped with its reason, and every other block runs.
+    """
+    assert settings.emulator_host and settings.namespace
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    (tmp_path / "settings.json").write_text(json.dumps({"SESSION_NAMESPACE": settings.namespace}))
+    monkeypatch.chdir(tmp_path)
+    text = page_path(page).read_text()
+    blocks = python_blocks(text)
+    in_fences, marked = fences(text)
+    assert len(blocks) == in_fences
+    observers = list(_observers._REGISTERED)  # a block may register Session.on_delete: not beyond this test
+    example: dict[str, Any] = {"__name__": "docs_page"}
+    executed = 0
+    try:
+        for number, block in enumerate(blocks, 1):
+            with subtests.test(msg=f"block {number} of {len(blocks)}, line {block.line}"):
+                if why := block.not_run_alone:
+                    pytest.skip(f"{page} line {block.line} cannot run alone: {why}")
+                # Blank lines before it: a traceback names the page's own line numbers.
+                exec(compile("\n" * (block.line - 1) + block.code, page, "exec"), example)
+                executed += 1
+            if executed + sum(1 for b in blocks[:number] if b.not_run_alone) < number:
+                break  # that block failed (reported above): the blocks after it would fail for its sake
+        assert executed == in_fences - marked, f"{executed} of the {in_fences - marked} blocks to run ran"
+        if page in DRIVERS:
+            DRIVERS[page](example, settings)
+    finally:
+        _observers._REGISTERED[:] = observers
+    EXECUTED[page] = executed
+
+
+def test_every_driver_names_a_page_with_python() -> None:
+    assert set(DRIVERS) <= set(pages_with_python())
+
+
+def test_the_block_reader_finds_indented_blocks_and_the_not_run_alone_reason() -> None:
+    page = "Text.\n\n```python\nx = 1\n```\n\n- item:\n\n   ```python\n   # not run alone: needs y\n   y()\n   ```\n"
+    assert python_blocks(page) == [Block(4, "x = 1\n"), Block(10, "# not run alone: needs y\ny()\n")]
+    assert [block.not_run_alone for block in python_blocks(page)] == [None, "needs y"]
+    assert fences(page) == (2, 1)
+
+
+# -- README.md ------------------------------------------------------------------------------------------
+
+
+def test_readme_first_two_commands_are_make_run_and_make_test() -> None:
+    commands = re.findall(r"^(make \w+)", (ROOT / "README.md").read_text(), re.M)
+    assert commands[:2] == ["make run", "make test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+
+
+def heading_anchor(heading: str) -> str:
+    """The id Python-Markdown's toc (mkdocs) and GitHub give a heading: lower case, punctuation dropped."""
+    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading.strip().lower()))
+
+
+def test_readme_links_work_outside_the_repository() -> None:
+    """The README is the wheel's long description (PyPI): each link is absolute, or an anchor of the README itself."""
+    text = (ROOT / "README.md").read_text()
+    outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    targets = [
+        *re.findall(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", outside_code),  # [text](target "title")
+        *re.findall(r"^\s*\[[^\]]+\]:\s*(\S+)", outside_code, re.M),  # [label]: target
+        *re.findall(r"<a\s[^>]*href=\"([^\"]+)\"", outside_code),
+    ]
+    anchors = {heading_anchor(heading) for heading in re.findall(r"^#{1,6} (.+)", outside_code, re.M)}
+    assert targets, "no link found: the pattern or the README changed"
+    broken = [t for t in targets if not (re.match(r"https?://", t) or (t.startswith("#") and t[1:] in anchors))]
+    assert broken == []
+
+
+def test_readme_is_at_most_about_200_lines() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+# -- how-to/configuration.md ----------------------------------------------------------------------------
+
+
+def test_configuration_page_settings_reach_the_library_only_through_the_entry_points() -> None:
+    """The page says the environment is read into ``Settings`` (``Settings.from_env(os.environ)``), by the caller."""
+    assert "`Settings.from_env(os.environ)`" in (DOCS / "how-to" / "configuration.md").read_text()
+    readers = {
+        str(path.relative_to(ROOT))
+        for path in [*(ROOT / "session_core").rglob("*.py"), ROOT / "main.py"]
+        if re.search(r"os\.environ|getenv", path.read_text().replace("``os.environ``", ""))  # not in docstrings
+    }
+    assert readers == {"main.py", "session_core/cli.py"}
+
+
+# -- how-to/command-line.md -----------------------------------------------------------------------------
+
+
+def test_command_line_page_table_names_every_command_and_what_it_reads() -> None:
+    from session_core.cli import COMMANDS
+
+    section = (DOCS / "how-to" / "command-line.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)[^`]*` \|[^|]+\|([^|]*)\| `([^`]+)` \|$", section.replace("\\|", "/"), re.M)
+    documented = {name: (set(re.findall(r"`([A-Z_]+)`", reads)), example) for name, reads, example in rows}
+    assert documented == {command.name: (set(command.environment), command.examples[0]) for command in COMMANDS}
+
+
+# -- explanation/sizing.md ------------------------------------------------------------------------------
+
+
+class Billed:
+    """What a client's RPCs are billed as in Datastore mode: entity reads, writes, deletes, small operations.
+
+    A lookup is a read per key; a keys-only query is one read plus a small operation per key it
+    returns (any other query: a read per entity); each mutation of a commit is a write or a delete.
+    """
+
+    def __init__(self, client: datastore.Client) -> None:
+        self.operations: Counter[str] = Counter()
+        api = client._datastore_api
+        lookup, commit, run_query = api.lookup, api.commit, api.run_query
+
+        def counted_lookup(*args: Any, request: dict[str, Any], **kwargs: Any) -> Any:
+            self.operations["reads"] += len(request["keys"])
+            return lookup(*args, request=request, **kwargs)
+
+        def counted_commit(*args: Any, request: dict[str, Any], **kwargs: Any) -> Any:
+            for mutation in request["mutations"]:
+                kind = getattr(mutation, "_pb", mutation).WhichOneof("operation")
+                self.operations["deletes" if kind == "delete" else "writes"] += 1
+            return commit(*args, request=request, **kwargs)
+
+        def counted_query(*args: Any, request: dict[str, Any], **kwargs: Any) -> Any:
+            response = run_query(*args, request=request, **kwargs)
+            found = len(response.batch.entity_results)
+            projection = [field.property.name for field in request["query"].projection]
+            if projection == ["__key__"]:
+                self.operations["reads"] += 1
+                self.operations["small"] += found
+            else:
+                self.operations["reads"] += max(1, found)
+            return response
+
+        api.lookup, api.commit, api.run_query = counted_lookup, counted_commit, counted_query
+
+
+def cleanup_operations(expired: int, page: int = 10_000) -> dict[str, int]:
+    """The sizing page's formula: P = floor(N / page) + 1 query pages."""
+    pages = expired // page + 1
+    return {"deletes": expired + 1, "reads": 2 * pages + 4, "writes": pages + 2, "small": expired}
+
+
+def test_sizing_page_operation_counts_are_what_a_cleanup_and_a_kill_cost(
+    client: datastore.Client, settings: Settings
+) -> None:
+    from session_core.maintenance.cleanup import start_clear_sessions
+    from session_core.maintenance.kill import kill_sessions
+    from tests.test_cleanup import seed
+    from tests.test_revocation import seed_users
+
+    seed(client, settings, 12_000, time.time() - 86400)
+    seed(client, settings, 50, time.time())
+    billed = Billed(client)
+    assert start_clear_sessions(client, settings).deleted == 12_000
+    assert dict(billed.operations) == cleanup_operations(12_000)
+
+    seed_users(client, settings, {"alice": 30})
+    billed.operations.clear()
+    kill_sessions("alice", client=client, settings=settings)
+    assert dict(billed.operations) == {"deletes": 30, "reads": 2, "writes": 3, "small": 30}
+
+    per_100k = cleanup_operations(100_000)
+    section = (DOCS / "explanation" / "sizing.md").read_text()
+    assert f"| {per_100k['deletes']:,} |" in section and f"| {per_100k['reads']} |" in section
+    assert f"| {per_100k['writes']} |" in section
+    assert "A kill of one user with k sessions costs k deletes, 2 reads" in section and "and 3 writes" in section
