@@ -139,3 +139,18 @@ def test_every_page_is_in_the_navigation(site: Path) -> None:
     generated |= {"reference/storage-schema.md", "reference/events.md", "reference/public-api.md", "changelog.md"}
     nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:", 1)[1]
     assert {page for page in pages | generated if page not in nav} == set()
+
+
+def test_the_explanation_pages_state_the_codes_own_constants() -> None:
+    from session_core.maintenance.runs import RECENT
+    from session_core.rules import REFRESH_AFTER, SHARD_DIGITS
+    from session_core.session import INSERT_ATTEMPTS
+
+    pages = {page: (ROOT / "docs" / "explanation" / f"{page}.md").read_text() for page in ("saves", "runs", "security")}
+    pages["lastseen"] = " ".join((ROOT / "docs" / "explanation" / "lastseen.md").read_text().split())
+    assert f"{INSERT_ATTEMPTS} inserts in all" in pages["saves"]
+    assert f"every `min({REFRESH_AFTER.seconds // 60} minutes, lifetime / 2)`" in pages["saves"]
+    assert f"of the chain's last {RECENT} steps" in pages["runs"]
+    assert f"`{leases.LEASE_NAME}` for the first" in pages["runs"] and leases.LEASE_KIND in pages["runs"]
+    assert f"# {SHARD_DIGITS} digits, a colon, 19 digits" in pages["lastseen"]
+    assert f"It is {KEY_LENGTH} characters of" in pages["security"].replace("\n", " ")
