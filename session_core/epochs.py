@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from session_core._schema import Record, Stored
 from session_core.rules import GUEST_USER
 
 KIND = "session_core-epoch"
@@ -37,6 +38,20 @@ EVERYONE = "all"
 GUESTS = "guest"
 NAMES = (EVERYONE, GUESTS)
 RECENT_RUNS = 32  # run ids an epoch remembers, so a redelivered kill message does not raise it twice
+RECORD = Record(
+    KIND,
+    f"`{EVERYONE}` (a kill of everyone), `{GUESTS}` (a kill of every guest)",
+    "raised before a kill of everyone (or of every guest) deletes anything; never deleted",
+    (
+        Stored(
+            "counter", "integer", False, "how many times it was raised; a session stored under a lower one is ended"
+        ),
+        Stored("at", "float (epoch seconds)", False, "when it was last raised"),
+        Stored("kept", "string or null", False, "the session id the latest raise kept (`except_session`)"),
+        Stored("runs", "array of strings", False, f"the ids of the last {RECENT_RUNS} runs that raised it"),
+    ),
+)
+"""The epoch entities (the stores write them with these properties, all unindexed)."""
 
 
 @dataclass(frozen=True)

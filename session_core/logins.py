@@ -28,11 +28,20 @@ import hashlib
 from google.cloud import datastore
 
 from session_core._datastore import settings_key, within
+from session_core._schema import Record, Stored, unindexed
 from session_core.config import Settings
 
 KIND = "session_core-login"
 EVERYONE = "all"  # the everyone-record's name: ``kill:all``; a user's names are ``<event>:user:<sha256>``
 _LEGACY_EVERYONE = "*"  # 0.12 and earlier: ``kill:*``, which a user named ``*`` wrote too
+RECORD = Record(
+    KIND,
+    f"`kill:user:<sha256(user)>`, `login:user:<sha256(user)>`, `kill:{EVERYONE}` (a kill of everyone)",
+    "when a user (or everyone) was last killed, and when a user last logged in interactively: "
+    "a remember-me login is refused while the kill is newer",
+    (Stored("at", "float (epoch seconds)", False, "when the kill or the interactive login happened"),),
+)
+"""The kill and login records (:func:`_entity` writes them)."""
 
 
 def _digest(user: str) -> str:
@@ -52,7 +61,9 @@ def _legacy_name(event: str, user: str | None) -> str:
 
 
 def _entity(client: datastore.Client, settings: Settings, name: str, at: float) -> datastore.Entity:
-    entity = datastore.Entity(settings_key(client, settings, KIND, name), exclude_from_indexes=("at",))
+    entity = datastore.Entity(
+        settings_key(client, settings, KIND, name), exclude_from_indexes=unindexed(RECORD.properties)
+    )
     entity["at"] = float(at)
     return entity
 

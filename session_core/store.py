@@ -47,10 +47,12 @@ from google.cloud.datastore.query import PropertyFilter
 
 from session_core import _wire, values
 from session_core._datastore import next_cursor, settings_key, translated, within
+from session_core._schema import Stored, unindexed
 from session_core.config import Settings
 from session_core.epochs import EVERYONE as EPOCH_EVERYONE
 from session_core.epochs import KIND as EPOCH_KIND
 from session_core.epochs import NAMES as EPOCH_NAMES
+from session_core.epochs import RECORD as EPOCH_RECORD
 from session_core.epochs import Epoch, Epochs, ended
 from session_core.errors import StoreError
 from session_core.rules import (
@@ -111,11 +113,42 @@ class SessionRecord:
 
 
 T = TypeVar("T")
-_UNINDEXED = ("data", "expires", "seen", "lifetime", "epoch", "guest_epoch", "absolute_end")
 SHARD_PROPERTY = "shard_lastseen"
 """The indexed ``"<shard>:<lastseen>"`` of a session written with N > 1 write shards (absent with N = 1)."""
+SESSION_PROPERTIES: tuple[Stored, ...] = (
+    Stored("data", "embedded entity", False, "the session's values (see Values in `data`)"),
+    Stored("static_security_key", "string", True, "ViUR's per-session security key"),
+    Stored("user", "string", True, "the user key, or `__guest__`"),
+    Stored(
+        "lastseen",
+        "float (epoch seconds)",
+        True,
+        "`expires` minus `SESSION_LIFE_TIME`: what ViUR's readers and the cleanup's one query compare",
+        sharded=False,
+    ),
+    Stored(
+        SHARD_PROPERTY,
+        "string",
+        True,
+        '`"<shard>:<lastseen>"`: the write shard and `lastseen` in microseconds, fixed width, in string order',
+        present="with N > 1 write shards",
+    ),
+    Stored("expires", "timestamp", False, "when the session dies: its idle expiry or absolute end (for a TTL policy)"),
+    Stored("seen", "float (epoch seconds)", False, "the real time of the request that last wrote it"),
+    Stored("lifetime", "float (seconds)", False, "the session's own idle lifetime"),
+    Stored("epoch", "integer", False, "the counter of everyone's epoch it was loaded under", present="when set"),
+    Stored("guest_epoch", "integer", False, "the counter of the guests' epoch it was loaded under", present="when set"),
+    Stored(
+        "absolute_end",
+        "float (epoch seconds)",
+        False,
+        "when it ends whatever its use (`SESSION_ABSOLUTE_LIFE_TIME`)",
+        present="when set",
+    ),
+)
+"""Every property :func:`session_pb` writes (tests compare it with what the store writes on the emulator)."""
 _NUMBER_TYPES = (float, int)  # exactly: what a stored number reads as (a bool is not one)
-_OPTIONAL = ("epoch", "guest_epoch", "absolute_end")  # stored (unindexed) only when set
+_OPTIONAL = tuple(p.name for p in SESSION_PROPERTIES if p.present == "when set")  # stored (unindexed) only when set
 # What :func:`record_of` reads besides ``data``.
 _READ_FIRST = ("lastseen", "seen", "lifetime", "user", "static_security_key", *_OPTIONAL)
 _NUMBERS = ("lastseen", "expires", "seen", "lifetime")  # 8 bytes each: floats (ints) and a timestamp
@@ -357,7 +390,7 @@ class SessionStore:
                 if run_id in epoch.runs:
                     return epoch
                 epoch = epoch.raised(at, except_session, run_id)
-                entity = datastore.Entity(keys[0], exclude_from_indexes=tuple(epoch.to_properties()))
+                entity = datastore.Entity(keys[0], exclude_from_indexes=unindexed(EPOCH_RECORD.properties))
                 entity.update(epoch.to_properties())
                 transaction.put(entity)
                 kept = found.get(self.settings.kind)

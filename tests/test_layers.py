@@ -15,6 +15,7 @@ PACKAGE = Path(session_core.__file__).parent
 # Lower numbers are lower layers. A module may import only modules of its own layer or below.
 RANK = {
     "errors": 0,
+    "_schema": 0,  # the typed description of what is stored and published
     "logging": 0,
     "config": 1,
     "rules": 2,

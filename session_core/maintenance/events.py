@@ -36,6 +36,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core._datastore import TRANSIENT
+from session_core._schema import Field
 from session_core.config import EVENTS_EXTRA, Settings
 from session_core.errors import ConfigError
 from session_core.rules import session_id_of
@@ -48,6 +49,29 @@ ATTEMPT_TIMEOUT_S = 5.0
 # After a publish failed, later ones get one attempt each for this long: an outage
 # costs each batch one short try, not a 10-second wait.
 DEGRADED_FOR_S = 60.0
+
+ATTRIBUTES = (Field("reason", "string", "the event's reason, for subscription filters"),)
+"""The attributes of every event message (tests compare them with a message published to the emulator)."""
+FIELDS = (
+    Field("reason", "string", "why the sessions were deleted: " + ", ".join(f"`{r}`" for r in REASONS)),
+    Field("run_id", "string", "the run that deleted them (cleanup or kill); a fresh random id for one ended device"),
+    Field(
+        "at", "string (ISO 8601, UTC, milliseconds)", "when the batch was published, e.g. `2026-11-26T09:40:00.123Z`"
+    ),
+    Field("sessions", "array of objects", "the sessions one commit deleted, each with the two fields below"),
+)
+"""The JSON fields of every event, as :func:`event_message` writes them (tests compare them with a published one)."""
+SESSION_FIELDS = (
+    Field("session_id", "string", "the opaque session id: 64 hex digits, the SHA-256 of the cookie; never a cookie"),
+    Field("user", "string", "the session's user key, or `__guest__`"),
+)
+"""The fields of each entry of ``sessions``."""
+REASON_MEANINGS: dict[Reason, str] = {
+    "expired": "the cleanup deleted sessions past their expiry and the grace (`clear_sessions`)",
+    "killed": "a kill deleted one user's, every guest's or everyone's sessions (`kill_sessions` and its callers)",
+    "ended": "one device was signed out by its session id (`end_user_session`)",
+}
+"""What each reason means (the events reference lists them)."""
 
 log = structlog.get_logger("session_core.events")
 

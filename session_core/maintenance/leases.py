@@ -19,11 +19,23 @@ from google.api_core import exceptions as gexc
 from google.cloud import datastore
 
 from session_core._datastore import FAIL_FAST, settings_key, translated
+from session_core._schema import Record, Stored, unindexed
 from session_core.config import Settings
 from session_core.errors import StoreError, TransientStoreError
 
 LEASE_KIND = "session_core-lease"
 LEASE_NAME = "clear_sessions"  # the first chain's lease (the only one, with one chain)
+RECORD = Record(
+    LEASE_KIND,
+    f"`{LEASE_NAME}` (the first chain), `{LEASE_NAME}:<chain>` (the others)",
+    "one chain of one cleanup run works at a time; taken over once it lapses",
+    (
+        Stored("run_id", "string", True, "the run that holds it"),
+        Stored("until", "float (epoch seconds)", True, "when it lapses unless renewed: `SESSION_LEASE_TTL` after"),
+        Stored("chains", "integer", True, "how many chains its run has (the first lease keeps it, lapsed)"),
+    ),
+)
+"""The lease entities (:meth:`Lease.entity` writes them)."""
 log = structlog.get_logger("session_core.cleanup")
 
 
@@ -64,7 +76,7 @@ class Lease:
 
     def entity(self, run_id: str, now: float, chains: int) -> datastore.Entity:
         """The lease as ``run_id`` holds it from ``now``: it lapses after ``SESSION_LEASE_TTL``."""
-        lease = datastore.Entity(self.key)
+        lease = datastore.Entity(self.key, exclude_from_indexes=unindexed(RECORD.properties))
         lease.update(run_id=run_id, until=now + self.seconds, chains=chains)
         return lease
 

@@ -32,6 +32,7 @@ from google.cloud import datastore
 
 from session_core import values
 from session_core._datastore import FAIL_FAST, settings_key, translated
+from session_core._schema import Record, Stored, unindexed
 from session_core.config import Settings
 from session_core.errors import PayloadError
 from session_core.maintenance.pacing import pacer_for
@@ -44,6 +45,16 @@ MAX_TRANSACTION_BYTES = 4 * 1024 * 1024  # a commit may carry 10 MiB; stay well 
 LAYOUT_KIND = "session_core-layout"
 LAYOUT_NAME = "write_shards"
 MAX_SHARDS = 256
+RECORD = Record(
+    LAYOUT_KIND,
+    f"`{LAYOUT_NAME}`",
+    "the write-shard layout the last finished reshard moved every session to (none: ViUR's one `lastseen` range)",
+    (
+        Stored("shards", "integer", True, f"the write shards, 1 to {MAX_SHARDS}"),
+        Stored("at", "float (epoch seconds)", False, "when the reshard finished"),
+    ),
+)
+"""The layout record (:func:`record_layout` writes it)."""
 log = structlog.get_logger("session_core.reshard")
 
 
@@ -74,7 +85,9 @@ def recorded_layout(client: datastore.Client, settings: Settings) -> int:
 
 def record_layout(client: datastore.Client, settings: Settings, shards: int, now: float) -> None:
     """Record that every session is in the layout of ``shards`` write shards (one write)."""
-    entity = datastore.Entity(settings_key(client, settings, LAYOUT_KIND, LAYOUT_NAME), exclude_from_indexes=("at",))
+    entity = datastore.Entity(
+        settings_key(client, settings, LAYOUT_KIND, LAYOUT_NAME), exclude_from_indexes=unindexed(RECORD.properties)
+    )
     entity.update(shards=shards, at=now)
 
     def put() -> None:

@@ -47,6 +47,7 @@ from google.cloud import datastore
 from google.cloud.datastore.query import PropertyFilter
 
 from session_core._datastore import FAIL_FAST, settings_key, translated
+from session_core._schema import Record, Stored, unindexed
 from session_core.config import Settings
 from session_core.errors import ForbiddenError, TransientStoreError
 from session_core.maintenance.steps import Enqueue, Step, step_type
@@ -56,6 +57,34 @@ KIND = "session_core-run"
 KEEP = timedelta(days=7)
 RECENT = 8  # a chain remembers the digests of the last eight steps it counted: their redeliveries are duplicates
 RunKind = str  # a registered step type's ``op`` (see :func:`~session_core.maintenance.steps.register`)
+RECORD = Record(
+    KIND,
+    "the run id",
+    "a cleanup, kill, rehash or reshard run: its receipt, and the step each of its chains expects next",
+    (
+        Stored("kind", "string", True, "what the run does: `clear`, `kill`, `rehash` or `reshard`"),
+        Stored(
+            "params",
+            "string (JSON)",
+            False,
+            "its parameters (kill: user, except_session, shards; clear: cutoff, dry_run, slices)",
+        ),
+        Stored("started", "float (epoch seconds)", True, "when it started (`session-core runs` lists newest first)"),
+        Stored("status", "string", True, "`running` or `done`"),
+        Stored("deleted", "integer", True, "sessions its steps deleted (or counted, in a dry run)"),
+        Stored("steps", "integer", True, "steps counted"),
+        Stored("chains_done", "integer", True, "chains finished"),
+        Stored("chains", "integer", True, "chains it runs"),
+        Stored("expires", "timestamp", False, f"{KEEP.days} days after its start, for a TTL policy"),
+        Stored(
+            "chain_steps",
+            "string (JSON)",
+            False,
+            f"per chain: its next step's page, cursor and `done`, and the digests of its last {RECENT} steps",
+        ),
+    ),
+)
+"""The run entities (:meth:`RunRecorder.entity` writes them)."""
 
 
 def step_digest(step: Step) -> str:
@@ -177,8 +206,7 @@ class RunRecorder:
 
     def entity(self, run: Run) -> datastore.Entity:
         """The entity that records ``run``; commit it with the run's first work."""
-        unindexed = ("params", "expires", "finished_chains", "chain_steps")
-        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=unindexed)
+        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=unindexed(RECORD.properties))
         entity.update(
             kind=run.kind,
             params=json.dumps(run.params, sort_keys=True),
