@@ -71,21 +71,53 @@ def readme_blocks() -> list[Block]:
 CONTINUES = re.compile(r"# continues the (.+) example above\n")
 
 
+def stored_sessions(settings: Settings) -> dict[str, str]:
+    """The stored sessions' names and users."""
+    client = datastore_client(settings)
+    return {
+        entity.key.name: entity["user"]
+        for entity in client.query(kind=settings.kind, namespace=settings.namespace).fetch()
+    }
+
+
 def drive_flask(example: dict[str, Any], settings: Settings) -> None:
     browser = example["app"].test_client()
+    name = example["app"].config["SESSION_COOKIE_NAME"]
     assert browser.post("/cart/book").json == {"cart": ["book"]}
     assert browser.post("/cart/pen").json == {"cart": ["book", "pen"]}
+    guest_key = cookie_value(browser, name)
     assert browser.post("/login/alice").data == b"ok"
+    alice_key = cookie_value(browser, name)
+    assert alice_key != guest_key and stored_sessions(settings) == {hash_key(alice_key): "alice"}  # rotated
     assert browser.post("/cart/cup").json == {"cart": ["cup"]}  # a login keeps only SESSION_PERSISTENT_FIELDS
+    assert browser.post("/logout").data == b"ok"
+    assert browser.get_cookie(name) is None and stored_sessions(settings) == {}  # an emptied guest: deleted
+    assert browser.post("/cart/mug").json == {"cart": ["mug"]}
+    assert cookie_value(browser, name) not in (guest_key, alice_key)
+
+
+def cookie_value(browser: Any, name: str) -> str:
+    cookie = browser.get_cookie(name)
+    assert cookie is not None, f"no {name} cookie"
+    value: str = cookie.value
+    return value
 
 
 def drive_flask_login(example: dict[str, Any], settings: Settings) -> None:
+    """The Flask-Login app alone: sign-in rotates the key and sets remember-me; sign-out clears both."""
     browser = example["app"].test_client()
-    assert browser.post("/sign-in/alice").data == b"signed in"
-    client = datastore_client(settings)
-    [stored] = client.query(kind=settings.kind, namespace=settings.namespace).fetch()
-    assert stored["user"] == "alice"  # what kill_sessions("alice") finds
+    assert browser.get("/me").json == {"user": None}
+    assert browser.post("/sign-in/bob").data == b"signed in"
+    bob_key = cookie_value(browser, "session")
+    assert stored_sessions(settings) == {hash_key(bob_key): "bob"}
+    assert browser.post("/sign-in/alice").data == b"signed in"  # a second sign-in on the same browser
+    alice_key = cookie_value(browser, "session")
+    assert alice_key != bob_key and stored_sessions(settings) == {hash_key(alice_key): "alice"}  # rotated, indexed
+    assert browser.get_cookie("remember_token") is not None  # Flask-Login's remember-me cookie
+    assert browser.get("/me").json == {"user": "alice"}
     assert browser.post("/sign-out").data == b"signed out"
+    assert browser.get_cookie("session") is None and browser.get_cookie("remember_token") is None  # both deleted
+    assert browser.get("/me").json == {"user": None} and "alice" not in stored_sessions(settings).values()
 
 
 def drive_viur_cookie(example: dict[str, Any], settings: Settings) -> None:
