@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 from collections import Counter
@@ -46,29 +49,43 @@ def test_the_first_two_commands_are_make_run_and_make_test() -> None:
 class Block(NamedTuple):
     heading: str  # the nearest heading above it, without its #s
     code: str  # dedented
+    page: str = ""  # its page, under docs/
 
 
 def readme_blocks() -> list[Block]:
     """Every ```python block of the docs pages (indented ones in lists too), with the heading it sits under."""
     blocks: list[Block] = []
-    heading, fence, lines = "", None, []
-    text = "\n".join(page.read_text() for page in sorted((ROOT / "docs").rglob("*.md")))
-    for line in text.splitlines():
-        if fence is None:
-            if match := re.fullmatch(r"( *)```(\w*)", line):
-                fence, lines = (match[1], match[2]), []
-            elif match := re.fullmatch(r"#{1,6} (.+)", line):
-                heading = match[1]
-        elif line.strip() == "```" and line.startswith(fence[0]):
-            if fence[1] == "python":
-                blocks.append(Block(heading, textwrap.dedent("\n".join(lines)) + "\n"))
-            fence = None
-        else:
-            lines.append(line)
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        heading, fence, lines = "", None, []
+        for line in page.read_text().splitlines():
+            if fence is None:
+                if match := re.fullmatch(r"( *)```(\w*)", line):
+                    fence, lines = (match[1], match[2]), []
+                elif match := re.fullmatch(r"#{1,6} (.+)", line):
+                    heading = match[1]
+            elif line.strip() == "```" and line.startswith(fence[0]):
+                if fence[1] == "python":
+                    code = textwrap.dedent("\n".join(lines)) + "\n"
+                    blocks.append(Block(heading, code, str(page.relative_to(ROOT / "docs"))))
+                fence = None
+            else:
+                lines.append(line)
     return blocks
 
 
 CONTINUES = re.compile(r"# continues the (.+) example above\n")
+# A block that is (part of) a file of its page's project: "# app.py" starts it, "# app.py, continued" adds to it.
+FILE = re.compile(r"# (\w+)\.py(, continued)?\n")
+
+
+def page_files(block: Block) -> dict[str, str]:
+    """The files of ``block``'s page as they stand once the reader has pasted it: name -> code."""
+    files: dict[str, str] = {}
+    blocks = readme_blocks()
+    for other in blocks[: blocks.index(block) + 1]:
+        if other.page == block.page and (match := FILE.match(other.code)):
+            files[match[1]] = files.get(match[1], "") + other.code if match[2] else other.code
+    return files
 
 
 def stored_sessions(settings: Settings) -> dict[str, str]:
@@ -174,6 +191,46 @@ def drive_events_subscriber(example: dict[str, Any], settings: Settings) -> None
     ]
 
 
+def drive_tutorial_app(example: dict[str, Any], settings: Settings) -> None:
+    """The tutorial's finished app, as its curl commands drive it: count, log in, log out, sign out elsewhere."""
+    app = example["create_app"](settings)
+    laptop, phone = app.test_client(), app.test_client()
+    assert [laptop.get("/").text for _ in range(2)] == ["visit 1\n", "visit 2\n"]
+    assert laptop.get("/me").text == "__guest__\n"
+    guest_key = cookie_value(laptop, "session")
+    assert laptop.post("/login", data={"user": "alice"}).text == "signed in as alice\n"
+    alice_key = cookie_value(laptop, "session")
+    assert alice_key != guest_key and stored_sessions(settings) == {hash_key(alice_key): "alice"}  # rotated
+    assert laptop.get("/").text == "visit 1\n"  # only SESSION_PERSISTENT_FIELDS_ON_LOGIN survive
+    assert laptop.post("/logout").text == "signed out\n"
+    assert laptop.get_cookie("session") is None and stored_sessions(settings) == {}  # an empty guest: deleted
+    assert laptop.post("/sign-out-everywhere-else").status_code == 400  # a guest's: never a 500
+    for browser in (phone, laptop):
+        assert browser.post("/login", data={"user": "alice"}).text == "signed in as alice\n"
+    assert laptop.post("/sign-out-everywhere-else").text == "other sessions ended: 1\n"
+    assert (laptop.get("/me").text, phone.get("/me").text) == ("alice\n", "__guest__\n")
+
+
+def drive_tutorial_tests(example: dict[str, Any], settings: Settings) -> None:
+    """The tutorial's test_app.py, run by pytest with the plugin's fixtures: its 3 tests pass.
+
+    The plugin's ``session_core_emulator`` is pointed at this run's emulator (a conftest.py of the
+    folder overrides it), so that no second emulator starts; everything else is the plugin's.
+    """
+    assert settings.emulator_host
+    port = settings.emulator_host.rsplit(":", 1)[1]
+    (Path.cwd() / "conftest.py").write_text(
+        "import pytest\n\nfrom session_core.testing import DatastoreEmulator\n\n\n"
+        "@pytest.fixture(scope='session')\n"
+        f"def session_core_emulator():\n    return DatastoreEmulator(port={port})  # the suite's, running\n"
+    )
+    command = [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "session_core.pytest_plugin"]
+    command += ["-p", "no:cacheprovider", "test_app.py"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
     assert example["settings"].namespace == settings.namespace  # from the file, not the environment
 
@@ -186,6 +243,8 @@ def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
 DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "Flask": drive_flask,
     "Flask-Login": drive_flask_login,
+    "6. Sign out everywhere else": drive_tutorial_app,
+    "7. Test it": drive_tutorial_tests,
     "Sharing sessions with ViUR": drive_viur_cookie,
     "Any WSGI framework": drive_wsgi,
     "Who is signed in, and their devices": drive_devices,
@@ -213,6 +272,14 @@ def test_every_python_block_of_the_readme_runs(
     if match := CONTINUES.match(code):
         [first, *_] = [other.code for other in readme_blocks() if other.heading == match[1]]
         code = first + code
+    modules: list[str] = []
+    if match := FILE.match(code):  # the page's files so far, in the folder the block runs in
+        files = page_files(block)
+        code = files[match[1]]
+        for name, text in files.items():
+            (tmp_path / f"{name}.py").write_text(text)
+        modules = [name for name in files if name != match[1]]
+        monkeypatch.syspath_prepend(str(tmp_path))
     observers = list(_observers._REGISTERED)  # a block may register Session.on_delete: not beyond this test
     example: dict[str, Any] = {"__name__": "readme_example"}
     try:
@@ -221,6 +288,8 @@ def test_every_python_block_of_the_readme_runs(
             DRIVERS[block.heading](example, settings)
     finally:
         _observers._REGISTERED[:] = observers
+        for name in modules:
+            sys.modules.pop(name, None)
 
 
 def test_every_driver_names_a_readme_section_with_python() -> None:
