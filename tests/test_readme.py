@@ -237,8 +237,8 @@ def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
 
 # The blocks a test here drives through requests, by heading. Every other block is run (its imports,
 # its module-level code); these sections' blocks are also driven elsewhere:
-#   Starlette and FastAPI: tests/test_asgi.py::test_the_readme_examples_run
-#   Django: tests/test_django.py::test_the_readmes_* (settings, and the sign-out-everywhere-else view)
+#   Starlette and FastAPI: tests/test_asgi.py::test_the_starlette_pages_examples_run
+#   Django: tests/test_django.py::test_the_django_pages_* (settings edits to startproject, the sign-out view)
 #   Developing and testing your app locally: tests/test_packaging.py (pytest runs it from an installed wheel)
 DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "Flask": drive_flask,
