@@ -23,6 +23,7 @@ from werkzeug.test import Client
 from session_core import Settings, _observers
 from session_core.clients import datastore_client
 from session_core.rules import hash_key
+from tests.conftest import startproject
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +76,7 @@ def readme_blocks() -> list[Block]:
 
 CONTINUES = re.compile(r"# continues the (.+) example above\n")
 # A block that is (part of) a file of its page's project: "# app.py" starts it, "# app.py, continued" adds to it.
-FILE = re.compile(r"# (\w+)\.py(, continued)?\n")
+FILE = re.compile(r"# (\w+)\.py(, continued)?(?:: [^\n]*)?\n")
 
 
 def page_files(block: Block) -> dict[str, str]:
@@ -269,19 +270,23 @@ def test_every_python_block_of_the_readme_runs(
     (tmp_path / "settings.json").write_text(json.dumps({"SESSION_NAMESPACE": settings.namespace}))
     monkeypatch.chdir(tmp_path)
     code = block.code
+    example: dict[str, Any] = {"__name__": "readme_example"}
     if match := CONTINUES.match(code):
         [first, *_] = [other.code for other in readme_blocks() if other.heading == match[1]]
         code = first + code
     modules: list[str] = []
     if match := FILE.match(code):  # the page's files so far, in the folder the block runs in
         files = page_files(block)
+        if (first := FILE.match(files[match[1]])) and first[2] and match[1] == "settings":
+            settings_py = startproject(tmp_path)  # it continues a django-admin startproject project's settings
+            files["settings"] = settings_py.read_text() + files["settings"]
+            example["__file__"] = str(settings_py)
         code = files[match[1]]
         for name, text in files.items():
             (tmp_path / f"{name}.py").write_text(text)
         modules = [name for name in files if name != match[1]]
         monkeypatch.syspath_prepend(str(tmp_path))
     observers = list(_observers._REGISTERED)  # a block may register Session.on_delete: not beyond this test
-    example: dict[str, Any] = {"__name__": "readme_example"}
     try:
         exec(compile(code, f"README.md ({block.heading})", "exec"), example)
         if block.heading in DRIVERS:
