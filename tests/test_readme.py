@@ -277,7 +277,7 @@ def test_every_python_block_of_the_readme_runs(
     modules: list[str] = []
     if match := FILE.match(code):  # the page's files so far, in the folder the block runs in
         files = page_files(block)
-        if (first := FILE.match(files[match[1]])) and first[2] and match[1] == "settings":
+        if (opening := FILE.match(files[match[1]])) and opening[2] and match[1] == "settings":
             settings_py = startproject(tmp_path)  # it continues a django-admin startproject project's settings
             files["settings"] = settings_py.read_text() + files["settings"]
             example["__file__"] = str(settings_py)
