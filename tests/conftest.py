@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -363,6 +364,13 @@ def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **ex
 def doc_python_blocks(page: str) -> list[str]:
     """The ```python blocks of the docs page ``page`` (a path under ``docs/``), in order."""
     return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+
+
+def startproject(folder: Path, name: str = "mysite") -> Path:
+    """``django-admin startproject NAME FOLDER`` (Django's own template, in a process of its own): its settings.py."""
+    command = [sys.executable, "-m", "django", "startproject", name, str(folder)]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    return folder / name / "settings.py"
 
 
 # A task step's JSON exactly as our code enqueues it (the wire format); tests change fields with {**STEP, ...}.

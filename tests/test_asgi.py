@@ -660,43 +660,55 @@ def test_a_fastapi_app_signs_out_everywhere_else_off_the_event_loop(
     assert [http.get("/me").json() for http in (laptop, phone, tablet, bob)] == ["alice", GUEST_USER, GUEST_USER, "bob"]
 
 
-# -- the README's examples --------------------------------------------------------------------
+# -- the examples of docs/how-to/starlette.md --------------------------------------------------
 
 
-def readme_app(block: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The ``app`` a README example builds, configured as its reader would: by environment."""
+def page_app(block: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The ``app`` a page's example builds, configured as its reader would: by environment."""
     assert settings.emulator_host and settings.namespace
     monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
     monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
-    module: dict[str, Any] = {"__name__": "readme_example"}
+    module: dict[str, Any] = {"__name__": "page_example"}
     exec(compile(block, "docs/how-to/starlette.md", "exec"), module)
     return module["app"]
 
 
-def test_the_readme_examples_run(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_starlette_pages_examples_run(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Starlette app counts a cart and logs in; the FastAPI app logs in and out and signs out elsewhere."""
     starlette_example, fastapi_example = doc_python_blocks("how-to/starlette.md")
+    cookie = f"viur_cookie_{settings.project}"
 
-    http = browser(readme_app(starlette_example, settings, monkeypatch))
+    http = browser(page_app(starlette_example, settings, monkeypatch))
     assert http.post("/cart/book").json() == {"cart": ["book"]}
     assert http.post("/cart/pen").json() == {"cart": ["book", "pen"]}
     assert http.post("/login/alice").json() == {"user": "alice"}
 
-    api = readme_app(fastapi_example, settings, monkeypatch)
+    api = page_app(fastapi_example, settings, monkeypatch)
+    laptop, phone, tablet = browser(api), browser(api), browser(api)
+    assert [laptop.post("/visit").json() for _ in range(2)] == [{"visits": 1}, {"visits": 2}]
+    guest_key = laptop.cookies[cookie]
+    assert laptop.get("/devices").status_code == 401
+    assert laptop.post("/sign-out-everywhere-else").status_code == 401
+    assert laptop.post("/login/carol").json() == {"user": "carol"}
+    assert laptop.cookies[cookie] != guest_key  # a login rotates the key
+    assert laptop.post("/visit").json() == {"visits": 1}  # and keeps only SESSION_PERSISTENT_FIELDS_ON_LOGIN
+    for device in (phone, tablet):
+        assert device.post("/login/carol").json() == {"user": "carol"}
+    assert sorted(laptop.get("/devices").json()) == sorted(hash_key(b.cookies[cookie]) for b in (laptop, phone, tablet))
 
-    @api.post("/login/{user}")
-    async def sign_in(request: Request, user: str) -> str:  # the example's app, with a way to sign in
-        session_of(request).login(user)
-        return "ok"
+    assert laptop.post(f"/devices/{hash_key(tablet.cookies[cookie])}/end").json() == {"ended": True}
+    assert tablet.get("/devices").status_code == 401  # that device is signed out
+    assert laptop.post("/sign-out-everywhere-else").json() == {"ended": 1}  # the phone
+    assert phone.get("/devices").status_code == 401
+    assert laptop.get("/devices").json() == [hash_key(laptop.cookies[cookie])]  # this browser stays
 
-    http = browser(api)
-    assert [http.post("/visit").json() for _ in range(2)] == [{"visits": 1}, {"visits": 2}]
-    assert http.get("/devices").status_code == 401
-    http.post("/login/bob")
-    [device] = http.get("/devices").json()
-    assert device == hash_key(http.cookies[f"viur_cookie_{settings.project}"])  # one device: this browser
-    assert http.post(f"/devices/{device}/end").json() == {"ended": True}
-    assert http.get("/devices").status_code == 401  # this browser was that device: signed out
+    assert laptop.post("/logout").json() == {"user": GUEST_USER}
+    assert laptop.get("/devices").status_code == 401
+    for device in (laptop, phone):
+        device.post("/login/bob")
+    assert phone.post("/sign-out-everywhere").json() == {"ended": 2}  # every device, this one too
+    assert [device.get("/devices").status_code for device in (laptop, phone)] == [401, 401]
 
 
 # -- a real server: uvicorn on 127.0.0.1, httpx clients ---------------------------------------------

@@ -214,24 +214,28 @@ def test_a_topic_without_the_events_extra_is_a_config_error_naming_the_extra(tmp
         ("how-to/wsgi.md", 0),
         ("how-to/starlette.md", 0),
         ("how-to/starlette.md", 1),
-        ("how-to/django.md", 0),
+        # appended to the settings.py of a django-admin startproject, which runs as a process of its own
+        pytest.param("how-to/django.md", 0, marks=pytest.mark.stack),
     ],
     ids=["flask", "wsgi", "starlette", "fastapi", "django-settings"],
 )
 def test_each_adapters_start_up_in_the_readme_refuses_a_topic_without_the_extra(
-    section: str, block: int, monkeypatch: pytest.MonkeyPatch
+    section: str, block: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The README's start-up code of each adapter stops at its first line of settings, before serving anything.
 
     Django's settings.py names a function that builds the settings on the first session use (so that
     ``migrate`` needs no Datastore settings): the error is raised there, and ``check --deploy`` reports it.
     """
-    from tests.conftest import doc_python_blocks
+    from tests.conftest import doc_python_blocks, startproject
 
     for name, value in {**TOPIC_ENV, "GOOGLE_CLOUD_PROJECT": "shop"}.items():
         monkeypatch.setenv(name, value)
     code = doc_python_blocks(section)[block]
     namespace: dict[str, Any] = {"__name__": "readme_app"}
+    if section == "how-to/django.md":  # lines appended to a startproject project's settings.py
+        settings_py = startproject(tmp_path)
+        code, namespace["__file__"] = settings_py.read_text() + code, str(settings_py)
     with pytest.raises(ConfigError) as refused:
         exec(code, namespace)
         namespace.pop("SESSION_CORE_SETTINGS")()  # Django's: the first session use

@@ -52,7 +52,7 @@ from session_core import (
 from session_core.rules import GUEST_USER, hash_key, is_valid_key
 from session_core.store import SessionRecord
 from session_core.store import SessionStore as RecordStore
-from tests.conftest import ROOT, Ctx, RpcCounter, doc_python_blocks
+from tests.conftest import ROOT, Ctx, RpcCounter, doc_python_blocks, startproject
 from tests.django_site import configure
 
 configure()
@@ -850,21 +850,72 @@ def test_management_commands_run_without_datastore_settings_when_they_are_built_
     assert "(session_core.E002) SESSION_CORE_SETTINGS() raised: GOOGLE_CLOUD_PROJECT" in deploy.stderr
 
 
-# -- the README's Django section -------------------------------------------------------------
+# -- docs/how-to/django.md ---------------------------------------------------------------------
+
+# What a reader runs in the project's shell once it is set up: a login through Django's admin, then a page
+# only a signed-in user sees, through the middleware and the engine the page's settings name.
+ADMIN_LOGIN = """
+from django.contrib.auth.models import User
+from django.test import Client
+from django.test.utils import setup_test_environment
+
+setup_test_environment()
+user = User.objects.create_superuser("ada", password="correct horse")
+browser = Client()
+answer = browser.post("/admin/login/?next=/admin/", {"username": "ada", "password": "correct horse"})
+assert answer.status_code == 302, answer.status_code
+assert browser.get("/admin/").status_code == 200
+print(user.pk, browser.cookies["sessionid"].value)
+"""
 
 
-def test_the_readmes_settings_configure_this_engine_with_our_middleware() -> None:
+def test_the_django_pages_settings_edit_a_startproject_project(
+    tmp_path: Path, client: datastore.Client, settings: Settings
+) -> None:
+    """The page's lines, appended to a fresh startproject's settings.py: check passes, an admin login is ours."""
     settings_block, _ = doc_python_blocks("how-to/django.md")
-    namespace: dict[str, Any] = {}
-    exec(settings_block, namespace)
-    assert namespace["SESSION_ENGINE"] == "session_core.django" == django_settings.SESSION_ENGINE
-    assert namespace["MIDDLEWARE"][0] == "session_core.django.SessionMiddleware" == django_settings.MIDDLEWARE[0]
-    assert "django.contrib.sessions" in namespace["INSTALLED_APPS"]
-    assert "session_core.django.SessionCoreConfig" in namespace["INSTALLED_APPS"]
-    assert isinstance(namespace["SESSION_CORE_SETTINGS"](), Settings)  # a function: manage.py needs no Datastore
+    settings_py = startproject(tmp_path)
+    generated: dict[str, Any] = {"__file__": str(settings_py)}
+    exec(settings_py.read_text(), generated)
+    settings_py.write_text(settings_py.read_text() + "\n" + settings_block)
+    edited: dict[str, Any] = {"__file__": str(settings_py)}
+    exec(settings_py.read_text(), edited)
+    assert edited["INSTALLED_APPS"] == [*generated["INSTALLED_APPS"], "session_core.django.SessionCoreConfig"]
+    ours = [
+        "session_core.django.SessionMiddleware" if name.endswith("sessions.middleware.SessionMiddleware") else name
+        for name in generated["MIDDLEWARE"]
+    ]
+    assert edited["MIDDLEWARE"] == ours != generated["MIDDLEWARE"]  # in Django's place, before authentication
+    assert edited["SESSION_ENGINE"] == "session_core.django"
+
+    assert settings.emulator_host and settings.namespace
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "DATASTORE_", "DJANGO_"))},
+        "PYTHONPATH": str(ROOT),
+        "DATASTORE_EMULATOR_HOST": settings.emulator_host,
+        "GOOGLE_CLOUD_PROJECT": settings.project,
+        "SESSION_NAMESPACE": settings.namespace,
+    }
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "manage.py", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    checked = manage("check")
+    assert (checked.returncode, checked.stdout.strip()) == (0, "System check identified no issues (0 silenced).")
+    deploy = manage("check", "--deploy")  # startproject's DEBUG and SECRET_KEY warn; nothing of ours is an error
+    assert deploy.returncode == 0 and "session_core.W001" in deploy.stderr and "session_core.E" not in deploy.stderr
+    assert manage("migrate", "--noinput").returncode == 0
+    shell = manage("shell", "-c", ADMIN_LOGIN)
+    assert shell.returncode == 0, shell.stderr[-3000:]
+    user_pk, cookie = shell.stdout.splitlines()[-1].split()  # after any log line
+    stored = entity(client, settings, cookie)
+    assert (
+        stored is not None and stored["user"] == user_pk
+    )  # in Datastore, indexed: what kill_sessions(str(user.pk)) finds
 
 
-def test_the_readmes_sign_out_everywhere_else_view_keeps_only_this_session(
+def test_the_django_pages_sign_out_everywhere_else_view_keeps_only_this_session(
     client: datastore.Client, settings: Settings
 ) -> None:
     _, view_block = doc_python_blocks("how-to/django.md")

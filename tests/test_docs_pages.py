@@ -21,18 +21,25 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 from google.cloud import datastore
+from werkzeug.test import Client
 
 from session_core import Settings, _observers
+from session_core.clients import datastore_client
 from session_core.rules import hash_key
+from tests.conftest import startproject
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NOT_RUN_ALONE = re.compile(r"# not run alone: (.+)")
+# A block that is (part of) a file of the page's project: "# app.py" starts it, "# app.py, continued" adds to it;
+# "# settings.py, continued" with no settings.py before it continues a `django-admin startproject` project's.
+FILE = re.compile(r"# (\w+)\.py(, continued)?(?:: [^\n]*)?\n")
 
 
 def page_path(page: str) -> Path:
@@ -81,6 +88,41 @@ def pages_with_python() -> list[str]:
     return [page for page in pages if fences(page_path(page).read_text())[0]]
 
 
+class PageFiles:
+    """The files a page's reader has saved so far, in ``folder``: name -> code."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.code = folder, dict[str, str]()
+
+    def add(self, block: str) -> tuple[str, str]:
+        """Save ``block`` into its file (a new one, or the end of one); return the file's name and whole code."""
+        match = FILE.match(block)
+        assert match is not None
+        name, continued = match[1], bool(match[2])
+        if continued and name not in self.code and name == "settings":
+            (self.folder / "django").mkdir()
+            self.code[name] = startproject(self.folder / "django").read_text()  # Django's own template
+        self.code[name] = self.code.get(name, "") + block if continued else block
+        (self.folder / f"{name}.py").write_text(self.code[name])
+        sys.modules.pop(name, None)  # a later import sees the file as it is now
+        return name, self.code[name]
+
+    def forget(self) -> None:
+        for name in self.code:
+            sys.modules.pop(name, None)
+
+
+def blocks_alone(page: str, numbers: list[int], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Blocks ``numbers`` (1-based) of ``page``, run in a namespace of their own against a Datastore namespace of
+    their own (``settings.namespace`` plus the numbers): one app of a page that shows several."""
+    monkeypatch.setenv("SESSION_NAMESPACE", f"{settings.namespace}-{'-'.join(map(str, numbers))}")
+    blocks = python_blocks(page_path(page).read_text())
+    example: dict[str, Any] = {"__name__": "docs_page"}
+    for number in numbers:
+        exec(compile("\n" * (blocks[number - 1].line - 1) + blocks[number - 1].code, page, "exec"), example)
+    return example
+
+
 # -- what a page's app does, driven through requests ------------------------------------------------
 
 
@@ -89,6 +131,111 @@ def drive_quick_start(example: dict[str, Any], settings: Settings) -> None:
     browser = example["app"].test_client()
     assert [browser.get("/").text for _ in range(2)] == ["visit 1\n", "visit 2\n"]
     assert example["app"].test_client().get("/").text == "visit 1\n"  # another browser, another session
+
+
+def stored_sessions(settings: Settings) -> dict[str, str]:
+    """The stored sessions' names and users."""
+    client = datastore_client(settings)
+    return {
+        entity.key.name: entity["user"]
+        for entity in client.query(kind=settings.kind, namespace=settings.namespace).fetch()
+    }
+
+
+def cookie_value(browser: Any, name: str) -> str:
+    cookie = browser.get_cookie(name)
+    assert cookie is not None, f"no {name} cookie"
+    value: str = cookie.value
+    return value
+
+
+def drive_flask(example: dict[str, Any], settings: Settings) -> None:
+    browser = example["app"].test_client()
+    name = example["app"].config["SESSION_COOKIE_NAME"]
+    assert browser.post("/cart/book").json == {"cart": ["book"]}
+    assert browser.post("/cart/pen").json == {"cart": ["book", "pen"]}
+    guest_key = cookie_value(browser, name)
+    assert browser.post("/login/alice").data == b"ok"
+    alice_key = cookie_value(browser, name)
+    assert alice_key != guest_key and stored_sessions(settings) == {hash_key(alice_key): "alice"}  # rotated
+    assert browser.post("/cart/cup").json == {"cart": ["cup"]}  # a login keeps only SESSION_PERSISTENT_FIELDS
+    assert browser.post("/logout").data == b"ok"
+    assert browser.get_cookie(name) is None and stored_sessions(settings) == {}  # an emptied guest: deleted
+    assert browser.post("/cart/mug").json == {"cart": ["mug"]}
+    assert cookie_value(browser, name) not in (guest_key, alice_key)
+
+
+def drive_flask_login(example: dict[str, Any], settings: Settings) -> None:
+    """The Flask-Login app alone: sign-in rotates the key and sets remember-me; sign-out clears both."""
+    browser = example["app"].test_client()
+    assert browser.get("/me").json == {"user": None}
+    assert browser.post("/sign-in/bob").data == b"signed in"
+    bob_key = cookie_value(browser, "session")
+    assert stored_sessions(settings) == {hash_key(bob_key): "bob"}
+    assert browser.post("/sign-in/alice").data == b"signed in"  # a second sign-in on the same browser
+    alice_key = cookie_value(browser, "session")
+    assert alice_key != bob_key and stored_sessions(settings) == {hash_key(alice_key): "alice"}  # rotated, indexed
+    assert browser.get_cookie("remember_token") is not None  # Flask-Login's remember-me cookie
+    assert browser.get("/me").json == {"user": "alice"}
+    assert browser.post("/sign-out").data == b"signed out"
+    assert browser.get_cookie("session") is None and browser.get_cookie("remember_token") is None  # both deleted
+    assert browser.get("/me").json == {"user": None} and "alice" not in stored_sessions(settings).values()
+
+
+def drive_viur_cookie(example: dict[str, Any], settings: Settings) -> None:
+    assert example["app"].config["SESSION_COOKIE_NAME"] == f"viur_cookie_{settings.project}"
+    drive_flask(example, settings)
+
+
+def drive_wsgi(example: dict[str, Any], settings: Settings) -> None:
+    browser = Client(example["app"])
+    assert [browser.get("/").text for _ in range(2)] == ["1", "2"]
+
+
+def drive_tutorial_app(example: dict[str, Any], settings: Settings) -> None:
+    """The tutorial's finished app, as its curl commands drive it: count, log in, log out, sign out elsewhere."""
+    app = example["create_app"](settings)
+    laptop, phone = app.test_client(), app.test_client()
+    assert [laptop.get("/").text for _ in range(2)] == ["visit 1\n", "visit 2\n"]
+    assert laptop.get("/me").text == "__guest__\n"
+    guest_key = cookie_value(laptop, "session")
+    assert laptop.post("/login", data={"user": "alice"}).text == "signed in as alice\n"
+    alice_key = cookie_value(laptop, "session")
+    assert alice_key != guest_key and stored_sessions(settings) == {hash_key(alice_key): "alice"}  # rotated
+    assert laptop.get("/").text == "visit 1\n"  # only SESSION_PERSISTENT_FIELDS_ON_LOGIN survive
+    assert laptop.post("/logout").text == "signed out\n"
+    assert laptop.get_cookie("session") is None and stored_sessions(settings) == {}  # an empty guest: deleted
+    assert laptop.post("/sign-out-everywhere-else").status_code == 400  # a guest's: never a 500
+    for browser in (phone, laptop):
+        assert browser.post("/login", data={"user": "alice"}).text == "signed in as alice\n"
+    assert laptop.post("/sign-out-everywhere-else").text == "other sessions ended: 1\n"
+    assert (laptop.get("/me").text, phone.get("/me").text) == ("alice\n", "__guest__\n")
+
+
+def drive_tutorial_tests(example: dict[str, Any], settings: Settings) -> None:
+    """The tutorial's test_app.py, run by pytest with the plugin's fixtures: its 3 tests pass.
+
+    The plugin's ``session_core_emulator`` is pointed at this run's emulator (a conftest.py of the
+    folder overrides it), so that no second emulator starts; everything else is the plugin's.
+    """
+    assert settings.emulator_host
+    port = settings.emulator_host.rsplit(":", 1)[1]
+    (Path.cwd() / "conftest.py").write_text(
+        "import pytest\n\nfrom session_core.testing import DatastoreEmulator\n\n\n"
+        "@pytest.fixture(scope='session')\n"
+        f"def session_core_emulator():\n    return DatastoreEmulator(port={port})  # the suite's, running\n"
+    )
+    command = [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "session_core.pytest_plugin"]
+    command += ["-p", "no:cacheprovider", "test_app.py"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def drive_tutorial(example: dict[str, Any], settings: Settings) -> None:
+    """The tutorial's finished app.py, driven as its curl commands do; then its test_app.py under pytest."""
+    drive_tutorial_app(example, settings)
+    drive_tutorial_tests(example, settings)
 
 
 def drive_devices(example: dict[str, Any], settings: Settings) -> None:
@@ -159,17 +306,23 @@ def drive_testing_page(example: dict[str, Any], settings: Settings) -> None:
 
 # The pages whose app a test here drives through requests, by the page's path. Every other page's blocks
 # are run (their imports, their module-level code); these pages' apps are driven elsewhere:
-#   how-to/flask.md, how-to/wsgi.md, tutorial/first-flask-app.md: the tests of those adapters;
+#   how-to/flask.md: its three apps, each alone (test_the_flask_pages_apps_each_do_what_the_page_says);
 #   how-to/starlette.md: tests/test_asgi.py; how-to/django.md: tests/test_django.py;
 #   README.md and how-to/testing.md, from an installed wheel: tests/test_packaging.py.
 DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "README.md": drive_quick_start,
+    "tutorial/first-flask-app.md": drive_tutorial,
+    "how-to/wsgi.md": drive_wsgi,
     "how-to/session-api.md": drive_devices,
     "how-to/production.md": drive_settings_file,
     "how-to/events.md": drive_events_subscriber,
     "how-to/testing.md": drive_testing_page,
 }
-SPAWNING_DRIVERS = {"how-to/testing.md"}  # the driver starts pytest (and the plugin its emulator)
+SPAWNING_DRIVERS = {
+    "how-to/testing.md",
+    "tutorial/first-flask-app.md",
+    "how-to/django.md",
+}  # the driver starts pytest (and the plugin its emulator)
 
 EXECUTED: dict[str, int] = {}  # blocks executed per page, for the summary line
 
@@ -215,14 +368,20 @@ def test_every_python_block_of_the_page_runs_in_order(
     assert len(blocks) == in_fences
     observers = list(_observers._REGISTERED)  # a block may register Session.on_delete: not beyond this test
     example: dict[str, Any] = {"__name__": "docs_page"}
+    files = PageFiles(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the page's files import each other, as in the reader's folder
     executed = 0
     try:
         for number, block in enumerate(blocks, 1):
             with subtests.test(msg=f"block {number} of {len(blocks)}, line {block.line}"):
                 if why := block.not_run_alone:
                     pytest.skip(f"{page} line {block.line} cannot run alone: {why}")
-                # Blank lines before it: a traceback names the page's own line numbers.
-                exec(compile("\n" * (block.line - 1) + block.code, page, "exec"), example)
+                if FILE.match(block.code):  # the whole file so far runs, as the reader's saved file would
+                    name, code = files.add(block.code)
+                    example.update(__file__=str(tmp_path / f"{name}.py"))
+                    exec(compile(code, f"{page} ({name}.py)", "exec"), example)
+                else:  # blank lines before it: a traceback names the page's own line numbers
+                    exec(compile("\n" * (block.line - 1) + block.code, page, "exec"), example)
                 executed += 1
             if executed + sum(1 for b in blocks[:number] if b.not_run_alone) < number:
                 break  # that block failed (reported above): the blocks after it would fail for its sake
@@ -231,7 +390,18 @@ def test_every_python_block_of_the_page_runs_in_order(
             DRIVERS[page](example, settings)
     finally:
         _observers._REGISTERED[:] = observers
+        files.forget()
     EXECUTED[page] = executed
+
+
+def test_the_flask_pages_apps_each_do_what_the_page_says(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Flask app, the Flask-Login app (another app, not beside it) and the Flask app sharing ViUR's cookie."""
+    assert settings.emulator_host
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    for numbers, drive in (([1], drive_flask), ([2], drive_flask_login), ([1, 3], drive_viur_cookie)):
+        example = blocks_alone("how-to/flask.md", numbers, settings, monkeypatch)
+        drive(example, replace(settings, namespace=os.environ["SESSION_NAMESPACE"]))
 
 
 def test_every_driver_names_a_page_with_python() -> None:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from google.cloud import datastore
 from session_core import Settings, kill_sessions
 from session_core.clients import datastore_client
 from session_core.rules import hash_key, is_valid_key
+from session_core.store import SessionStore
 from session_core.testing import Emulator
 from tests.conftest import ROOT
 from tests.test_viur_agreement import credentials, viur_python  # noqa: F401 - the agreement test's venv
@@ -69,6 +71,9 @@ class ViurApp:
 
     def request(self, path: str, cookie: str | None = None, **headers: str) -> dict[str, Any]:
         return self._ask({"path": path, "cookie": cookie and f"{COOKIE}={cookie}", "headers": headers})
+
+    def defaults(self) -> dict[str, Any]:
+        return self._ask({"defaults": True})
 
     def periodic_tasks(self) -> list[str]:
         tasks: list[str] = self._ask({"periodic": True})["periodic"]
@@ -233,3 +238,26 @@ def test_a_frozen_datastore_gives_503_with_retry_after_not_500(
         assert answer["status"] == 503 and header(answer, "Retry-After") == "1"
         assert cookie_of(answer) is None
     assert save["body"] != "1"
+
+
+def test_the_adapters_pages_viur_row_is_what_viur_cores_defaults_give_in_place(
+    ours: ViurApp, client: datastore.Client, datastore_emulator: Emulator
+) -> None:
+    """docs/how-to/adapters.md's ViUR row: viur-core 3.9.3's defaults, through install(), on the emulator."""
+    from tests.test_adapters_page import Defaults, documented, set_cookie
+
+    answer = ours.request("/counter")
+    key, dev = set_cookie([value for name, value in answer["headers"] if name.lower() == "set-cookie"], COOKIE)
+    assert "secure" not in dev and "samesite" not in dev  # viur-core's dev server sends neither
+    defaults = ours.defaults()
+    record = SessionStore(client, Settings(project=PROJECT, emulator_host=datastore_emulator.host)).lookup_all([key])
+    _, production = set_cookie([defaults["production_cookie"]], COOKIE)
+    measured = Defaults(
+        cookie=COOKIE,
+        secure="secure" in production,
+        same_site=production.get("samesite"),
+        lifetime=record[key].idle_expires(timedelta(seconds=defaults["life_time"])) - record[key].seen,
+        max_age=float(dev["max-age"]),
+        survives=frozenset(defaults["persistent_fields_on_login"]),
+    )
+    assert measured == documented(PROJECT)["ViUR (in place)"]

@@ -6,7 +6,9 @@ line, on stdin; answers each with one line ``@@`` + JSON on stdout (viur-core pr
 
 - ``{"path": "/counter", "cookie": "...", "headers": {...}}``: a request; the answer has
   ``status``, ``headers`` (a list of pairs) and ``body``;
-- ``{"periodic": true}``: the names of viur-core's periodic tasks.
+- ``{"periodic": true}``: the names of viur-core's periodic tasks;
+- ``{"defaults": true}`` (``ours``): viur-core's persistent login fields, and the cookie header the
+  installed Session sends off the dev server.
 
 Needs GOOGLE_APPLICATION_CREDENTIALS, GOOGLE_CLOUD_PROJECT, DATASTORE_EMULATOR_HOST and
 GAE_ENV=localdev (viur-core's dev server), and session_core on PYTHONPATH.
@@ -132,7 +134,16 @@ app = setup(modules)
 
 for line in sys.stdin:
     command = json.loads(line)
-    if command.get("periodic"):
+    if command.get("defaults"):  # what an app left at viur-core's defaults gets, in place
+        from session_core.cookies import set_cookie_header
+        from session_core.viur import Session as Installed
+
+        answer = {
+            "persistent_fields_on_login": list(conf.user.session_persistent_fields_on_login),
+            "life_time": conf.user.session_life_time.total_seconds(),
+            "production_cookie": set_cookie_header(Installed._settings, "A" * 42),  # off the dev server
+        }
+    elif command.get("periodic"):
         answer = {
             "periodic": sorted(task.periodicTaskName for queue in tasks._periodicTasks.values() for task in queue)
         }
