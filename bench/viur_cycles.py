@@ -1,29 +1,23 @@
 """Run by viur-core's own interpreter (see :mod:`bench.request`): viur-core's Session, N request cycles.
 
-argv: cycles. Each cycle loads the session by its cookie, changes one value
-and saves it, as a request does. Prints JSON ``{"cpu": s, "wall": s, "n": last}``.
-Needs GOOGLE_APPLICATION_CREDENTIALS (any well-formed service-account file),
+argv: cycles. Each cycle loads the session by its cookie, on the stand-in
+request of ``tests/viur/session_io.py``, changes one value and saves it, as a
+request does. Prints JSON ``{"cpu": s, "wall": s, "n": last}``. Needs
+GOOGLE_APPLICATION_CREDENTIALS (any well-formed service-account file),
 GOOGLE_CLOUD_PROJECT and DATASTORE_EMULATOR_HOST.
 """
 
 import json
 import sys
 import time
-import types
+from pathlib import Path
 
-from viur.core import current
-from viur.core import session as viur_session
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "viur"))
+from session_io import session_for  # viur-core's Session on the stand-in request the agreement tests use
 
 
 def cycle(cookie):
-    request = types.SimpleNamespace(
-        request=types.SimpleNamespace(cookies={viur_session.Session.cookie_name: cookie} if cookie else {}),
-        response=types.SimpleNamespace(headerlist=[], unset_cookie=lambda *args, **kwargs: None),
-        isSSLConnection=True,
-    )
-    current.request.set(request)
-    session = viur_session.Session()
-    session.load()
+    session = session_for(cookie)
     session["n"] = session.get("n", 0) + 1
     session.save()
     return session

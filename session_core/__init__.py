@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from session_core.config import Settings
 from session_core.contract import Store
-from session_core.errors import ConfigError, MisuseError, SessionCoreError, SessionDataError, StoreError
+from session_core.errors import (
+    FUNCTION_ERRORS,
+    ConfigError,
+    MisuseError,
+    SessionCoreError,
+    SessionDataError,
+    StoreError,
+)
 from session_core.rules import GUEST_USER
 from session_core.session import Session
 from session_core.store import SessionRecord, SessionStore
@@ -68,22 +75,7 @@ _DEPRECATED = {
     "akillSessionByUser": ("session_core", "akill_sessions"),
     "start_clear_sessions": ("session_core.maintenance.cleanup", "start_clear_sessions"),
     "ClearResult": ("session_core.maintenance.cleanup", "ClearResult"),
-    **{
-        name: ("session_core.maintenance", name)
-        for name in (
-            "DeleteObserver",
-            "AuthError",
-            "BadInputError",
-            "BodyTooLargeError",
-            "DependencyUnavailableError",
-            "DispatchError",
-            "ForbiddenError",
-            "PayloadError",
-            "PoisonMessageError",
-            "TransientStoreError",
-            "UnauthenticatedError",
-        )
-    },
+    **{name: ("session_core.maintenance", name) for name in ("DeleteObserver", *(e.__name__ for e in FUNCTION_ERRORS))},
 }
 
 

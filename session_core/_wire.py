@@ -38,19 +38,18 @@ from google.cloud.datastore.helpers import GeoPoint, key_from_protobuf
 from google.cloud.datastore_v1.types import datastore as _api
 from google.cloud.datastore_v1.types import entity as _entity
 
-# The protobuf classes under the proto-plus wrappers.
-LookupRequest: Any = _api.LookupRequest.pb()
-LookupResponse: Any = _api.LookupResponse.pb()
-CommitRequest: Any = _api.CommitRequest.pb()
-CommitResponse: Any = _api.CommitResponse.pb()
-BeginTransactionRequest: Any = _api.BeginTransactionRequest.pb()
-BeginTransactionResponse: Any = _api.BeginTransactionResponse.pb()
-RollbackRequest: Any = _api.RollbackRequest.pb()
-RollbackResponse: Any = _api.RollbackResponse.pb()
-Mutation: Any = _api.Mutation.pb()
+
+def _rpc(method: str) -> tuple[Any, Any]:
+    """The protobuf classes (under the proto-plus wrappers) of one Datastore RPC's request and response."""
+    return getattr(_api, f"{method}Request").pb(), getattr(_api, f"{method}Response").pb()
+
+
+LookupRequest, LookupResponse = _rpc("Lookup")
+CommitRequest, CommitResponse = _rpc("Commit")
+BeginTransactionRequest, BeginTransactionResponse = _rpc("BeginTransaction")
+RollbackRequest, RollbackResponse = _rpc("Rollback")
 EntityPb: Any = _entity.Entity.pb()
 KeyPb: Any = _entity.Key.pb()
-ValuePb: Any = _entity.Value.pb()
 TRANSACTIONAL = CommitRequest.Mode.Value("TRANSACTIONAL")
 NON_TRANSACTIONAL = CommitRequest.Mode.Value("NON_TRANSACTIONAL")
 _SERVICE = "/google.datastore.v1.Datastore/"

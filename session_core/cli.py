@@ -2,9 +2,10 @@
 
 Every command runs the library in this process, against the Datastore the
 settings name, with the same code the Cloud Functions run. The commands are
-one table, :data:`COMMANDS`: each entry has its description, the environment
-variables it reads, examples, its arguments and what it runs, so ``--help``
-and the docs' generated command reference say the same, and a new command is one more entry. What a
+one table, :data:`COMMANDS`, that :func:`command` fills: the function that
+runs a command carries its help (its docstring, as in click), the environment
+variables it reads, examples and its arguments, so ``--help`` and the docs'
+generated command reference say the same, and a new command is one more decorated function. What a
 command prints is built in :mod:`session_core._render`.
 
 What a run prints: on stderr, progress (one rewritten line on a terminal, log
@@ -19,6 +20,7 @@ stored data cannot drive the operator's terminal.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import signal
@@ -124,6 +126,36 @@ class Command:
     reads_settings: bool = True  # False: it runs with the default Settings, whatever the environment says
 
 
+Run = Callable[[argparse.Namespace, Context], Outcome]
+
+COMMANDS: list[Command] = []
+"""The command table, in the order ``--help`` lists it: each :func:`command` below adds one entry."""
+
+
+def command(
+    name: str,
+    *,
+    environment: tuple[str, ...] = (),
+    examples: tuple[str, ...],
+    arguments: Callable[[argparse.ArgumentParser], None],
+    reads_settings: bool = True,
+) -> Callable[[Run], Run]:
+    """Add the function below to :data:`COMMANDS` as ``name``.
+
+    Its docstring is its help, as in click: the first line the summary, the
+    rest (its lines joined) the description.
+    """
+
+    def register(run: Run) -> Run:
+        summary, _, description = inspect.cleandoc(run.__doc__ or "").partition("\n\n")
+        COMMANDS.append(
+            Command(name, summary, " ".join(description.split()), environment, examples, arguments, run, reads_settings)
+        )
+        return run
+
+    return register
+
+
 # -- clear ------------------------------------------------------------------------------
 
 
@@ -172,7 +204,30 @@ def _check_clear(ctx: Context, now: float) -> None:
     )
 
 
+@command(
+    "clear",
+    environment=(
+        "SESSION_LIFE_TIME",
+        "SESSION_CLEAR_GRACE",
+        "SESSION_PAGE_SIZE",
+        "SESSION_BATCH_SIZE",
+        "SESSION_DELETES_IN_FLIGHT",
+        "SESSION_LEASE_TTL",
+        "SESSION_EVENTS_TOPIC",
+    ),
+    examples=("session-core clear --dry-run", "session-core clear"),
+    arguments=_clear_arguments,
+)
 def _clear(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """delete expired sessions now (what the scheduled clear_sessions does)
+
+    Delete every session past its own expiry plus SESSION_CLEAR_GRACE, in this process, under the same lease as the
+    scheduled function: if a cleanup is running, this one is skipped. With --dry-run it only counts: the JSON then
+    has "dry_run": true, "counted": N (what it would delete) and "deleted": 0. The cutoff is printed as ISO 8601 UTC
+    beside its epoch value. Running it again is always safe. It first reads the newest sessions it would delete and
+    refuses, deleting nothing, if one of them has not expired by its own stored expiry: SESSION_LIFE_TIME here is
+    shorter than the app's.
+    """
     verb = "would delete" if args.dry_run else "deleted"
     _check_clear(ctx, time.time())
     result: ClearResult = start_clear_sessions(
@@ -202,7 +257,30 @@ def _kill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="kill --guest or --all without asking")
 
 
+@command(
+    "kill-user",
+    environment=(
+        "SESSION_SHARDS",
+        "SESSION_PAGE_SIZE",
+        "SESSION_BATCH_SIZE",
+        "SESSION_DELETES_IN_FLIGHT",
+        "SESSION_EVENTS_TOPIC",
+    ),
+    examples=(
+        "session-core kill-user alice",
+        "session-core kill-user alice --except SESSION_ID    # keep that one device",
+        "session-core kill-user --guest --yes",
+    ),
+    arguments=_kill_arguments,
+)
 def _kill(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """end a user's sessions now, or every guest's, or everyone's
+
+    End every session of USER at once (they are signed out on their next request), or with --guest every guest
+    session, or with --all every session; --except keeps one session. --guest and --all ask for confirmation on a
+    terminal and need --yes otherwise. A kill also records the user's kill time, so a Flask-Login remember-me cookie
+    cannot sign them back in. Running it again is safe.
+    """
     user = None if args.all else GUEST_USER if args.guest or args.user == GUEST_USER else args.user
     if user in (None, GUEST_USER) and not args.yes:
         whom = "every session (every user's and every guest's)" if user is None else "every guest session"
@@ -246,7 +324,16 @@ def _user_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("user", help="the user key (what the app passed to login)")
 
 
+@command(
+    "sessions", environment=("SESSION_LIFE_TIME",), examples=("session-core sessions alice",), arguments=_user_argument
+)
 def _sessions(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """list a user's active sessions: id, last seen, IP and user agent
+
+    List USER's active sessions, most recent first: each session's opaque id (what `end` and `kill-user --except`
+    take), when it was last seen, and the IP and user agent if the app stores them in the session as `ip` and
+    `user_agent`. Reads the sessions' entities, 100 a query.
+    """
     if args.user == GUEST_USER:
         raise UsageError("guests are not one user: there is no list of every guest session")
     return render.sessions(args.user, list_user_sessions(ctx.client, ctx.settings, args.user))
@@ -257,7 +344,18 @@ def _end_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("session_id", help="the session's id (as `session-core sessions USER` lists them)")
 
 
+@command(
+    "end",
+    environment=("SESSION_PAGE_SIZE", "SESSION_EVENTS_TOPIC"),
+    examples=("session-core end alice SESSION_ID",),
+    arguments=_end_arguments,
+)
 def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """end one session of a user (sign out one device)
+
+    End USER's session SESSION_ID (as `session-core sessions USER` lists them): that device is signed out on its
+    next request. Only that user's session can be ended; exit status 1 when there is none.
+    """
     before = _active(ctx, args.user)
     ended = end_user_session(
         ctx.client, ctx.settings, args.user, args.session_id, observer=registered_delete_observer()
@@ -268,24 +366,22 @@ def _end(args: argparse.Namespace, ctx: Context) -> Outcome:
     return Outcome(summary, result, status=1)
 
 
-# -- rehash ---------------------------------------------------------------------------------
+# -- runs -----------------------------------------------------------------------------------
 
 
-def _rehash_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--delete", action="store_true", help="delete plain-key sessions instead of moving them")
-    parser.add_argument("--dry-run", action="store_true", help="count the plain-key sessions; change nothing")
-    parser.add_argument("--yes", action="store_true", help="rehash --delete without asking")
+def _runs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
 
 
-def _rehash(args: argparse.Namespace, ctx: Context) -> Outcome:
-    verb = "found" if args.dry_run else "deleted" if args.delete else "moved"
-    question = "This deletes every plain-key session (their users sign in again)"
-    if args.delete and not args.dry_run and not args.yes and not _confirmed(ctx, "rehash --delete", question):
-        return render.not_confirmed()
-    result: RehashResult = start_rehash(
-        ctx.client, ctx.settings, delete=args.delete, dry_run=args.dry_run, progress=ctx.console.progress(verb)
-    )
-    return render.rehashed(result, verb, args.dry_run)
+@command("runs", examples=("session-core runs --limit 5",), arguments=_runs_arguments)
+def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """the recent cleanup and kill runs: status and counts (the receipts)
+
+    List the runs that cleanups and kills recorded (the scheduled function, kill-user messages and this command),
+    newest first, with their status and counts. A dry run's count is `counted`. Runs are kept seven days (with
+    deploy.sh --ttl).
+    """
+    return render.runs([run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)])
 
 
 # -- events -------------------------------------------------------------------------------
@@ -300,7 +396,20 @@ def _events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="stop after N events")
 
 
+@command(
+    "events",
+    environment=("PUBSUB_EMULATOR_HOST",),
+    examples=("session-core events session-events-tail --follow", "session-core events session-events-demo"),
+    arguments=_events_arguments,
+)
 def _events(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """tail the lifecycle events: which sessions ended, and why (expired, killed, ended)
+
+    Pull the lifecycle events that cleanup, kills and `end` publish to SESSION_EVENTS_TOPIC from a pull subscription
+    of that topic, print a line per event as it arrives, and acknowledge them. Stops after --wait quiet seconds,
+    after --limit events, or with --follow at Ctrl-C; then prints how many sessions ended for each reason, and every
+    event as JSON. Events are at-least-once: the same session can come twice.
+    """
     from google.api_core import exceptions as gexc
 
     name = args.subscription
@@ -327,15 +436,38 @@ def _events(args: argparse.Namespace, ctx: Context) -> Outcome:
     return render.events(subscription, received, REASONS)
 
 
-# -- runs -----------------------------------------------------------------------------------
+# -- rehash ---------------------------------------------------------------------------------
 
 
-def _runs_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=20, help="how many, newest first (default 20)")
+def _rehash_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--delete", action="store_true", help="delete plain-key sessions instead of moving them")
+    parser.add_argument("--dry-run", action="store_true", help="count the plain-key sessions; change nothing")
+    parser.add_argument("--yes", action="store_true", help="rehash --delete without asking")
 
 
-def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
-    return render.runs([run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)])
+@command(
+    "rehash",
+    environment=("SESSION_KEY_STORAGE", "SESSION_BATCH_SIZE", "SESSION_PAGE_SIZE", "SESSION_RAMPUP"),
+    examples=("session-core rehash --dry-run", "SESSION_KEY_STORAGE=hashed session-core rehash"),
+    arguments=_rehash_arguments,
+)
+def _rehash(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """move every session still under ViUR's plain cookie name to its hashed name
+
+    A session stored under ViUR's plain cookie name is a live credential in any export or backup until its next save
+    moves it. This moves every one of them now, each batch the way a saving request does (no user is logged out, no
+    deleted session comes back); --delete deletes them instead (their users sign in again) and asks for confirmation
+    on a terminal, --yes otherwise; --dry-run only counts them. Runs only with SESSION_KEY_STORAGE=hashed, once
+    every app instance reads hashed names. Paced like cleanup; running it again is safe.
+    """
+    verb = "found" if args.dry_run else "deleted" if args.delete else "moved"
+    question = "This deletes every plain-key session (their users sign in again)"
+    if args.delete and not args.dry_run and not args.yes and not _confirmed(ctx, "rehash --delete", question):
+        return render.not_confirmed()
+    result: RehashResult = start_rehash(
+        ctx.client, ctx.settings, delete=args.delete, dry_run=args.dry_run, progress=ctx.console.progress(verb)
+    )
+    return render.rehashed(result, verb, args.dry_run)
 
 
 # -- emulator -------------------------------------------------------------------------------
@@ -345,7 +477,21 @@ def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="the port to listen on, on 127.0.0.1 (default: a free one)")
 
 
+@command(
+    "emulator",
+    examples=("session-core emulator", "session-core emulator --port 8081"),
+    arguments=_emulator_arguments,
+    reads_settings=False,
+)
 def _emulator(args: argparse.Namespace, ctx: Context) -> Outcome:
+    """run a local Datastore (the Firestore emulator in Datastore mode) for an app in development
+
+    Start Google's Firestore emulator in Datastore mode on a free port of 127.0.0.1 (or --port), print on stdout the
+    environment an app needs to use it (DATASTORE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT, and
+    SESSION_COOKIE_SECURE=false for plain http://), and keep it running until Ctrl-C or SIGTERM, which stop the
+    emulator and its Java process; what it stored is gone. It needs gcloud with the Firestore emulator component,
+    and Java 17+: without one, it says which is missing and how to install it. It reads no settings.
+    """
     missing = emulator_missing(ctx.environ.get("PATH"))
     if missing is not None:
         raise EmulatorError(missing)
@@ -371,144 +517,6 @@ def _emulator(args: argparse.Namespace, ctx: Context) -> Outcome:
         signal.signal(signal.SIGTERM, previous)
         emulator.stop()
     return render.emulator_stopped(emulator.name, emulator.host)
-
-
-COMMANDS: tuple[Command, ...] = (
-    Command(
-        name="clear",
-        summary="delete expired sessions now (what the scheduled clear_sessions does)",
-        description=(
-            "Delete every session past its own expiry plus SESSION_CLEAR_GRACE, in this process, under the same "
-            "lease as the scheduled function: if a cleanup is running, this one is skipped. With --dry-run it only "
-            'counts: the JSON then has "dry_run": true, "counted": N (what it would delete) and "deleted": 0. '
-            "The cutoff is printed as ISO 8601 UTC beside its epoch value. Running it again is always safe. It first "
-            "reads the newest sessions it would delete and refuses, deleting nothing, if one of them has not expired "
-            "by its own stored expiry: SESSION_LIFE_TIME here is shorter than the app's."
-        ),
-        environment=(
-            "SESSION_LIFE_TIME",
-            "SESSION_CLEAR_GRACE",
-            "SESSION_PAGE_SIZE",
-            "SESSION_BATCH_SIZE",
-            "SESSION_DELETES_IN_FLIGHT",
-            "SESSION_LEASE_TTL",
-            "SESSION_EVENTS_TOPIC",
-        ),
-        examples=("session-core clear --dry-run", "session-core clear"),
-        arguments=_clear_arguments,
-        run=_clear,
-    ),
-    Command(
-        name="kill-user",
-        summary="end a user's sessions now, or every guest's, or everyone's",
-        description=(
-            "End every session of USER at once (they are signed out on their next request), or with --guest every "
-            "guest session, or with --all every session; --except keeps one session. --guest and --all ask for "
-            "confirmation on a terminal and need --yes otherwise. A kill also records the user's kill time, so a "
-            "Flask-Login remember-me cookie cannot sign them back in. Running it again is safe."
-        ),
-        environment=(
-            "SESSION_SHARDS",
-            "SESSION_PAGE_SIZE",
-            "SESSION_BATCH_SIZE",
-            "SESSION_DELETES_IN_FLIGHT",
-            "SESSION_EVENTS_TOPIC",
-        ),
-        examples=(
-            "session-core kill-user alice",
-            "session-core kill-user alice --except SESSION_ID    # keep that one device",
-            "session-core kill-user --guest --yes",
-        ),
-        arguments=_kill_arguments,
-        run=_kill,
-    ),
-    Command(
-        name="sessions",
-        summary="list a user's active sessions: id, last seen, IP and user agent",
-        description=(
-            "List USER's active sessions, most recent first: each session's opaque id (what `end` and "
-            "`kill-user --except` take), when it was last seen, and the IP and user agent if the app stores them "
-            "in the session as `ip` and `user_agent`. Reads the sessions' entities, 100 a query."
-        ),
-        environment=("SESSION_LIFE_TIME",),
-        examples=("session-core sessions alice",),
-        arguments=_user_argument,
-        run=_sessions,
-    ),
-    Command(
-        name="end",
-        summary="end one session of a user (sign out one device)",
-        description=(
-            "End USER's session SESSION_ID (as `session-core sessions USER` lists them): that device is signed out "
-            "on its next request. Only that user's session can be ended; exit status 1 when there is none."
-        ),
-        environment=("SESSION_PAGE_SIZE", "SESSION_EVENTS_TOPIC"),
-        examples=("session-core end alice SESSION_ID",),
-        arguments=_end_arguments,
-        run=_end,
-    ),
-    Command(
-        name="runs",
-        summary="the recent cleanup and kill runs: status and counts (the receipts)",
-        description=(
-            "List the runs that cleanups and kills recorded (the scheduled function, kill-user messages and this "
-            "command), newest first, with their status and counts. A dry run's count is `counted`. Runs are kept "
-            "seven days (with deploy.sh --ttl)."
-        ),
-        environment=(),
-        examples=("session-core runs --limit 5",),
-        arguments=_runs_arguments,
-        run=_runs,
-    ),
-    Command(
-        name="events",
-        summary="tail the lifecycle events: which sessions ended, and why (expired, killed, ended)",
-        description=(
-            "Pull the lifecycle events that cleanup, kills and `end` publish to SESSION_EVENTS_TOPIC from a pull "
-            "subscription of that topic, print a line per event as it arrives, and acknowledge them. Stops after "
-            "--wait quiet seconds, after --limit events, or with --follow at Ctrl-C; then prints how many "
-            "sessions ended for each reason, and every event as JSON. Events are at-least-once: the same session "
-            "can come twice."
-        ),
-        environment=("PUBSUB_EMULATOR_HOST",),
-        examples=("session-core events session-events-tail --follow", "session-core events session-events-demo"),
-        arguments=_events_arguments,
-        run=_events,
-    ),
-    Command(
-        name="rehash",
-        summary="move every session still under ViUR's plain cookie name to its hashed name",
-        description=(
-            "A session stored under ViUR's plain cookie name is a live credential in any export or backup until "
-            "its next save moves it. This moves every one of them now, each batch the way a saving request does "
-            "(no user is logged out, no deleted session comes back); --delete deletes them instead (their users "
-            "sign in again) and asks for confirmation on a terminal, --yes otherwise; --dry-run only counts them. "
-            "Runs only with SESSION_KEY_STORAGE=hashed, once every app instance reads hashed names. Paced like "
-            "cleanup; running it again is safe."
-        ),
-        environment=("SESSION_KEY_STORAGE", "SESSION_BATCH_SIZE", "SESSION_PAGE_SIZE", "SESSION_RAMPUP"),
-        examples=("session-core rehash --dry-run", "SESSION_KEY_STORAGE=hashed session-core rehash"),
-        arguments=_rehash_arguments,
-        run=_rehash,
-    ),
-    Command(
-        name="emulator",
-        summary="run a local Datastore (the Firestore emulator in Datastore mode) for an app in development",
-        description=(
-            "Start Google's Firestore emulator in Datastore mode on a free port of 127.0.0.1 (or --port), print "
-            "on stdout the environment an app needs to use it (DATASTORE_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT, and "
-            "SESSION_COOKIE_SECURE=false for plain http://), and keep it running until Ctrl-C or SIGTERM, which "
-            "stop the emulator and its Java process; what it stored is gone. It needs gcloud with the Firestore "
-            "emulator component, and Java 17+: without one, it says which is missing and how to install it. It "
-            "reads no settings."
-        ),
-        environment=(),
-        examples=("session-core emulator", "session-core emulator --port 8081"),
-        arguments=_emulator_arguments,
-        run=_emulator,
-        reads_settings=False,
-    ),
-)
 
 
 def _environment_help(names: Sequence[str]) -> str:

@@ -135,3 +135,19 @@ class DependencyUnavailableError(SessionCoreError):
         self.operation = operation
         self.cause = cause
         super().__init__(f"{operation} unavailable: {type(cause).__name__}: {cause}")
+
+
+FUNCTION_ERRORS: tuple[type[SessionCoreError], ...] = (
+    AuthError,
+    BadInputError,
+    BodyTooLargeError,
+    DependencyUnavailableError,
+    DispatchError,
+    ForbiddenError,
+    PayloadError,
+    PoisonMessageError,
+    TransientStoreError,
+    UnauthenticatedError,
+)
+"""The errors only the Cloud Functions' path raises: :mod:`session_core.maintenance` exports them (the
+top level exports the ones an app catches, and resolved these until 0.14.0 with a warning)."""

@@ -345,6 +345,17 @@ def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> FunctionCli
     return make
 
 
+def oidc_task_door(function: FunctionClient, signing_key: SigningKey) -> FlaskClient:
+    """``session_task`` as deployed: it checks Cloud Tasks' OIDC token, against the throwaway key's certificates."""
+    return function(
+        "session_task",
+        SESSION_TASK_AUTH="oidc",
+        SESSION_TASK_AUDIENCE=AUDIENCE,
+        SESSION_TASKS_SERVICE_ACCOUNT=TASKS_ACCOUNT,
+        SESSION_TASK_CERTS_URL=signing_key.certs_url,
+    )
+
+
 def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **extra: str) -> dict[str, str]:
     """Environment for functions that continue through the tasks emulator to session_task on ``task_port``."""
     assert settings.emulator_host and settings.namespace

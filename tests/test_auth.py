@@ -13,7 +13,7 @@ from google.auth import crypt
 from google.cloud import datastore
 
 from session_core import Settings
-from tests.conftest import AUDIENCE, TASKS_ACCOUNT, FunctionClient, SigningKey, record_run, token
+from tests.conftest import FunctionClient, SigningKey, oidc_task_door, record_run, token
 from tests.test_bad_input import VALID_KILL
 
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
@@ -24,13 +24,7 @@ def task_endpoint(
     function: FunctionClient, signing_key: SigningKey, client: datastore.Client, settings: Settings
 ) -> FlaskClient:
     record_run(client, settings, STEP)
-    return function(
-        "session_task",
-        SESSION_TASK_AUTH="oidc",
-        SESSION_TASK_AUDIENCE=AUDIENCE,
-        SESSION_TASKS_SERVICE_ACCOUNT=TASKS_ACCOUNT,
-        SESSION_TASK_CERTS_URL=signing_key.certs_url,
-    )
+    return oidc_task_door(function, signing_key)
 
 
 STEP = {**VALID_KILL, "user": "nobody"}

@@ -383,6 +383,13 @@ def test_events_tails_what_the_commands_deleted_one_line_each_and_sums_them_by_r
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
+def test_each_command_takes_its_summary_and_description_from_its_functions_docstring(command: Any) -> None:
+    summary, _, description = (command.run.__doc__ or "").strip().partition("\n\n")
+    assert command.summary == summary and "\n" not in summary
+    assert command.description == " ".join(description.split()) and len(command.description) > len(summary)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command.name)
 def test_each_commands_help_gives_its_description_environment_and_an_example(cli: Run, command: Any) -> None:
     done = cli(command.name, "--help")
     assert done.returncode == 0

@@ -26,13 +26,12 @@ from session_core.maintenance.runs import list_runs
 from session_core.rules import cutoff_for, hash_key, new_key
 from session_core.store import SessionRecord, SessionStore
 from tests.conftest import (
-    AUDIENCE,
-    TASKS_ACCOUNT,
     VALID_CLEAR,
     VALID_KILL,
     Ctx,
     FunctionClient,
     SigningKey,
+    oidc_task_door,
     record_run,
     serve_function,
     token,
@@ -118,13 +117,7 @@ def test_a_replayed_valid_token_with_forged_steps_deletes_nothing(
     users: dict[str, set[str]],
     signing_key: SigningKey,
 ) -> None:
-    door = function(
-        "session_task",
-        SESSION_TASK_AUTH="oidc",
-        SESSION_TASK_AUDIENCE=AUDIENCE,
-        SESSION_TASKS_SERVICE_ACCOUNT=TASKS_ACCOUNT,
-        SESSION_TASK_CERTS_URL=signing_key.certs_url,
-    )
+    door = oidc_task_door(function, signing_key)
     header = {"Authorization": f"Bearer {token(signing_key.signer)}"}  # one valid token, captured once
     genuine = kill_step("d" * 32, "bob")
     record_run(client, settings, genuine)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import session_core
 from session_core import Settings, functions
 from session_core.errors import ForbiddenError, PayloadError
 from session_core.maintenance.auth import CertificateCache
-from session_core.maintenance.runs import Run, RunRecorder
+from session_core.maintenance.cleanup import ClearStep
+from session_core.maintenance.runs import Run, RunRecorder, step_digest
 from session_core.maintenance.steps import (
     Step,
     Work,
@@ -54,11 +56,7 @@ RAN: list[Step] = []
 class ProbeStep(Step):
     """A step type of a test's own: two pages per chain, nothing deleted."""
 
-    run_id: str
-    cursor: str | None = None
-    page: int = 0
-    started: float = 0.0
-    done: int = 0
+    run_id: str  # its cursor, page, started and done are every step's (steps.Chain)
 
     op = "probe"
 
@@ -217,18 +215,42 @@ def test_every_step_type_reads_what_every_step_carries_through_one_helper() -> N
         assert {name: getattr(parsed, name) for name in payload} == chain_fields(first.to_json())
 
 
+def test_every_step_type_declares_its_chain_fields_once_in_the_base_and_sends_them_last() -> None:
+    """cursor, page, started and done are steps.Chain's; a payload lists op, the type's own fields, then those."""
+    chain = ["cursor", "page", "started", "done"]
+    for op in (*BUILT_IN_OPS, "reshard"):
+        kind = step_type(op)
+        assert not set(chain) & set(inspect.get_annotations(kind))
+        own = [f.name for f in fields(kind) if f.name not in chain]
+        first = kind.for_chain("b" * 32, _params(op), 1.0, 0).at("CgZDdXJzb3I=", 2, 5)
+        assert list(first.to_json()) == ["op", *own, *chain]
+        assert own[0] == "run_id"
+
+
+def test_a_step_enqueued_with_its_fields_in_another_order_is_the_same_step_with_the_same_digest() -> None:
+    """0.13.0 put a clear step's cursor and page among its own fields: such a redelivery is still that step."""
+    enqueued = (
+        b'{"op": "clear", "run_id": "' + b"a" * 32 + b'", "cutoff": 1.0, "cursor": "CgZDdXJzb3I=", "page": 3, '
+        b'"dry_run": true, "shard": 2, "lo": 1.0, "hi": 2.0, "started": 5.0, "done": 7, "write_shard": 1}'
+    )
+    step = parse_step(enqueued)
+    assert step == ClearStep("a" * 32, 1.0, True, 2, 1.0, 2.0, 1, cursor="CgZDdXJzb3I=", page=3, started=5.0, done=7)
+    resent = json.dumps(step.to_json()).encode()
+    assert resent != enqueued and parse_step(resent) == step
+    assert step_digest(parse_step(resent)) == step_digest(step)
+
+
 def _params(op: str) -> dict[str, Any]:
     return {
         "clear": {"cutoff": 100.0, "dry_run": False, "slices": None},
         "kill": {"user": "alice", "except_session": None, "shards": None},
         "rehash": {"delete": False, "dry_run": True},
+        "reshard": {"shards": 4},
     }[op]
 
 
 def test_the_awaitable_forms_are_the_functions_themselves_in_a_worker_thread() -> None:
     """One wrapper makes every awaitable form: the same signature, the same promises (no copied overloads)."""
-    import inspect
-
     from session_core.maintenance import kill
 
     for name in ("kill_sessions", "list_user_sessions", "end_user_session", "logout_everywhere_else"):

@@ -146,6 +146,14 @@ def test_the_cloud_functions_errors_are_exported_by_maintenance_in_the_one_error
     assert issubclass(error, session_core.SessionCoreError)
 
 
+def test_maintenance_exports_exactly_the_moved_function_names_and_each_resolves() -> None:
+    """Its ``__all__`` is derived from ``errors.FUNCTION_ERRORS``: a name added there is importable from it too."""
+    assert sorted(session_core.maintenance.__all__) == sorted(["DeleteObserver", *FUNCTION_ONLY_ERRORS])
+    namespace: dict[str, object] = {}
+    exec("from session_core.maintenance import *", namespace)  # the star import an app may write
+    assert sorted(name for name in namespace if name != "__builtins__") == sorted(session_core.maintenance.__all__)
+
+
 def test_the_errors_an_app_catches_cover_what_the_request_path_raises() -> None:
     """An app that catches the exported errors also catches the maintenance subclasses the same calls may raise."""
     assert issubclass(session_core.maintenance.TransientStoreError, session_core.StoreError)

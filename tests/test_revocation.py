@@ -262,7 +262,7 @@ def test_pubsub_envelope_with_data() -> None:
 
 def test_kill_steps_survive_a_round_trip_through_their_payload() -> None:
     step = KillStep(
-        run_id_for("m-1"), "bob", "a" * 64, 3, "0a", "1b", "CgZDdXJzb3I=", 7
+        run_id_for("m-1"), "bob", "a" * 64, 3, "0a", "1b", cursor="CgZDdXJzb3I=", page=7
     )  # a protocol buffer, as a cursor is
     assert parse_step(json.dumps(step.to_json()).encode()) == step
     assert run_id_for("m-1") == run_id_for("m-1") != run_id_for("m-2")

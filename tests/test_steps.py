@@ -23,7 +23,7 @@ from session_core.maintenance.pacing import Pacer
 from session_core.maintenance.runs import list_runs
 from session_core.maintenance.steps import Step
 from session_core.maintenance.sweep import Sweep, fetch_page, session_query
-from tests.conftest import AUDIENCE, TASKS_ACCOUNT, FunctionClient, SigningKey, token
+from tests.conftest import FunctionClient, SigningKey, oidc_task_door, token
 from tests.test_cleanup import remaining, seed
 from tests.test_revocation import seed_users
 from tests.test_scale import seed_spread
@@ -32,13 +32,7 @@ from tests.test_scale import seed_spread
 @pytest.fixture
 def door(function: FunctionClient, signing_key: SigningKey) -> Any:
     """``post(step)``: the step's JSON posted to session_task (no queue: a step runs its chain to the end)."""
-    client = function(
-        "session_task",
-        SESSION_TASK_AUTH="oidc",
-        SESSION_TASK_AUDIENCE=AUDIENCE,
-        SESSION_TASKS_SERVICE_ACCOUNT=TASKS_ACCOUNT,
-        SESSION_TASK_CERTS_URL=signing_key.certs_url,
-    )
+    client = oidc_task_door(function, signing_key)
     header = {"Authorization": f"Bearer {token(signing_key.signer)}"}  # one valid token, captured once
     return lambda step: client.post("/", json=step if isinstance(step, dict) else step.to_json(), headers=header)
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,11 @@ def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def viur_core_says_alive(
-    python: Path, credentials: Path, emulator: Emulator, pairs: list[tuple[str, float]]
-) -> list[bool]:
+def in_viur_core(python: Path, credentials: Path, emulator: Emulator, script: str, given: object, *argv: str) -> Any:
+    """Run ``tests/viur/<script>`` in viur-core's interpreter on ``emulator``, ``given`` on stdin: its JSON answer.
+
+    The answer is the script's last line of stdout, parsed.
+    """
     env = {
         "PATH": os.environ["PATH"],
         "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
@@ -110,28 +113,29 @@ def viur_core_says_alive(
         "DATASTORE_EMULATOR_HOST": emulator.host,
     }
     done = subprocess.run(
-        [str(python), str(ROOT / "tests" / "viur" / "load.py")],
-        input=json.dumps(pairs),
+        [str(python), str(ROOT / "tests" / "viur" / script), *argv],
+        input=json.dumps(given),
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    answers: list[bool] = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def viur_core_says_alive(
+    python: Path, credentials: Path, emulator: Emulator, pairs: list[tuple[str, float]]
+) -> list[bool]:
+    """Whether viur-core's own Session.load accepts each (cookie, now) (``tests/viur/load.py``)."""
+    answers: list[bool] = in_viur_core(python, credentials, emulator, "load.py", pairs)
     return answers
 
 
 def test_viur_cores_reader_agrees_with_ours_and_with_cleanup_at_every_boundary(
     viur_python: Path, credentials: Path, datastore_emulator: Emulator
 ) -> None:
-    settings = Settings(
-        project=PROJECT,
-        emulator_host=datastore_emulator.host,
-        cookie_name=f"viur_cookie_{PROJECT}",
-        key_storage="plain",  # the names viur-core looks up
-    )
-    client: datastore.Client = datastore_client(settings)
+    client, settings = viur_layout(datastore_emulator)
     lifetimes = {"1 minute": MINUTE, "1 hour": HOUR, "30 days": 30 * DAY, "ViUR layout": HOUR}
     cookies = {name: saved(client, settings, life) for name, life in lifetimes.items() if name != "ViUR layout"}
     cookies["ViUR layout"] = viur_saved(client, settings)
@@ -155,14 +159,8 @@ def test_viur_cores_reader_agrees_with_ours_and_with_cleanup_at_every_boundary(
 def test_viur_cores_reader_sees_a_busy_session_expire_at_its_absolute_end(
     viur_python: Path, credentials: Path, datastore_emulator: Emulator
 ) -> None:
-    settings = Settings(
-        project=PROJECT,
-        emulator_host=datastore_emulator.host,
-        cookie_name=f"viur_cookie_{PROJECT}",
-        key_storage="plain",
-        absolute_life_time=timedelta(minutes=90),
-    )
-    client: datastore.Client = datastore_client(settings)
+    client, settings = viur_layout(datastore_emulator)
+    settings = replace(settings, absolute_life_time=timedelta(minutes=90))
     end = T0 + 90 * MINUTE
     cookie = saved(client, settings, None)  # created at T0: its absolute end is T0 + 90 minutes
     busy = Session(client, settings, clock=lambda: T0 + 50 * MINUTE)  # in use 50 minutes later: idle until T0 + 110
@@ -182,25 +180,11 @@ def test_viur_cores_reader_sees_a_busy_session_expire_at_its_absolute_end(
 
 def viur_core_session(python: Path, credentials: Path, emulator: Emulator, mode: str, given: object) -> Any:
     """What viur-core's own Session does in its interpreter (``tests/viur/session_io.py``): read, rewrite or write."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "DATASTORE_EMULATOR_HOST": emulator.host,
-    }
-    done = subprocess.run(
-        [str(python), str(ROOT / "tests" / "viur" / "session_io.py"), mode],
-        input=json.dumps(given),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_viur_core(python, credentials, emulator, "session_io.py", given, mode)
 
 
 def viur_layout(emulator: Emulator) -> tuple[datastore.Client, Settings]:
+    """A client and settings for the sessions viur-core reads: its project, cookie name and plain key names."""
     settings = Settings(
         project=PROJECT, emulator_host=emulator.host, cookie_name=f"viur_cookie_{PROJECT}", key_storage="plain"
     )

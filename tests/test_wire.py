@@ -107,7 +107,7 @@ def test_the_wire_encodes_every_value_byte_for_byte_as_the_client_library(name: 
     assert ours.SerializeToString(deterministic=True) == theirs
     library_form = session_entity(key, written, settings)  # the same encoder, read back by the client library
     assert helpers.entity_to_protobuf(library_form)._pb.SerializeToString(deterministic=True) == theirs
-    measured = values.encode_into(_wire.ValuePb(), written.data)
+    measured = values.encode_into(values.ValuePb(), written.data)
     assert measured == values.value_size(expected["data"])  # the size measured on the way: Datastore's measure
     read = helpers.entity_from_protobuf(ours)
     assert same(values.decode(read["data"]), values.decode(_wire.properties(ours)["data"]))

@@ -115,14 +115,10 @@ class ClearStep(Step):
 
     run_id: str
     cutoff: float
-    cursor: str | None = None
-    page: int = 0
     dry_run: bool = False
     shard: int | None = None
     lo: float | None = None
     hi: float | None = None
-    started: float = 0.0
-    done: int = 0
     write_shard: int | None = None
 
     op = "clear"

@@ -247,10 +247,6 @@ class KillStep(Step):
     shard: int | None = None
     lo: str | None = None
     hi: str | None = None
-    cursor: str | None = None
-    page: int = 0
-    started: float = 0.0
-    done: int = 0
 
     op = "kill"
 

@@ -35,16 +35,7 @@ from session_core.config import Settings
 from session_core.errors import MisuseError, StoreError
 from session_core.maintenance.pacing import pacer_for
 from session_core.maintenance.runs import Run, RunRecorder, rehash_params
-from session_core.maintenance.steps import (
-    Enqueue,
-    Step,
-    Work,
-    chain_fields,
-    exact_fields,
-    register,
-    task_id,
-    typed,
-)
+from session_core.maintenance.steps import Enqueue, Step, Work, chain_fields, exact_fields, register, task_id, typed
 from session_core.maintenance.sweep import Progress, Sweep, session_query, with_retries
 from session_core.rules import hash_key, is_valid_key
 from session_core.store import SessionRecord
@@ -78,10 +69,6 @@ class RehashStep(Step):
     run_id: str
     delete: bool = False
     dry_run: bool = False
-    cursor: str | None = None
-    page: int = 0
-    started: float = 0.0
-    done: int = 0
 
     op = "rehash"
 

@@ -124,10 +124,6 @@ class ReshardStep(Step):
 
     run_id: str
     shards: int = 1
-    cursor: str | None = None
-    page: int = 0
-    started: float = 0.0
-    done: int = 0
 
     op = "reshard"
 

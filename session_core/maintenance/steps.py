@@ -66,22 +66,37 @@ class StepResult(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
 
-class Step(ABC):
+@dataclass(frozen=True, kw_only=True)
+class Chain:
+    """What every step carries of its chain besides its run's id: where the chain is and what paces it.
+
+    ``cursor`` and ``page``: where the chain's query is; ``started``: the
+    run's start (epoch seconds); ``done``: what the chain deleted before this
+    step. Keyword-only, so a step type's own fields keep their positions; the
+    wire form (:meth:`Step.to_json`) puts them last, after the type's own.
+    """
+
+    cursor: str | None = None
+    page: int = 0
+    started: float = 0.0
+    done: int = 0
+
+
+_CHAIN = tuple(f.name for f in fields(Chain))
+
+
+class Step(Chain, ABC):
     """One bounded step of a maintenance run; each operation subclasses it as a frozen dataclass.
 
-    Every step carries its run's id, where its chain is (``cursor``,
-    ``page``), the run's start (``started``, epoch seconds) and what its
-    chain did before it (``done``): those pace it. ``shard`` is its chain's
-    number (None: the run's only chain). Steps are values: two equal steps
-    are the same step, and :attr:`task_id` names it.
+    Every step carries its run's id and its :class:`Chain` fields (where
+    its chain is, ``cursor`` and ``page``, the run's start, ``started``, and
+    what its chain did before it, ``done``: those pace it). ``shard`` is its
+    chain's number (None: the run's only chain). Steps are values: two equal
+    steps are the same step, and :attr:`task_id` names it.
     """
 
     op: ClassVar[str]
     run_id: str
-    cursor: str | None
-    page: int
-    started: float
-    done: int
     shard: int | None = None
 
     @classmethod
@@ -114,11 +129,12 @@ class Step(ABC):
 
     def at(self, cursor: str | None, page: int, done: int) -> Self:
         """This step moved on to ``cursor`` and ``page``, with ``done`` deleted by its chain before it."""
-        return replace(self, cursor=cursor, page=page, done=done)  # type: ignore[type-var]
+        return replace(self, cursor=cursor, page=page, done=done)
 
     def to_json(self) -> dict[str, Any]:
-        """The task payload: ``op`` and every field."""
-        return {"op": self.op, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+        """The task payload: ``op``, the type's own fields in their order, then the :class:`Chain` fields."""
+        own = [f.name for f in fields(self) if f.name not in _CHAIN]
+        return {"op": self.op, **{name: getattr(self, name) for name in (*own, *_CHAIN)}}
 
     @property
     def task_id(self) -> str:

@@ -9,8 +9,8 @@ argv[1] is the mode; stdin is JSON:
 - ``write``: ``{name: value, ...}`` (typed JSON); a new session holding these, saved; prints its cookie.
 
 Values travel as typed JSON (``typed_json.py``, which ``tests/test_viur_agreement.py`` uses
-too). Needs GOOGLE_APPLICATION_CREDENTIALS (any well-formed service-account file),
-GOOGLE_CLOUD_PROJECT and DATASTORE_EMULATOR_HOST.
+too); ``bench/viur_cycles.py`` imports :func:`session_for`. Needs GOOGLE_APPLICATION_CREDENTIALS
+(any well-formed service-account file), GOOGLE_CLOUD_PROJECT and DATASTORE_EMULATOR_HOST.
 """
 
 import json
@@ -23,6 +23,7 @@ from viur.core import session as viur_session
 
 
 def session_for(cookie):
+    """viur-core's Session, loaded by ``cookie`` (None: a new one) on a stand-in of viur-core's request."""
     request = types.SimpleNamespace(
         request=types.SimpleNamespace(cookies={viur_session.Session.cookie_name: cookie} if cookie else {}),
         response=types.SimpleNamespace(headerlist=[], unset_cookie=lambda *args, **kwargs: None),
@@ -34,20 +35,25 @@ def session_for(cookie):
     return session
 
 
-mode, given = sys.argv[1], json.load(sys.stdin)
-if mode == "write":
-    session = session_for(None)
-    for name, value in given.items():
-        session[name] = untyped(value)
-    session.save()
-    print(json.dumps(session.cookie_key))
-else:
-    answers = []
-    for cookie in given:
-        session = session_for(cookie)
-        loaded = session.cookie_key == cookie
-        answers.append(typed(dict(session)) if loaded else None)
-        if loaded and mode == "rewrite":
-            session["viur"] = "was here"
-            session.save()
-    print(json.dumps(answers))
+def main():
+    mode, given = sys.argv[1], json.load(sys.stdin)
+    if mode == "write":
+        session = session_for(None)
+        for name, value in given.items():
+            session[name] = untyped(value)
+        session.save()
+        print(json.dumps(session.cookie_key))
+    else:
+        answers = []
+        for cookie in given:
+            session = session_for(cookie)
+            loaded = session.cookie_key == cookie
+            answers.append(typed(dict(session)) if loaded else None)
+            if loaded and mode == "rewrite":
+                session["viur"] = "was here"
+                session.save()
+        print(json.dumps(answers))
+
+
+if __name__ == "__main__":
+    main()
