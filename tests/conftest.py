@@ -43,6 +43,7 @@ __all__ = ["examples", "pytest_runtest_call"]  # a property's example count for 
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".local" / "test-logs"
+WHOLE_RUN_CHECK = "SESSION_CORE_TEST_WHOLE_RUN"  # set: this run checks the logs a parallel run left in LOG_DIR
 QUEUE = "projects/session-core-test/locations/europe-west3/queues/session-tasks"
 
 
@@ -93,7 +94,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    if not hasattr(config, "workerinput"):  # a parallel run's workers share the controller's directory
+    # A parallel run's workers share the controller's directory; the whole-run check after a parallel run
+    # (make test: tests/test_zz_log_hygiene.py in a run of its own) reads what that run left there.
+    if not hasattr(config, "workerinput") and not os.environ.get(WHOLE_RUN_CHECK):
         shutil.rmtree(LOG_DIR, ignore_errors=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     issue_key, issue_security_key = rules.new_key, rules.new_security_key
@@ -128,6 +131,13 @@ def _no_log_line_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     leaked = [line for _, line in WATCH.leaks[before:]]
     assert leaked == [], "log lines carry a credential or session data"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A parallel run's worker leaves what it watched for the whole-run check (tests/test_zz_log_hygiene.py)."""
+    if worker := getattr(session.config, "workerinput", {}).get("workerid"):
+        watched = {"secrets": sorted(SECRETS), "lines": WATCH.lines, "events": dict(WATCH.events)}
+        (LOG_DIR / f"watch-{worker}.json").write_text(json.dumps(watched))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import IO
 
@@ -27,28 +28,36 @@ STACK_PROCESSES = (
 )
 
 
+# Every process a stack of this test starts inherits this variable: the stray-process check sees only
+# those, so the emulators of tests running beside it (a parallel run) are not mistaken for its own.
+STARTED_HERE = f"STACK_TEST_RUN={uuid.uuid4().hex}".encode()
+
+
 def stack_processes() -> set[int]:
+    """The stack processes (emulators, functions, the demo app) that a stack started by this test left."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+                environ = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(name in cmdline for name in STACK_PROCESSES):
+            if STARTED_HERE in environ and any(name in cmdline for name in STACK_PROCESSES):
                 found.add(int(entry.name))
     return found
 
 
 def stack_env() -> dict[str, str]:
-    """A new user's shell: nothing of a test's emulator settings."""
-    return {
+    """A new user's shell: nothing of a test's emulator settings (and the mark of a stack started here)."""
+    shell = {
         k: v for k, v in os.environ.items() if not k.startswith(("DATASTORE_", "SESSION_", "CLOUD_TASKS_", "PUBSUB_"))
     }
+    name, value = STARTED_HERE.decode().split("=", 1)
+    return {**shell, name: value}
 
 
 def test_make_run_once_tells_the_story_and_stops_everything() -> None:
-    before = stack_processes()
     done = subprocess.run(
         ["make", "--no-print-directory", "run", "ONCE=1"],
         cwd=ROOT,
@@ -79,7 +88,7 @@ def test_make_run_once_tells_the_story_and_stops_everything() -> None:
     )
     assert re.search(r"clear [0-9a-f]{32}  done +deleted +5,000  cutoff \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", done.stdout)
     assert "export " not in done.stdout  # ONCE: no walkthrough
-    assert stack_processes() <= before  # every emulator and function process it started is gone
+    assert stack_processes() == set()  # every emulator and function process it started is gone
 
 
 def read_until(stream: IO[str], marker: str, timeout: float) -> str:
@@ -105,7 +114,6 @@ def walkthrough(printed: str) -> tuple[str, list[tuple[str, str]]]:
 
 def test_make_run_walkthrough_each_printed_command_works_in_order_and_shows_its_effect() -> None:
     """Right after the run above: a new terminal pastes the export block, then each step; Ctrl-C stops it all."""
-    before = stack_processes()
     stack = subprocess.Popen(
         ["make", "--no-print-directory", "run"],
         cwd=ROOT,
@@ -167,7 +175,7 @@ def test_make_run_walkthrough_each_printed_command_works_in_order_and_shows_its_
         re.M,
     )
     assert re.search(r"^  \S+Z  ended +1 sessions  run [0-9a-f]{32}  frank$", events, re.M)
-    assert stack_processes() <= before
+    assert stack_processes() == set()
 
 
 def test_a_missing_tool_is_named(tmp_path: Path) -> None:

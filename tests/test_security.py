@@ -77,7 +77,7 @@ def test_security_key_check_is_hmac_compare_digest(
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("chosen", [new_key(), "A" * 42, "0" * 42])
+@pytest.mark.parametrize("chosen", [pytest.param(new_key(), id="random"), "A" * 42, "0" * 42])
 def test_a_client_chosen_key_in_our_format_never_becomes_a_session(
     client: datastore.Client, settings: Settings, chosen: str
 ) -> None:

@@ -4,7 +4,8 @@ conftest records every key the run issues and checks every structured log line
 this process writes as it is written (conftest.LogWatch: a test that logs a secret
 fails on the spot, in any lane, in parallel too); the functions served as
 subprocesses log to files under .local/. The whole-run check runs last (see
-conftest) and reads those files, with what the watch saw.
+conftest; after a parallel run, `make test` runs this file on its own) and reads
+those files, with what the watch saw (each parallel worker leaves its own).
 """
 
 from __future__ import annotations
@@ -18,6 +19,20 @@ from google.cloud import datastore
 from session_core import Session, Settings, kill_sessions, rules
 from session_core.maintenance.cleanup import start_clear_sessions
 from tests.conftest import CANARY, LOG_DIR, ROOT, SECRETS, WATCH, Ctx, LogWatch, leaks
+
+
+def parallel_workers_watch() -> tuple[int, set[str]]:
+    """What the workers of a parallel run watched (conftest.pytest_sessionfinish): their line count, their events.
+
+    Their secrets join this process's, so the files below are checked against every key the run issued.
+    """
+    lines, events = 0, set()
+    for path in LOG_DIR.glob("watch-*.json"):
+        watched = json.loads(path.read_text())
+        SECRETS.update(watched["secrets"])
+        lines += watched["lines"]
+        events |= set(watched["events"])
+    return lines, events
 
 
 def subprocess_lines() -> list[str]:
@@ -52,10 +67,11 @@ def test_session_data_paths_log_no_data(client: datastore.Client, settings: Sett
 
 @pytest.mark.emulator  # a real sample is what the emulator, function and stack tests log before it
 def test_no_log_line_of_the_whole_run_carries_a_secret() -> None:
+    workers_lines, workers_events = parallel_workers_watch()
     lines = subprocess_lines()
-    assert WATCH.lines + len(lines) > 1000  # the suite logs a lot: this is a real sample
+    assert WATCH.lines + workers_lines + len(lines) > 1000  # the suite logs a lot: this is a real sample
     assert len(SECRETS) > 10_000
-    events = set(WATCH.events) | {json.loads(line).get("event") for line in lines}
+    events = set(WATCH.events) | workers_events | {json.loads(line).get("event") for line in lines}
     assert {"clear_sessions", "kill_sessions", "session_gone_on_save", "kill_message_rejected"} <= events
     assert WATCH.leaks == []  # every line this process wrote, each checked as it was written
     assert [line for line in lines if leaks(line)] == []
