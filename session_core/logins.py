@@ -42,6 +42,7 @@ RECORD = Record(
     (Stored("at", "float (epoch seconds)", False, "when the kill or the interactive login happened"),),
 )
 """The kill and login records (:func:`_entity` writes them)."""
+_UNINDEXED = unindexed(RECORD.properties)
 
 
 def _digest(user: str) -> str:
@@ -61,9 +62,7 @@ def _legacy_name(event: str, user: str | None) -> str:
 
 
 def _entity(client: datastore.Client, settings: Settings, name: str, at: float) -> datastore.Entity:
-    entity = datastore.Entity(
-        settings_key(client, settings, KIND, name), exclude_from_indexes=unindexed(RECORD.properties)
-    )
+    entity = datastore.Entity(settings_key(client, settings, KIND, name), exclude_from_indexes=_UNINDEXED)
     entity["at"] = float(at)
     return entity
 

@@ -147,6 +147,7 @@ SESSION_PROPERTIES: tuple[Stored, ...] = (
     ),
 )
 """Every property :func:`session_pb` writes (tests compare it with what the store writes on the emulator)."""
+_EPOCH_UNINDEXED = unindexed(EPOCH_RECORD.properties)
 _NUMBER_TYPES = (float, int)  # exactly: what a stored number reads as (a bool is not one)
 _OPTIONAL = tuple(p.name for p in SESSION_PROPERTIES if p.present == "when set")  # stored (unindexed) only when set
 # What :func:`record_of` reads besides ``data``.
@@ -390,7 +391,7 @@ class SessionStore:
                 if run_id in epoch.runs:
                     return epoch
                 epoch = epoch.raised(at, except_session, run_id)
-                entity = datastore.Entity(keys[0], exclude_from_indexes=unindexed(EPOCH_RECORD.properties))
+                entity = datastore.Entity(keys[0], exclude_from_indexes=_EPOCH_UNINDEXED)
                 entity.update(epoch.to_properties())
                 transaction.put(entity)
                 kept = found.get(self.settings.kind)

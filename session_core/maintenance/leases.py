@@ -36,6 +36,7 @@ RECORD = Record(
     ),
 )
 """The lease entities (:meth:`Lease.entity` writes them)."""
+_UNINDEXED = unindexed(RECORD.properties)
 log = structlog.get_logger("session_core.cleanup")
 
 
@@ -76,7 +77,7 @@ class Lease:
 
     def entity(self, run_id: str, now: float, chains: int) -> datastore.Entity:
         """The lease as ``run_id`` holds it from ``now``: it lapses after ``SESSION_LEASE_TTL``."""
-        lease = datastore.Entity(self.key, exclude_from_indexes=unindexed(RECORD.properties))
+        lease = datastore.Entity(self.key, exclude_from_indexes=_UNINDEXED)
         lease.update(run_id=run_id, until=now + self.seconds, chains=chains)
         return lease
 

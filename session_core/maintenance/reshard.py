@@ -55,6 +55,7 @@ RECORD = Record(
     ),
 )
 """The layout record (:func:`record_layout` writes it)."""
+_UNINDEXED = unindexed(RECORD.properties)
 log = structlog.get_logger("session_core.reshard")
 
 
@@ -85,9 +86,7 @@ def recorded_layout(client: datastore.Client, settings: Settings) -> int:
 
 def record_layout(client: datastore.Client, settings: Settings, shards: int, now: float) -> None:
     """Record that every session is in the layout of ``shards`` write shards (one write)."""
-    entity = datastore.Entity(
-        settings_key(client, settings, LAYOUT_KIND, LAYOUT_NAME), exclude_from_indexes=unindexed(RECORD.properties)
-    )
+    entity = datastore.Entity(settings_key(client, settings, LAYOUT_KIND, LAYOUT_NAME), exclude_from_indexes=_UNINDEXED)
     entity.update(shards=shards, at=now)
 
     def put() -> None:

@@ -85,6 +85,7 @@ RECORD = Record(
     ),
 )
 """The run entities (:meth:`RunRecorder.entity` writes them)."""
+_UNINDEXED = unindexed(RECORD.properties)
 
 
 def step_digest(step: Step) -> str:
@@ -206,7 +207,7 @@ class RunRecorder:
 
     def entity(self, run: Run) -> datastore.Entity:
         """The entity that records ``run``; commit it with the run's first work."""
-        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=unindexed(RECORD.properties))
+        entity = datastore.Entity(self.key(run.run_id), exclude_from_indexes=_UNINDEXED)
         entity.update(
             kind=run.kind,
             params=json.dumps(run.params, sort_keys=True),
