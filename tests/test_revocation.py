@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 from google.auth.transport import requests as auth_requests
@@ -19,6 +20,7 @@ import session_core
 from session_core import GUEST_USER, Session, SessionRecord, Settings, functions, kill_sessions
 from session_core.errors import MisuseError, PoisonMessageError
 from session_core.functions import Runtime, run_step
+from session_core.maintenance import sweep as sweep_module
 from session_core.maintenance.auth import CertificateCache
 from session_core.maintenance.kill import (
     KillStep,
@@ -36,7 +38,7 @@ from session_core.maintenance.kill import (
 from session_core.maintenance.steps import Step, parse_step
 from session_core.rules import hash_key, new_key
 from session_core.store import SessionStore
-from tests.conftest import Ctx, RpcCounter
+from tests.conftest import ROOT, Ctx, FunctionClient, RpcCounter
 from tests.test_cleanup import remaining
 
 NOW = time.time()
@@ -342,3 +344,50 @@ def test_a_kill_from_its_door_to_its_deletes_runs_in_the_files_that_hold_its_par
         "store.py",
         "_datastore.py",
     }
+
+
+def test_a_kill_reads_from_main_py_to_its_deletes_in_five_files(
+    function: FunctionClient, client: datastore.Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call chain of every delete commit of a kill-user message, from main.py's door down: five files.
+
+    At each delete commit, the files on the committing thread's stack and on the stack of the thread
+    that handles the request (the sweep commits from a pool while that thread waits on it). What the
+    kill calls on the way and returns from (its checks, its records, events, pacing) is off this chain:
+    the test above lists those files.
+    """
+    names = seed_users(client, settings, {"alice": 1200, "bob": 2})
+    kill = function("kill_user_sessions", SESSION_BATCH_SIZE="100")
+    package, entry = Path(session_core.__file__).parent, ROOT / "main.py"
+
+    def ours(frame: FrameType | None) -> set[str]:
+        files = set()
+        while frame is not None:
+            path = Path(frame.f_code.co_filename)
+            if path == entry:
+                files.add("main.py")
+            elif path.is_relative_to(package) and path.name != "logging.py":
+                files.add(path.relative_to(package).as_posix())
+            frame = frame.f_back
+        return files
+
+    handler, chains = threading.get_ident(), []
+    commit = sweep_module.commit
+    committer = Path(commit.__code__.co_filename).relative_to(package).as_posix()  # where the commit is made
+
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("delete"):
+            chains.append(ours(sys._getframe(1)) | ours(sys._current_frames()[handler]) | {committer})
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "commit", traced)
+    from tests.test_main import pubsub_push_body
+
+    assert kill.post("/", json=pubsub_push_body(b'{"user": "alice"}', "m-chain")).status_code == 200
+
+    assert remaining(client, settings) == names["bob"]
+    assert len(chains) >= 12  # 1,200 sessions in commits of 100
+    assert all(
+        chain == {"main.py", "functions.py", "maintenance/kill.py", "maintenance/sweep.py", "_datastore.py"}
+        for chain in chains
+    ), chains[0]
