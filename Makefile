@@ -74,13 +74,12 @@ browser:
 	  fi; \
 	fi
 
-# make test runs the suite on TEST_WORKERS processes (pytest-xdist; a file's tests stay together, and files
-# are handed out in collection order, the longest first: see tests/conftest.py), then the whole-run log
-# check on its own, over what every worker and its subprocesses logged.
+# make test runs the suite on TEST_WORKERS processes (pytest-xdist; a file's tests stay together), then the
+# whole-run log check on its own, over what every worker and its subprocesses logged.
 TEST_WORKERS ?= 2
 
 test: lint browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --ignore=tests/test_zz_log_hygiene.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --ignore=tests/test_zz_log_hygiene.py
 	SESSION_CORE_TEST_WHOLE_RUN=1 $(BIN)/python -m pytest tests/test_zz_log_hygiene.py
 
 # CI's second pass, under Python 3.13: the fast lane, then an emulator smoke of each adapter and each function.

@@ -142,8 +142,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 # The files that take longest (seconds summed over their tests in `pytest -n 2 --durations=0`: faults 242,
 # shards 116, deploy 114, values 64, scale 63, localstack 49, bad_input 42, cli 41 of 1,013 in all). They
-# run first, so that the two processes of `make test` (a file's tests stay on one) finish together; make
-# test passes --no-loadscope-reorder, or pytest-xdist would hand out the files with the most tests first.
+# run first, so that the two processes of `make test` (a file's tests stay on one) finish together.
 LONGEST_FIRST = ("test_faults", "test_shards", "test_deploy", "test_values", "test_scale", "test_localstack")
 LONGEST_FIRST += ("test_bad_input", "test_cli")
 
