@@ -140,25 +140,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         (LOG_DIR / f"watch-{worker}.json").write_text(json.dumps(watched))
 
 
-# The files that take longest (seconds summed over their tests in `pytest -n 2 --durations=0`: faults 242,
-# shards 116, deploy 114, values 64, scale 63, localstack 49, bad_input 42, cli 41 of 1,013 in all). They
-# run first, so that the two processes of `make test` (a file's tests stay on one) finish together.
-LONGEST_FIRST = ("test_faults", "test_shards", "test_deploy", "test_values", "test_scale", "test_localstack")
-LONGEST_FIRST += ("test_bad_input", "test_cli")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark what each test needs (tests/lanes.py); the longest files first; the log-hygiene check last.
-
-    The log-hygiene check reads what the others logged. Within a file, tests keep their order.
-    """
+    """Mark what each test needs (tests/lanes.py). The log-hygiene check reads what the others logged: it runs last."""
     mark_lanes(items)
-
-    def order(item: pytest.Item) -> tuple[bool, int]:
-        name = item.path.stem
-        return "test_zz_log_hygiene" in item.nodeid, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else 99
-
-    items.sort(key=order)
+    items.sort(key=lambda item: "test_zz_log_hygiene" in item.nodeid)
 
 
 @pytest.fixture(scope="session")
