@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -382,9 +383,54 @@ def queue_env(settings: Settings, tasks_emulator: Emulator, task_port: int, **ex
     }
 
 
+# -- the docs pages' Python blocks (tests/test_docs_pages.py runs them all; other tests drive some) ----
+
+DOCS = ROOT / "docs"
+NOT_RUN_ALONE = re.compile(r"# not run alone: (.+)")
+
+
+def page_path(page: str) -> Path:
+    """``README.md`` is the repository's; every other page is a path under ``docs/``."""
+    return ROOT / page if page == "README.md" else DOCS / page
+
+
+class Block(NamedTuple):
+    line: int  # the page's line of the block's first line of code
+    code: str  # dedented (a block inside a list item is indented)
+
+    def run(self, page: str, namespace: dict[str, Any]) -> None:
+        """Execute the block in ``namespace``; blank lines before it make a traceback name the page's own lines."""
+        exec(compile("\n" * (self.line - 1) + self.code, page, "exec"), namespace)
+
+    @property
+    def not_run_alone(self) -> str | None:
+        """Why the block cannot run alone, from its first line ``# not run alone: <why>``; None if it can."""
+        match = NOT_RUN_ALONE.match(self.code)
+        return match[1] if match else None
+
+
+def python_blocks(text: str) -> list[Block]:
+    """Every ```python block of a Markdown page (indented ones in lists too), in order."""
+    blocks: list[Block] = []
+    fence: tuple[str, str] | None = None
+    start, lines = 0, list[str]()
+    for number, line in enumerate(text.splitlines(), 1):
+        if fence is None:
+            if match := re.fullmatch(r"( *)```(\w*)", line):
+                fence, start, lines = (match[1], match[2]), number + 1, []
+        elif line.strip() == "```" and line.startswith(fence[0]):
+            if fence[1] == "python":
+                blocks.append(Block(start, textwrap.dedent("\n".join(lines)) + "\n"))
+            fence = None
+        else:
+            lines.append(line)
+    assert fence is None, "a code fence is never closed"
+    return blocks
+
+
 def doc_python_blocks(page: str) -> list[str]:
-    """The ```python blocks of the docs page ``page`` (a path under ``docs/``), in order."""
-    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+    """The code of the ```python blocks of ``page`` (``README.md``, or a path under ``docs/``), in order."""
+    return [block.code for block in python_blocks(page_path(page).read_text())]
 
 
 def startproject(folder: Path, name: str = "mysite") -> Path:

@@ -17,13 +17,12 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from google.cloud import datastore
@@ -32,49 +31,12 @@ from werkzeug.test import Client
 from session_core import Settings, _observers
 from session_core.clients import datastore_client
 from session_core.rules import hash_key
-from tests.conftest import startproject
+from tests.conftest import DOCS, Block, doc_python_blocks, page_path, python_blocks, startproject
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
-NOT_RUN_ALONE = re.compile(r"# not run alone: (.+)")
 # A block that is (part of) a file of the page's project: "# app.py" starts it, "# app.py, continued" adds to it;
 # "# settings.py, continued" with no settings.py before it continues a `django-admin startproject` project's.
 FILE = re.compile(r"# (\w+)\.py(, continued)?(?:: [^\n]*)?\n")
-
-
-def page_path(page: str) -> Path:
-    """``README.md`` is the repository's; every other page is a path under ``docs/``."""
-    return ROOT / page if page == "README.md" else DOCS / page
-
-
-class Block(NamedTuple):
-    line: int  # the page's line of the block's first line of code
-    code: str  # dedented (a block inside a list item is indented)
-
-    @property
-    def not_run_alone(self) -> str | None:
-        """Why the block cannot run alone, from its first line ``# not run alone: <why>``; None if it can."""
-        match = NOT_RUN_ALONE.match(self.code)
-        return match[1] if match else None
-
-
-def python_blocks(text: str) -> list[Block]:
-    """Every ```python block of a Markdown page (indented ones in lists too), in order."""
-    blocks: list[Block] = []
-    fence: tuple[str, str] | None = None
-    start, lines = 0, list[str]()
-    for number, line in enumerate(text.splitlines(), 1):
-        if fence is None:
-            if match := re.fullmatch(r"( *)```(\w*)", line):
-                fence, start, lines = (match[1], match[2]), number + 1, []
-        elif line.strip() == "```" and line.startswith(fence[0]):
-            if fence[1] == "python":
-                blocks.append(Block(start, textwrap.dedent("\n".join(lines)) + "\n"))
-            fence = None
-        else:
-            lines.append(line)
-    assert fence is None, "a code fence is never closed"
-    return blocks
 
 
 def fences(text: str) -> tuple[int, int]:
@@ -119,8 +81,20 @@ def blocks_alone(page: str, numbers: list[int], settings: Settings, monkeypatch:
     blocks = python_blocks(page_path(page).read_text())
     example: dict[str, Any] = {"__name__": "docs_page"}
     for number in numbers:
-        exec(compile("\n" * (blocks[number - 1].line - 1) + blocks[number - 1].code, page, "exec"), example)
+        blocks[number - 1].run(page, example)
     return example
+
+
+def pytest_with_the_plugin(*args: str) -> subprocess.CompletedProcess[str]:
+    """pytest in the working directory (a page's folder), with session_core's plugin and this checkout's code."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "session_core.pytest_plugin", "-p", "no:cacheprovider", "-q", *args],
+        cwd=Path.cwd(),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's session_core (not installed in the venv)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # -- what a page's app does, driven through requests ------------------------------------------------
@@ -225,10 +199,7 @@ def drive_tutorial_tests(example: dict[str, Any], settings: Settings) -> None:
         "@pytest.fixture(scope='session')\n"
         f"def session_core_emulator():\n    return DatastoreEmulator(port={port})  # the suite's, running\n"
     )
-    command = [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "session_core.pytest_plugin"]
-    command += ["-p", "no:cacheprovider", "test_app.py"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = pytest_with_the_plugin("-W", "error", "test_app.py")
     assert done.returncode == 0 and "3 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -290,17 +261,8 @@ def drive_testing_page(example: dict[str, Any], settings: Settings) -> None:
     """The testing page's blocks are one test module: pytest runs it with the plugin, and every test passes."""
     tests = sorted(name for name, value in example.items() if name.startswith("test_") and callable(value))
     assert tests, "the testing page defines no test"
-    folder = Path.cwd()
-    blocks = [block.code for block in python_blocks(page_path("how-to/testing.md").read_text())]
-    (folder / "test_the_testing_page.py").write_text("\n\n".join(blocks))
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "session_core.pytest_plugin", "-p", "no:cacheprovider", "-q", "-rs"],
-        cwd=folder,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's session_core (not installed in the venv)
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    (Path.cwd() / "test_the_testing_page.py").write_text("\n\n".join(doc_python_blocks("how-to/testing.md")))
+    done = pytest_with_the_plugin("-rs")
     assert re.search(rf"\b{len(tests)} passed\b", done.stdout) and done.returncode == 0, done.stdout[-3000:]
 
 
@@ -380,8 +342,8 @@ def test_every_python_block_of_the_page_runs_in_order(
                     name, code = files.add(block.code)
                     example.update(__file__=str(tmp_path / f"{name}.py"))
                     exec(compile(code, f"{page} ({name}.py)", "exec"), example)
-                else:  # blank lines before it: a traceback names the page's own line numbers
-                    exec(compile("\n" * (block.line - 1) + block.code, page, "exec"), example)
+                else:
+                    block.run(page, example)
                 executed += 1
             if executed + sum(1 for b in blocks[:number] if b.not_run_alone) < number:
                 break  # that block failed (reported above): the blocks after it would fail for its sake

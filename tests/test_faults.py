@@ -128,17 +128,19 @@ def client_on_a_new_connection(settings: Settings) -> datastore.Client:
     gRPC shares subchannels between the channels of a process: after a restart on the same port, a
     new channel would inherit the old connection's reconnect backoff and fail fast until it expires.
     """
-    client = datastore_client(settings)
     channel = grpc.insecure_channel(settings.emulator_host, options=[("grpc.use_local_subchannel_pool", 1)])
+    return client_on(settings, channel)
+
+
+def client_on(settings: Settings, channel: grpc.Channel) -> datastore.Client:
+    """A Datastore client for ``settings`` that sends its RPCs over ``channel``."""
+    client = datastore_client(settings)
     client._datastore_api_internal = DatastoreClient(transport=DatastoreGrpcTransport(channel=channel))
     return client
 
 
 def faulty_client(settings: Settings, faults: Faults) -> datastore.Client:
-    client = datastore_client(settings)
-    channel = grpc.intercept_channel(grpc.insecure_channel(settings.emulator_host), faults)
-    client._datastore_api_internal = DatastoreClient(transport=DatastoreGrpcTransport(channel=channel))
-    return client
+    return client_on(settings, grpc.intercept_channel(grpc.insecure_channel(settings.emulator_host), faults))
 
 
 def test_transient_errors_are_retried_and_nothing_is_lost(

@@ -27,7 +27,7 @@ from packaging.utils import canonicalize_name
 import session_core
 from session_core.testing import Emulator, free_port
 from tests.conftest import ROOT, doc_python_blocks
-from tests.test_docs_pages import python_blocks
+from tests.test_emulators import group_alive
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -176,14 +176,6 @@ def stop_group(group: int, signum: int, process: subprocess.Popen[bytes]) -> int
     return process.wait(timeout=60)
 
 
-def group_gone(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 @pytest.mark.slow
 def test_the_readme_quick_start_pasted_into_a_fresh_venv_answers_against_session_core_emulator(
     installed: Installed, tmp_path: Path
@@ -213,8 +205,8 @@ def test_the_readme_quick_start_pasted_into_a_fresh_venv_answers_against_session
 
         app_dir = tmp_path / "quick-start"
         app_dir.mkdir()
-        [quick_start] = python_blocks((ROOT / "README.md").read_text())
-        (app_dir / "app.py").write_text(quick_start.code)
+        [quick_start] = doc_python_blocks("README.md")
+        (app_dir / "app.py").write_text(quick_start)
         port = free_port()
         server = subprocess.Popen(
             [bin_dir / "flask", "--app", "app", "run", "--port", str(port)],
@@ -241,12 +233,12 @@ def test_the_readme_quick_start_pasted_into_a_fresh_venv_answers_against_session
         assert stop_group(server.pid, signal.SIGINT, server) == 0
         assert stop_group(emulator.pid, signal.SIGINT, emulator) == 0
         assert emulator.stderr.read().decode().startswith("stopped the firestore emulator")
-        assert group_gone(java_group) and group_gone(emulator.pid)  # no gcloud wrapper, no Java child left
+        assert not group_alive(java_group) and not group_alive(emulator.pid)  # no gcloud wrapper, no Java child left
     finally:
         for process in (server, emulator):
             if process is not None and process.poll() is None:
                 stop_group(process.pid, signal.SIGKILL, process)
-        if java_group is not None and not group_gone(java_group):
+        if java_group is not None and group_alive(java_group):
             os.killpg(java_group, signal.SIGKILL)
         for stream in (emulator.stdout, emulator.stderr, server.stderr if server else None):
             if stream is not None:
