@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -147,20 +148,47 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: "test_zz_log_hygiene" in item.nodeid)
 
 
+# The run's Datastore emulator, once a test has started it.
+STARTED: list[Emulator] = []
+
+
 @pytest.fixture(scope="session")
 def datastore_emulator() -> Iterator[Emulator]:
     """The Firestore emulator in Datastore mode, on a free port, for the whole run."""
     emulator = firestore_datastore_mode(LOG_DIR).start()
+    STARTED.append(emulator)
     previous = os.environ.get("DATASTORE_EMULATOR_HOST")
     os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
     try:
         yield emulator
     finally:
+        STARTED.remove(emulator)
         emulator.stop()
         if previous is None:
             os.environ.pop("DATASTORE_EMULATOR_HOST", None)
         else:
             os.environ["DATASTORE_EMULATOR_HOST"] = previous
+
+
+def wipe(emulator: Emulator) -> None:
+    """Delete every entity in every namespace of ``emulator``: its own ``POST /reset``."""
+    request = urllib.request.Request(f"http://{emulator.host}/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def empty_datastore_for_each_file() -> Iterator[None]:
+    """Each test file starts on an empty emulator: what one file left behind never slows the next.
+
+    The emulator's queries slow down with every entity it holds, in any
+    namespace: listing 50 sessions took 37 ms, and 181 ms once another
+    namespace held 100,000. Tests keep to namespaces of their own, so a
+    file never reads what another left.
+    """
+    yield
+    if STARTED:
+        wipe(STARTED[0])
 
 
 # Where an offline client sends an RPC it should not make: nothing listens on port 1, so it fails at once.
