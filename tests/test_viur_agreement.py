@@ -7,6 +7,7 @@ viur-core reads: it must see each one alive exactly until its own expiry.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -57,6 +58,14 @@ def viur_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lock = ROOT / "locks" / "viur-core.txt"  # viur-core and everything it needs, with hashes
     assert f"\n{VIUR_CORE} \\\n" in lock.read_text(), f"{VIUR_CORE}: not what locks/viur-core.in pins"
     marker = VENV / f".installed-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with (VENV.parent / "viur-venv.lock").open("w") as building:  # this file and test_viur_inplace may run at once
+        fcntl.flock(building, fcntl.LOCK_EX)
+        return build_viur_venv(lock, marker, tmp_path_factory)
+
+
+def build_viur_venv(lock: Path, marker: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """viur-core's venv from its lock, unless ``marker`` says it is built; then what session_core needs."""
     if not marker.exists():
         base = python312()
         if base is None:
