@@ -87,7 +87,7 @@ def stored_lifetime(client: datastore.Client, settings: Settings, cookie: str) -
 
 
 def measured_from_cookie(
-    name: str, value: str, attributes: dict[str, str], lifetime: float, survives: frozenset[str] | None
+    name: str, attributes: dict[str, str], lifetime: float, survives: frozenset[str] | None
 ) -> Defaults:
     return Defaults(
         cookie=name,
@@ -131,7 +131,7 @@ def flask_defaults(client: datastore.Client, settings: Settings) -> Defaults:
     _, made_permanent = set_cookie(browser.post("/permanent").headers.getlist("Set-Cookie"), name)
     assert float(made_permanent["max-age"]) == app.permanent_session_lifetime.total_seconds()  # "... once permanent"
     assert (attributes["path"], "httponly" in attributes, "domain" in attributes) == ("/", True, False)
-    return measured_from_cookie(name, value, attributes, lifetime, kept)
+    return measured_from_cookie(name, attributes, lifetime, kept)
 
 
 def django_defaults(client: datastore.Client, settings: Settings) -> Defaults:
@@ -156,7 +156,7 @@ def django_defaults(client: datastore.Client, settings: Settings) -> Defaults:
         browser.get(f"/login/{user.username}/")
         kept = browser.get("/peek/").json() == {"visits": 1}  # a field no setting names: kept, so all are
     assert (attributes["path"], "httponly" in attributes) == ("/", True)
-    return measured_from_cookie(name, morsel.value, attributes, lifetime, None if kept else frozenset())
+    return measured_from_cookie(name, attributes, lifetime, None if kept else frozenset())
 
 
 def asgi_defaults(client: datastore.Client, settings: Settings) -> Defaults:
@@ -179,7 +179,7 @@ def asgi_defaults(client: datastore.Client, settings: Settings) -> Defaults:
     lifetime = stored_lifetime(client, settings, value)
     kept = frozenset(browser.post("/login").json())
     assert (attributes["path"], "httponly" in attributes, "domain" in attributes) == ("/", True, False)
-    return measured_from_cookie(settings.cookie_name, value, attributes, lifetime, kept)
+    return measured_from_cookie(settings.cookie_name, attributes, lifetime, kept)
 
 
 def wsgi_defaults(client: datastore.Client, settings: Settings) -> Defaults:
@@ -201,7 +201,7 @@ def wsgi_defaults(client: datastore.Client, settings: Settings) -> Defaults:
     lifetime = stored_lifetime(client, settings, value)
     kept = frozenset(browser.post("/login").json or [])
     assert (attributes["path"], "httponly" in attributes, "domain" in attributes) == ("/", True, False)
-    return measured_from_cookie(settings.cookie_name, value, attributes, lifetime, kept)
+    return measured_from_cookie(settings.cookie_name, attributes, lifetime, kept)
 
 
 ADAPTERS = {

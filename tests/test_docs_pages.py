@@ -31,7 +31,7 @@ from werkzeug.test import Client
 from session_core import Settings, _observers
 from session_core.clients import datastore_client
 from session_core.rules import hash_key
-from tests.conftest import DOCS, Block, doc_python_blocks, page_path, python_blocks, startproject
+from tests.conftest import DOCS, Block, page_path, python_blocks, startproject
 
 ROOT = Path(__file__).resolve().parent.parent
 # A block that is (part of) a file of the page's project: "# app.py" starts it, "# app.py, continued" adds to it;
@@ -257,20 +257,12 @@ def drive_settings_file(example: dict[str, Any], settings: Settings) -> None:
     assert example["settings"].namespace == settings.namespace  # from the file, not the environment
 
 
-def drive_testing_page(example: dict[str, Any], settings: Settings) -> None:
-    """The testing page's blocks are one test module: pytest runs it with the plugin, and every test passes."""
-    tests = sorted(name for name, value in example.items() if name.startswith("test_") and callable(value))
-    assert tests, "the testing page defines no test"
-    (Path.cwd() / "test_the_testing_page.py").write_text("\n\n".join(doc_python_blocks("how-to/testing.md")))
-    done = pytest_with_the_plugin("-rs")
-    assert re.search(rf"\b{len(tests)} passed\b", done.stdout) and done.returncode == 0, done.stdout[-3000:]
-
-
 # The pages whose app a test here drives through requests, by the page's path. Every other page's blocks
 # are run (their imports, their module-level code); these pages' apps are driven elsewhere:
 #   how-to/flask.md: its three apps, each alone (test_the_flask_pages_apps_each_do_what_the_page_says);
 #   how-to/starlette.md: tests/test_asgi.py; how-to/django.md: tests/test_django.py;
-#   README.md and how-to/testing.md, from an installed wheel: tests/test_packaging.py.
+#   how-to/testing.md: its tests, under pytest with the plugin of an installed wheel: tests/test_packaging.py
+#   (which also serves README.md's app with `flask run`).
 DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "README.md": drive_quick_start,
     "tutorial/first-flask-app.md": drive_tutorial,
@@ -278,13 +270,7 @@ DRIVERS: dict[str, Callable[[dict[str, Any], Settings], None]] = {
     "how-to/session-api.md": drive_devices,
     "how-to/production.md": drive_settings_file,
     "how-to/events.md": drive_events_subscriber,
-    "how-to/testing.md": drive_testing_page,
 }
-SPAWNING_DRIVERS = {
-    "how-to/testing.md",
-    "tutorial/first-flask-app.md",
-    "how-to/django.md",
-}  # the driver starts pytest (and the plugin its emulator)
 
 EXECUTED: dict[str, int] = {}  # blocks executed per page, for the summary line
 
@@ -304,10 +290,7 @@ def _executed_blocks_summary(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.mark.parametrize(
     "page",
-    [
-        pytest.param(page, id=page, marks=[pytest.mark.stack] if page in SPAWNING_DRIVERS else [])
-        for page in pages_with_python()
-    ],
+    [pytest.param(page, id=page) for page in pages_with_python()],
 )
 def test_every_python_block_of_the_page_runs_in_order(
     page: str, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, subtests: pytest.Subtests

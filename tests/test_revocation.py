@@ -40,6 +40,7 @@ from session_core.rules import hash_key, new_key
 from session_core.store import SessionStore
 from tests.conftest import ROOT, Ctx, FunctionClient, RpcCounter
 from tests.test_cleanup import remaining
+from tests.test_main import pubsub_push_body
 
 NOW = time.time()
 
@@ -324,8 +325,8 @@ def test_a_kill_from_its_door_to_its_deletes_runs_in_the_files_that_hold_its_par
     names = seed_users(client, settings, {"alice": 3, "bob": 2, "carol": 1})
     runtime = Runtime(settings, client, None, auth_requests.Request(), CertificateCache(settings.task_certs_url))
 
-    def message(user: str) -> dict[str, dict[str, str]]:
-        return {"message": {"data": base64.b64encode(json.dumps({"user": user}).encode()).decode()}}
+    def message(user: str) -> dict[str, object]:
+        return pubsub_push_body(json.dumps({"user": user}).encode())
 
     functions.kill_user_sessions(runtime, message("carol"), "warm-up")  # imports done: only calls count
     entered = modules_entered(lambda: functions.kill_user_sessions(runtime, message("alice"), "message-1"))
@@ -381,7 +382,6 @@ def test_a_kill_reads_from_main_py_to_its_deletes_in_five_files(
         return commit(*args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "commit", traced)
-    from tests.test_main import pubsub_push_body
 
     assert kill.post("/", json=pubsub_push_body(b'{"user": "alice"}', "m-chain")).status_code == 200
 
