@@ -26,7 +26,7 @@ from typing import Any
 # What deploy.sh derives from the project it deploys to; a settings file that sets one is refused.
 DERIVED = ("SESSION_TASKS_QUEUE", "SESSION_TASK_URL", "SESSION_TASKS_SERVICE_ACCOUNT", "SESSION_TASK_AUDIENCE")
 # Whole numbers deploy.sh itself uses, with their defaults (docs/reference/settings.md).
-NUMBERS = {"SESSION_TIME_BUDGET": 300, "SESSION_SHARDS": 16, "SESSION_CLEAR_SHARDS": 1}
+NUMBERS = {"SESSION_TIME_BUDGET": 300, "SESSION_SHARDS": 16, "SESSION_CLEAR_SHARDS": 1, "SESSION_WRITE_SHARDS": 1}
 CONFIG = Path(__file__).resolve().parent.parent / "session_core" / "config.py"
 
 
@@ -99,8 +99,9 @@ def plan(loaded: dict[str, str], project: str) -> dict[str, str]:
         "kind": loaded.get("SESSION_KIND", "").strip() or "viur-session",
         "database": loaded.get("SESSION_DATABASE", "").strip() or "(default)",
         "budget": str(number["SESSION_TIME_BUDGET"]),
-        # A kill-all and a parallel cleanup each run one task per shard at once.
-        "shards": str(max(number["SESSION_SHARDS"], number["SESSION_CLEAR_SHARDS"])),
+        # A kill-all runs one task per shard at once, and a cleanup one per chain: a chain per clear shard in
+        # each write shard.
+        "shards": str(max(number["SESSION_SHARDS"], number["SESSION_WRITE_SHARDS"] * number["SESSION_CLEAR_SHARDS"])),
         # Lifecycle events: the topic's project and id (the functions publish there).
         "events_project": (match["project"] or project) if match else "",
         "events_topic": match["topic"] if match else "",

@@ -266,7 +266,13 @@ def test_the_functions_may_publish_lifecycle_events_to_their_topic_and_no_other(
 
 @pytest.mark.parametrize(
     ("values", "concurrency"),
-    [({}, 16), ({"SESSION_SHARDS": "64"}, 64), ({"SESSION_SHARDS": "2"}, 4), ({"SESSION_CLEAR_SHARDS": "40"}, 40)],
+    [
+        ({}, 16),
+        ({"SESSION_SHARDS": "64"}, 64),
+        ({"SESSION_SHARDS": "2"}, 4),
+        ({"SESSION_CLEAR_SHARDS": "40"}, 40),
+        ({"SESSION_WRITE_SHARDS": "8", "SESSION_CLEAR_SHARDS": "4"}, 32),  # a cleanup's chains: 8 x 4
+    ],
 )
 def test_the_queue_lets_every_shard_of_a_run_dispatch_at_once(
     tmp_path: Path, values: dict[str, str], concurrency: int
