@@ -86,10 +86,14 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+def first_paragraph(obj: object) -> str:
+    """The first paragraph of ``obj``'s docstring, on one line."""
+    return (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
+
+
 def errors_page() -> str:
     for module in API_MODULES:
         importlib.import_module(module)
-    importlib.import_module("session_core.cli")
     lines = [
         "# Errors",
         "",
@@ -98,8 +102,7 @@ def errors_page() -> str:
     ]
 
     def walk(cls: type[BaseException], depth: int) -> None:
-        doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
-        lines.append(f"{'    ' * depth}- `{cls.__module__}.{cls.__qualname__}`: {markdown(doc)}")
+        lines.append(f"{'    ' * depth}- `{cls.__module__}.{cls.__qualname__}`: {markdown(first_paragraph(cls))}")
         for sub in sorted(cls.__subclasses__(), key=lambda c: c.__qualname__):
             walk(sub, depth + 1)
 
@@ -288,8 +291,7 @@ def public_api_page() -> str:
         obj = getattr(session_core, name)
         if isinstance(obj, str):
             return f'the constant `"{obj}"`'
-        doc = (inspect.getdoc(obj) or "").split("\n\n")[0].replace("\n", " ")
-        return cell(markdown(doc))
+        return cell(markdown(first_paragraph(obj)))
 
     order = ("config", "session", "store", "contract", "rules", "errors", "maintenance.kill")
     by_module: dict[str, list[str]] = {f"session_core.{module}": [] for module in order}

@@ -375,10 +375,10 @@ def _runs_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("runs", examples=("session-core runs --limit 5",), arguments=_runs_arguments)
 def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
-    """the recent cleanup and kill runs: status and counts (the receipts)
+    """the recent cleanup, kill, rehash and reshard runs: status and counts (the receipts)
 
-    List the runs that cleanups and kills recorded (the scheduled function, kill-user messages and this command),
-    newest first, with their status and counts. A dry run's count is `counted`. Runs are kept seven days (with
+    List the runs that cleanups, kills, rehashes and reshards recorded (the scheduled function, kill-user messages
+    and this command), newest first, with their status and counts. A dry run's count is `counted`. Runs are kept seven days (with
     deploy.sh --ttl).
     """
     return render.runs([run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)])
