@@ -1,9 +1,10 @@
 """What the library stores and publishes, one typed line per property, beside the code that writes it.
 
-The writers build their index exclusions from these lines (:func:`unindexed`),
-tests compare them with what the code really writes on the emulators, and
-the docs' storage and event references are generated from them, so the
-three cannot disagree.
+The record writers build their index exclusions from these lines
+(:func:`unindexed`); the session encoder (:func:`session_core.store.session_pb`)
+marks each property on its hot path. Tests compare the lines with what the
+code really writes on the emulators, and the docs' storage and event
+references are generated from them, so the three cannot disagree.
 """
 
 from __future__ import annotations

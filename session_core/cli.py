@@ -378,8 +378,8 @@ def _runs(args: argparse.Namespace, ctx: Context) -> Outcome:
     """the recent cleanup, kill, rehash and reshard runs: status and counts (the receipts)
 
     List the runs that cleanups, kills, rehashes and reshards recorded (the scheduled function, kill-user messages
-    and this command), newest first, with their status and counts. A dry run's count is `counted`. Runs are kept seven days (with
-    deploy.sh --ttl).
+    and this command), newest first, with their status and counts. A dry run's count is `counted`. Runs are kept
+    seven days (with deploy.sh --ttl).
     """
     return render.runs([run.to_json() for run in list_runs(ctx.client, ctx.settings, args.limit)])
 
