@@ -24,7 +24,6 @@ from google.cloud import datastore
 from session_core import Settings, kill_sessions
 from session_core.clients import datastore_client
 from session_core.rules import hash_key, is_valid_key
-from session_core.store import SessionStore
 from session_core.testing import Emulator
 from tests.conftest import ROOT
 from tests.test_viur_agreement import credentials, viur_python  # noqa: F401 - the agreement test's venv
@@ -244,19 +243,20 @@ def test_the_adapters_pages_viur_row_is_what_viur_cores_defaults_give_in_place(
     ours: ViurApp, client: datastore.Client, datastore_emulator: Emulator
 ) -> None:
     """docs/how-to/adapters.md's ViUR row: viur-core 3.9.3's defaults, through install(), on the emulator."""
-    from tests.test_adapters_page import Defaults, documented, set_cookie
+    from tests.test_adapters_page import Defaults, documented, set_cookie, stored_lifetime
 
     answer = ours.request("/counter")
     key, dev = set_cookie([value for name, value in answer["headers"] if name.lower() == "set-cookie"], COOKIE)
     assert "secure" not in dev and "samesite" not in dev  # viur-core's dev server sends neither
     defaults = ours.defaults()
-    record = SessionStore(client, Settings(project=PROJECT, emulator_host=datastore_emulator.host)).lookup_all([key])
+    life_time = timedelta(seconds=defaults["life_time"])
+    settings = Settings(project=PROJECT, emulator_host=datastore_emulator.host, life_time=life_time)
     _, production = set_cookie([defaults["production_cookie"]], COOKIE)
     measured = Defaults(
         cookie=COOKIE,
         secure="secure" in production,
         same_site=production.get("samesite"),
-        lifetime=record[key].idle_expires(timedelta(seconds=defaults["life_time"])) - record[key].seen,
+        lifetime=stored_lifetime(client, settings, key),
         max_age=float(dev["max-age"]),
         survives=frozenset(defaults["persistent_fields_on_login"]),
     )
