@@ -358,6 +358,14 @@ def serve_function(target: str, port: int, env: dict[str, str], *, cloudevent: b
     return functions_framework(target, ROOT / "main.py", LOG_DIR, env, port=port, cloudevent=cloudevent)
 
 
+def in_the_environment(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``settings``' sessions are, in the environment, as an app's reader or a function reads it."""
+    assert settings.emulator_host and settings.namespace
+    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+
+
 FunctionClient = Callable[..., FlaskClient]
 
 
@@ -367,10 +375,7 @@ def function(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> FunctionCli
 
     ``function("session_task", SESSION_TASK_AUDIENCE=...)`` adds settings.
     """
-    assert settings.emulator_host and settings.namespace
-    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
-    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    in_the_environment(settings, monkeypatch)
     monkeypatch.setenv("SESSION_TASK_AUTH", "none")  # the emulator-only opt-out; test_auth.py turns OIDC on
     monkeypatch.setenv("SESSION_RAMPUP", "off")  # the tests that pace say so
     monkeypatch.delenv("SESSION_TASKS_QUEUE", raising=False)

@@ -60,7 +60,7 @@ from session_core.asgi import ASGISession, SessionMiddleware, session_of
 from session_core.clients import datastore_client
 from session_core.rules import GUEST_USER, hash_key, new_key
 from session_core.testing import free_port
-from tests.conftest import ROOT, Clock, RpcCounter, doc_python_blocks
+from tests.conftest import ROOT, Clock, RpcCounter, doc_python_blocks, in_the_environment
 
 # -- the app: Starlette's test routes, and ours ------------------------------------------
 
@@ -668,10 +668,7 @@ def test_a_fastapi_app_signs_out_everywhere_else_off_the_event_loop(
 
 def page_app(block: str, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The ``app`` a page's example builds, configured as its reader would: by environment."""
-    assert settings.emulator_host and settings.namespace
-    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
-    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    in_the_environment(settings, monkeypatch)
     module: dict[str, Any] = {"__name__": "page_example"}
     exec(compile(block, "docs/how-to/starlette.md", "exec"), module)
     return module["app"]

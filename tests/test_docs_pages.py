@@ -31,7 +31,7 @@ from werkzeug.test import Client
 from session_core import Settings, _observers
 from session_core.clients import datastore_client
 from session_core.rules import hash_key
-from tests.conftest import DOCS, Block, page_path, python_blocks, startproject
+from tests.conftest import DOCS, Block, in_the_environment, page_path, python_blocks, startproject
 
 ROOT = Path(__file__).resolve().parent.parent
 # A block that is (part of) a file of the page's project: "# app.py" starts it, "# app.py, continued" adds to it;
@@ -301,10 +301,7 @@ def test_every_python_block_of_the_page_runs_in_order(
     working directory that a block names); each block is a subtest; one marked ``# not run alone:``
     is skipped with its reason, and every other block runs.
     """
-    assert settings.emulator_host and settings.namespace
-    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
-    monkeypatch.setenv("SESSION_NAMESPACE", settings.namespace)
+    in_the_environment(settings, monkeypatch)
     (tmp_path / "settings.json").write_text(json.dumps({"SESSION_NAMESPACE": settings.namespace}))
     monkeypatch.chdir(tmp_path)
     text = page_path(page).read_text()
@@ -341,9 +338,7 @@ def test_every_python_block_of_the_page_runs_in_order(
 
 def test_the_flask_pages_apps_each_do_what_the_page_says(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Flask app, the Flask-Login app (another app, not beside it) and the Flask app sharing ViUR's cookie."""
-    assert settings.emulator_host
-    monkeypatch.setenv("DATASTORE_EMULATOR_HOST", settings.emulator_host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", settings.project)
+    in_the_environment(settings, monkeypatch)  # each app's namespace: blocks_alone
     for numbers, drive in (([1], drive_flask), ([2], drive_flask_login), ([1, 3], drive_viur_cookie)):
         example = blocks_alone("how-to/flask.md", numbers, settings, monkeypatch)
         drive(example, replace(settings, namespace=os.environ["SESSION_NAMESPACE"]))
